@@ -1,0 +1,103 @@
+"""Frozen settings: the network architecture and the tiling of inference.
+
+Settings are frozen dataclasses so they can be hashed, compared and serialised into a model file
+(:func:`to_dict` / :func:`from_dict`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+Norm = Literal["batch", "group", "instance", "none"]
+Upsampling = Literal["transpose", "bilinear"]
+Task = Literal["instances", "semantic"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a 2D U-Net.
+
+    Attributes:
+        in_channels: channels of the input image (1 for a grayscale fluorescence image).
+        out_classes: classes predicted per pixel (3 for instances: background, interior, boundary).
+        depth: number of 2x down-sampling steps; the network's stride is ``2**depth``.
+        base_channels: feature channels at full resolution; doubled at each level.
+        norm: normalisation after each convolution. ``"batch"`` (default) uses running statistics
+            at inference, so a tile's output does not depend on the rest of the tile, and it folds
+            into the convolutions for speed; ``"group"`` and ``"instance"`` use per-image
+            statistics and make tiled and whole-image results differ.
+        upsampling: ``"transpose"`` (learned 2x2 transposed convolution) or ``"bilinear"``.
+        max_channels: upper bound on feature channels at any level.
+    """
+
+    in_channels: int = 1
+    out_classes: int = 3
+    depth: int = 4
+    base_channels: int = 16
+    norm: Norm = "batch"
+    upsampling: Upsampling = "transpose"
+    max_channels: int = 512
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1 or self.out_classes < 1:
+            raise ValueError("in_channels and out_classes must be at least 1")
+        if not 0 <= self.depth <= 8:
+            raise ValueError(f"depth must be between 0 and 8, got {self.depth}")
+        if self.base_channels < 1:
+            raise ValueError("base_channels must be at least 1")
+        if self.norm not in ("batch", "group", "instance", "none"):
+            raise ValueError(f"unknown norm {self.norm!r}")
+        if self.upsampling not in ("transpose", "bilinear"):
+            raise ValueError(f"unknown upsampling {self.upsampling!r}")
+
+    @property
+    def stride(self) -> int:
+        """Total down-sampling factor, ``2**depth``: tile offsets are aligned to it."""
+        return 2**self.depth
+
+    def channels(self, level: int) -> int:
+        """Feature channels at ``level`` (0 = full resolution)."""
+        return min(self.base_channels * 2**level, self.max_channels)
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """How an image is cut into tiles for inference.
+
+    Attributes:
+        tile_size: side of the central (kept) part of a tile, in pixels. A tile size at least the
+            image size means one whole-image pass.
+        halo: context margin added on every side of a tile, in pixels; ``None`` derives it from
+            the network (see :func:`napari_unet.core.tiling.default_halo`).
+        batch_size: tiles run together in one forward pass.
+        exact: use a halo at least the network's receptive-field radius, so tiled and whole-image
+            results agree to float precision.
+    """
+
+    tile_size: int = 256
+    halo: int | None = None
+    batch_size: int = 4
+    exact: bool = False
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise ValueError(f"tile size must be positive, got {self.tile_size}")
+        if self.halo is not None and self.halo < 0:
+            raise ValueError(f"halo must be zero or positive, got {self.halo}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be positive, got {self.batch_size}")
+
+
+def to_dict(settings: Any) -> dict[str, Any]:
+    """A frozen settings dataclass as a JSON-ready dict."""
+    return dataclasses.asdict(settings)
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a settings dataclass from a dict, ignoring keys it does not know (newer files)."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**{k: v for k, v in data.items() if k in names})
