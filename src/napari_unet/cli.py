@@ -1,0 +1,704 @@
+"""The ``napari-unet`` command line: a thin layer over :mod:`napari_unet.core`.
+
+Commands::
+
+    napari-unet predict INPUT... -o OUT [--model NAME|PATH] [--tile-size PX] [--overlap PX]
+                        [--batch-size N] [--device auto|cpu|cuda|mps] [--probabilities PATH]
+    napari-unet evaluate PRED GT [--mask MASK]
+    napari-unet models [--json]
+
+``predict`` writes one label TIFF per input. ``-o OUT`` is either an existing folder, where each
+input ``NAME.tif`` gives ``NAME_labels.tif``, or, with a single input only, a file name ending in
+``.tif`` / ``.tiff``. ``--probabilities`` works the same way (``NAME_probabilities.tif``, float32,
+class axis first). Labels keep the input's axes (without its channel axis) and pixel size.
+
+Exit codes: 0 success; 2 a problem with the input (one line ``napari-unet: error: ...`` on stderr,
+no output file written); 1 an unexpected error (short message; the traceback with ``--debug`` or
+the environment variable ``NAPARI_UNET_DEBUG=1``); 130 interrupted.
+
+Heavy modules (torch, the engine) are imported inside the commands, so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from napari_unet import __version__
+
+logger = logging.getLogger("napari_unet.cli")
+
+PROG = "napari-unet"
+DEBUG_ENV = "NAPARI_UNET_DEBUG"
+LABELS_SUFFIX = "_labels.tif"
+PROBABILITIES_SUFFIX = "_probabilities.tif"
+TIFF_SUFFIXES = (".tif", ".tiff")
+_IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg")
+
+
+class _UsageError(Exception):
+    """A command-line usage error, reported like any user error (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --------------------------------------------------------------------------------------------
+# argument types
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or positive, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {value}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``napari-unet`` argument parser with its sub-commands."""
+    parser = _Parser(
+        prog=PROG,
+        description="U-Net segmentation of microscopy images (the napari-unet command line).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show debug logs and the traceback of unexpected errors (or set {DEBUG_ENV}=1)",
+    )
+    common.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    _add_predict(sub, common)
+    _add_evaluate(sub, common)
+    _add_models(sub, common)
+    return parser
+
+
+def _add_predict(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="segment images and write label TIFFs",
+        description=(
+            "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
+            "65535 objects), keeping each input's axes and pixel size."
+        ),
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help=(
+            f"an existing folder (each INPUT NAME.tif gives NAME{LABELS_SUFFIX}) or, with one "
+            "INPUT, a file name ending in .tif or .tiff"
+        ),
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        metavar="NAME|PATH",
+        default=None,
+        help="a model name (see 'napari-unet models') or a .safetensors file (default: starter)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=_positive_int,
+        metavar="PX",
+        help="side of a tile in pixels, without the overlap (default: 256 on CPU, 1024 on GPU)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=_non_negative_int,
+        metavar="PX",
+        help="context margin added on each side of a tile (default: derived from the network)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="use the full receptive field as overlap: tiled output equals a whole-image pass",
+    )
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="tiles per forward pass")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where the network runs (default: auto = cuda, else mps, else cpu)",
+    )
+    p.add_argument(
+        "--probabilities",
+        metavar="PATH",
+        help=(
+            "also write float32 class probabilities (classes first): a folder "
+            f"(NAME{PROBABILITIES_SUFFIX}) or, with one INPUT, a .tif file name"
+        ),
+    )
+    p.add_argument(
+        "--min-size",
+        type=_non_negative_int,
+        metavar="PX",
+        help="remove objects smaller than this many pixels (instance models; default 16)",
+    )
+    p.add_argument(
+        "--interior-threshold",
+        type=_fraction,
+        metavar="P",
+        help="probability of 'interior' that seeds an object (default 0.5)",
+    )
+    p.add_argument(
+        "--foreground-threshold",
+        type=_fraction,
+        metavar="P",
+        help="probability of foreground within which objects grow (default 0.5)",
+    )
+    p.set_defaults(func=_cmd_predict)
+
+
+def _add_evaluate(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        parents=[common],
+        help="compare predicted labels with ground truth (prints JSON)",
+        description=(
+            "Match predicted objects to ground-truth objects one to one and print JSON: average "
+            "precision TP/(TP+FP+FN) at IoU 0.5 and averaged over 0.5:0.95, precision, recall, "
+            "F1, mean matched IoU and object counts."
+        ),
+    )
+    p.add_argument("pred", metavar="PRED", help="predicted label image (TIFF)")
+    p.add_argument("gt", metavar="GT", help="ground-truth label image of the same shape")
+    p.add_argument("--mask", metavar="MASK", help="only pixels where MASK is non-zero count")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _add_models(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "models",
+        parents=[common],
+        help="list the models that can be loaded",
+        description=(
+            "List the built-in models and those in the user's model folder "
+            "(NAPARI_UNET_MODELS, else the platform's user data folder), with their metadata."
+        ),
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_cmd_models)
+
+
+# --------------------------------------------------------------------------------------------
+# progress and logging
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class ProgressReporter:
+    """Shows :class:`~napari_unet.core.progress.Progress` events on a stream.
+
+    On a terminal: one line, rewritten in place, with a bar, the fraction done and the time left.
+    Otherwise (a log file, a pipe): one line at every tenth of each stage and at its end.
+    """
+
+    def __init__(self, stream: IO[str], label: str, enabled: bool = True) -> None:
+        self.stream = stream
+        self.label = label
+        self.enabled = enabled
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._stage = ""
+        self._start = time.monotonic()
+        self._last_draw = 0.0
+        self._last_tenth = -1
+        self._width = 0
+
+    def __call__(self, event: Any) -> None:
+        if not self.enabled:
+            return
+        if event.stage != self._stage:
+            self._stage = event.stage
+            self._start = time.monotonic()
+            self._last_tenth = -1
+        fraction = event.done / event.total if event.total else 0.0
+        if self.tty:
+            self._draw(event, fraction)
+            return
+        tenth = int(fraction * 10)
+        if tenth != self._last_tenth:
+            self._last_tenth = tenth
+            line = (
+                f"{PROG}: {self.label}: {event.stage} {event.done}/{event.total} ({fraction:.0%})"
+            )
+            self.stream.write(f"{line} {event.message}".rstrip() + "\n")
+            self.stream.flush()
+
+    def _draw(self, event: Any, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self._last_draw < 0.1 and event.done < event.total:
+            return
+        self._last_draw = now
+        elapsed = now - self._start
+        eta = elapsed * (1 - fraction) / fraction if fraction > 0 else 0.0
+        bar = "#" * int(fraction * 20)
+        text = (
+            f"{self.label}: {event.stage} [{bar:<20}] {fraction:4.0%} "
+            f"{_format_seconds(elapsed)} elapsed, {_format_seconds(eta)} left"
+        )
+        self.stream.write("\r" + text.ljust(self._width))
+        self._width = len(text)
+        self.stream.flush()
+
+    def close(self) -> None:
+        """End the progress line (on a terminal)."""
+        if self.enabled and self.tty and self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{PROG}: {record.levelname.lower()}: {message}"
+        return f"{PROG}: {message}"
+
+
+def _debug_from_env() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(message: str) -> None:
+    sys.stderr.write(f"{PROG}: error: {_one_line(message)}\n")
+    sys.stderr.flush()
+
+
+# --------------------------------------------------------------------------------------------
+# predict
+
+
+def _image_stem(path: Path) -> str:
+    name = path.name
+    for extension in _IMAGE_EXTENSIONS:
+        if name.lower().endswith(extension):
+            return name[: -len(extension)]
+    return path.stem
+
+
+def output_paths(inputs: Sequence[Path], target: Path, suffix: str, option: str) -> list[Path]:
+    """Where each input's result goes, checked before any work starts.
+
+    Args:
+        inputs: the input files.
+        target: the ``-o`` (or ``--probabilities``) value: an existing folder, or with one input
+            a file name ending in ``.tif`` / ``.tiff``.
+        suffix: appended to each input's name inside a folder (e.g. ``"_labels.tif"``).
+        option: the option's name, for messages.
+
+    Raises:
+        UserError: the folder does not exist, a file name was given for several inputs, or two
+            inputs would write the same output.
+    """
+    from napari_unet.core.errors import UserError
+
+    if target.suffix.lower() in TIFF_SUFFIXES and not target.is_dir():
+        if len(inputs) > 1:
+            raise UserError(
+                f"{option} {target} is a file name but {len(inputs)} inputs were given; "
+                "give an existing folder"
+            )
+        folder = target.parent
+        if not folder.is_dir():
+            raise UserError(f"the output folder {folder} does not exist ({option} {target})")
+        return [target]
+    if not target.is_dir():
+        if target.exists():
+            raise UserError(f"{option} {target} is neither a folder nor a .tif file name")
+        raise UserError(
+            f"the output folder {target} does not exist ({option} takes an existing folder "
+            "or, with one input, a .tif file name)"
+        )
+    paths = [target / f"{_image_stem(p)}{suffix}" for p in inputs]
+    seen: dict[Path, Path] = {}
+    for source, path in zip(inputs, paths, strict=True):
+        if path in seen:
+            raise UserError(
+                f"{seen[path]} and {source} would both be written to {path}; "
+                "rename one or run them separately"
+            )
+        seen[path] = source
+    return paths
+
+
+def _check_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
+    from napari_unet.core.errors import ImageReadError, UserError
+
+    for path in inputs:
+        if not path.exists():
+            raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
+        if path.is_dir():
+            raise ImageReadError(f"Cannot read image '{path}': it is a folder, not a file.")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"Cannot read image '{path}': the file is empty.")
+    resolved = {p.resolve() for p in inputs}
+    for path in outputs:
+        if path.resolve() in resolved:
+            raise UserError(f"the output {path} is one of the inputs; it would be overwritten")
+
+
+def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
+    """Tile settings: the options given, else the model file's tile defaults, else the
+    device's defaults."""
+    from dataclasses import replace
+
+    from napari_unet.core.tiling import default_tiling
+
+    tiling = loaded.tiling or default_tiling(loaded.config, device_type)
+    if args.exact:
+        tiling = replace(tiling, exact=True)
+    if args.tile_size is not None:
+        tiling = replace(tiling, tile_size=args.tile_size)
+    if args.overlap is not None:
+        tiling = replace(tiling, halo=args.overlap)
+    if args.batch_size is not None:
+        tiling = replace(tiling, batch_size=args.batch_size)
+    return tiling
+
+
+def _postprocess_config(args: argparse.Namespace) -> Any:
+    from napari_unet.core.postprocess import PostprocessConfig
+
+    settings = {
+        "min_size": args.min_size,
+        "interior_threshold": args.interior_threshold,
+        "foreground_threshold": args.foreground_threshold,
+    }
+    return PostprocessConfig(**{k: v for k, v in settings.items() if v is not None})
+
+
+def _output_axes(axes: str) -> str:
+    """The axes of labels for an image with ``axes``: the channel axes (C, S) removed."""
+    kept = [a for a in axes.upper() if a not in "CSYX"]
+    return "".join(kept) + "YX"
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    inputs = [Path(p).expanduser() for p in args.inputs]
+    outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
+    prob_outputs: list[Path | None] = [None] * len(inputs)
+    if args.probabilities:
+        prob_outputs = list(
+            output_paths(
+                inputs,
+                Path(args.probabilities).expanduser(),
+                PROBABILITIES_SUFFIX,
+                "--probabilities",
+            )
+        )
+    _check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
+
+    from napari_unet.core.device import describe_device, resolve_device
+    from napari_unet.core.weights import get_model
+
+    device = resolve_device(args.device)
+    loaded = get_model(args.model)
+    tiling = _tiling(args, loaded, device.type)
+    post = _postprocess_config(args)
+    logger.info(
+        "model %s (%s) on %s; tile %d px, overlap %s, batch %d",
+        loaded.name,
+        loaded.path,
+        describe_device(device),
+        tiling.tile_size,
+        "exact" if tiling.exact else ("auto" if tiling.halo is None else f"{tiling.halo} px"),
+        tiling.batch_size,
+    )
+    for index, (source, target, prob_target) in enumerate(
+        zip(inputs, outputs, prob_outputs, strict=True), start=1
+    ):
+        label = source.name if len(inputs) == 1 else f"[{index}/{len(inputs)}] {source.name}"
+        _predict_one(args, source, target, prob_target, loaded, tiling, device, post, label)
+    return 0
+
+
+def _predict_one(
+    args: argparse.Namespace,
+    source: Path,
+    target: Path,
+    prob_target: Path | None,
+    loaded: Any,
+    tiling: Any,
+    device: Any,
+    post: Any,
+    label: str,
+) -> None:
+    """Read one image, predict, post-process and write its labels (and probabilities)."""
+    from napari_unet.core import io
+    from napari_unet.core.postprocess import postprocess
+    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.progress import drain
+
+    start = time.monotonic()
+    image = io.read_image(source)
+    axes = _output_axes(image.axes)
+    reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
+    try:
+        probs = drain(
+            predict_probabilities(image.data, image.axes, loaded, tiling, device), reporter
+        )
+        labels = drain(postprocess(probs, loaded.task, post), reporter)
+    finally:
+        reporter.close()
+    if labels.ndim != len(axes):  # should not happen; keep the output readable anyway
+        logger.warning("labels of shape %s do not fit axes %s", labels.shape, axes)
+        axes = "".join("TZQ"[i] for i in range(labels.ndim - 2)) + "YX"
+    written: list[Path] = []
+    try:
+        if prob_target is not None:
+            io.write_probabilities(
+                prob_target, probs, "C" + axes, image.pixel_size, image.z_spacing
+            )
+            written.append(prob_target)
+        io.write_labels(target, labels, axes, image.pixel_size, image.z_spacing)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    n_objects = int(labels.max()) if labels.size and loaded.task == "instances" else None
+    found = f", {n_objects} objects" if n_objects is not None else ""
+    if not args.quiet:
+        sys.stderr.write(f"{PROG}: {label} -> {target}{found} ({time.monotonic() - start:.1f} s)\n")
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate
+
+
+def _read_labels(path: Path, what: str) -> Any:
+    """A label image as an integer array (any shape)."""
+    import numpy as np
+
+    from napari_unet.core import io
+    from napari_unet.core.errors import InputMismatchError
+
+    image = io.read_image(path, memmap=False)
+    data = np.asarray(image.data)
+    if "S" in image.axes:
+        raise InputMismatchError(f"{what} {path} is an RGB image, not a label image")
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
+            raise InputMismatchError(f"{what} {path} is not a label image (non-integer values)")
+        data = data.astype(np.int64)
+    elif data.dtype.kind == "b":
+        data = data.astype(np.uint8)
+    elif data.dtype.kind not in "iu":
+        raise InputMismatchError(f"{what} {path} is not a label image (dtype {data.dtype})")
+    if data.size and data.min() < 0:
+        raise InputMismatchError(f"{what} {path} has negative labels")
+    return data
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from napari_unet.core.errors import InputMismatchError
+    from napari_unet.core.metrics import evaluate
+
+    pred_path, gt_path = Path(args.pred).expanduser(), Path(args.gt).expanduser()
+    pred = _read_labels(pred_path, "prediction")
+    gt = _read_labels(gt_path, "ground truth")
+    if pred.shape != gt.shape:
+        raise InputMismatchError(
+            f"label images have different shapes: {pred_path} is {tuple(pred.shape)}, "
+            f"{gt_path} is {tuple(gt.shape)}"
+        )
+    mask = None
+    if args.mask:
+        mask_path = Path(args.mask).expanduser()
+        mask = _read_labels(mask_path, "mask") != 0
+        if mask.shape != gt.shape:
+            raise InputMismatchError(
+                f"the mask {mask_path} has shape {tuple(mask.shape)}, the label images "
+                f"{tuple(gt.shape)}"
+            )
+    result = evaluate(pred, gt, mask=mask)
+    sys.stdout.write(json.dumps(result, indent=2, default=_json_default) + "\n")
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# models
+
+
+def _describe_entry(entry: Any) -> str:
+    summary = entry.summary()
+    where = "built-in" if entry.builtin else "user"
+    if entry.error is not None:
+        return f"  {entry.name}  [{where}]  cannot be read: {_one_line(entry.error)}"
+    arch = summary.get("architecture") or {}
+    classes = ", ".join(summary.get("class_names") or [])
+    parts = [
+        f"  {entry.name}  [{where}]",
+        f"{summary.get('task')} ({classes})",
+        f"{summary.get('in_channels')} input channel(s)",
+        f"depth {arch.get('depth')}, {arch.get('base_channels')} base channels, "
+        f"{arch.get('norm')} norm",
+    ]
+    metrics = summary.get("metrics") or {}
+    if "ap_50" in metrics:
+        parts.append(f"AP50 {metrics['ap_50']:.3f}")
+    if summary.get("parent"):
+        parts.append(f"from {summary['parent']}")
+    if summary.get("created"):
+        parts.append(f"created {summary['created']}")
+    lines = ["  ".join(parts), f"      {entry.path}"]
+    return "\n".join(lines)
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from napari_unet.core.weights import (
+        DEFAULT_MODEL,
+        builtin_models_dir,
+        list_models,
+        user_models_dir,
+    )
+
+    entries = list_models()
+    default_installed = any(e.name == DEFAULT_MODEL and e.error is None for e in entries)
+    if args.json:
+        report = {
+            "builtin_dir": str(builtin_models_dir()),
+            "user_dir": str(user_models_dir()),
+            "default": DEFAULT_MODEL,
+            "default_installed": default_installed,
+            "models": [entry.summary() for entry in entries],
+        }
+        sys.stdout.write(json.dumps(report, indent=2, default=_json_default) + "\n")
+        return 0
+    lines = []
+    for builtin, title, folder in (
+        (True, "Built-in models", builtin_models_dir()),
+        (False, "User models", user_models_dir()),
+    ):
+        group = [e for e in entries if e.builtin == builtin]
+        lines.append(f"{title} ({folder}):" + ("" if group else " none"))
+        lines.extend(_describe_entry(e) for e in group)
+    if not default_installed:
+        lines.append(
+            f"The default model '{DEFAULT_MODEL}' is not installed in this version; "
+            "pass --model PATH to predict."
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        _error(str(exc))
+        return 2
+    except SystemExit as exc:  # --help and --version
+        return exc.code if isinstance(exc.code, int) else 0
+    debug = args.debug or _debug_from_env()
+    package_logger = logging.getLogger("napari_unet")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    old_level = package_logger.level
+    package_logger.addHandler(handler)
+    package_logger.setLevel(
+        logging.DEBUG if debug else logging.INFO if args.verbose else logging.WARNING
+    )
+    try:
+        return _run(args, debug)
+    finally:
+        package_logger.removeHandler(handler)
+        package_logger.setLevel(old_level)
+
+
+def _run(args: argparse.Namespace, debug: bool) -> int:
+    from napari_unet.core.errors import UserError
+
+    try:
+        return int(args.func(args))
+    except UserError as exc:
+        if debug:
+            traceback.print_exc()
+        _error(str(exc))
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"\n{PROG}: interrupted\n")
+        return 130
+    except Exception as exc:
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
+        sys.stderr.write(
+            f"{PROG}: internal error: {type(exc).__name__}: {_one_line(str(exc))}{hint}\n"
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Class probabilities (and labels) for a whole image of any shape: the engine's entry point.
+
+An image with axes from ``"TZCYXS"`` is arranged as 2D planes (:func:`~.normalize.as_planes`),
+normalised with percentiles taken over the whole image, and each plane runs through overlap-tile
+inference (:func:`~.tiling.predict_tiled`) into one preallocated output. Both functions here are
+generators of :class:`~.progress.Progress` events (one per tile batch, counted over all planes)
+that return their result; closing the generator stops the work between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .config import ModelConfig, TilingConfig, from_dict
+from .errors import InputMismatchError
+from .model import UNet, fuse_for_inference
+from .normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
+from .progress import Progress
+from .tiling import default_tiling, predict_tiled, resolve_halo
+
+if TYPE_CHECKING:
+    from .postprocess import PostprocessConfig
+    from .weights import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class _Source:
+    """What inference needs from a model, whether a loaded model file or a bare network."""
+
+    net: UNet
+    config: ModelConfig
+    normalize: NormalizeConfig
+    tiling: TilingConfig | None
+    task: str
+
+
+def _source(model: LoadedModel | UNet) -> _Source:
+    if isinstance(model, UNet):
+        config = model.config
+        task = "instances" if config.out_classes == 3 else "semantic"
+        return _Source(model, config, NormalizeConfig(), None, task)
+    metadata: dict[str, Any] = model.metadata or {}
+    tiling_dict = metadata.get("tiling")
+    tiling = from_dict(TilingConfig, tiling_dict) if isinstance(tiling_dict, dict) else None
+    return _Source(model.model, model.config, model.normalize, tiling, model.task)
+
+
+def _make_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
+    """The callable that runs ``net`` on ``device``: (B, C, h, w) float32 CPU tensor ->
+    softmax probabilities (B, K, h, w) float32 CPU tensor."""
+    try:
+        from .device import Predictor as DevicePredictor
+        from .device import resolve_device
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__package__}.device":
+            raise
+        return _fallback_predictor(net, device)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    return DevicePredictor(net, dev), dev
+
+
+def _fallback_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
+    """Plain eager inference (used only where :mod:`.device` is not available)."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+    fused = fuse_for_inference(net).to(dev)
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = fused(batch.to(dev))
+            return torch.softmax(logits.float(), dim=1).cpu()
+
+    return run, dev
+
+
+def _planes_message(plane: int, n_planes: int, event: Progress) -> str:
+    if n_planes == 1:
+        return event.message
+    return f"plane {plane + 1}/{n_planes}, {event.message}"
+
+
+def predict_probabilities(
+    image: np.ndarray,
+    axes: str,
+    model: LoadedModel | UNet,
+    tiling: TilingConfig | None = None,
+    device: str | torch.device = "auto",
+) -> Generator[Progress, None, np.ndarray]:
+    """Class probabilities for every pixel of ``image``.
+
+    Args:
+        image: the raw image (uint8, uint16, float32 with NaN, ...; may be a memmap), one axis per
+            letter of ``axes``.
+        axes: letters from ``"TZCYXS"`` ending in Y, X (and S for RGB); see
+            :func:`~.normalize.as_planes`.
+        model: a :class:`~.weights.LoadedModel` (its normalisation and tile defaults are used) or
+            a bare :class:`~.model.UNet` (default percentile normalisation).
+        tiling: tile size, halo, batch size; ``None`` takes the model file's tile defaults, else
+            the defaults for the device (:func:`~.tiling.default_tiling`).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a :class:`torch.device`.
+
+    Yields:
+        :class:`Progress` per tile batch, ``done``/``total`` over all planes, message like
+        ``"plane 3/20, tile batch 2/9"``; payload ``(plane index, TileBatch)``.
+
+    Returns:
+        float32 array (K, *leading, Y, X): K classes first, then the image's non-channel axes
+        (e.g. (K, Z, Y, X) for a ZCYX stack). Values sum to 1 over K.
+
+    Raises:
+        InputMismatchError: the image's channels do not fit the model, or it has no pixels.
+        UserError: an unknown or unavailable device.
+    """
+    source = _source(model)
+    config = source.config
+    planes, leading, _ = as_planes(image, axes, config.in_channels)
+    n_planes, _, height, width = planes.shape
+    if n_planes == 0 or height == 0 or width == 0:
+        raise InputMismatchError(f"The image has no pixels (shape {tuple(image.shape)}).")
+    predictor, dev = _make_predictor(source.net, device)
+    tiling = tiling or source.tiling or default_tiling(config, dev.type)
+    halo = resolve_halo(tiling, config)
+    _warn_if_not_tileable(config, tiling, height, width)
+    logger.info(
+        "predicting %d plane(s) of %dx%d on %s: tile %d, halo %d, batch %d",
+        n_planes, height, width, dev, tiling.tile_size, halo, tiling.batch_size,
+    )  # fmt: skip
+    bounds = normalize_bounds(planes, source.normalize)
+    out = np.empty((config.out_classes, n_planes, height, width), dtype=np.float32)
+    for n in range(n_planes):
+        plane = normalize_plane(planes[n], bounds)
+        gen = predict_tiled(
+            predictor, plane, config.out_classes, tiling, halo, config.stride, out=out[:, n]
+        )
+        try:
+            for event in gen:
+                per_plane = event.total
+                yield Progress(
+                    "predict",
+                    n * per_plane + event.done,
+                    n_planes * per_plane,
+                    _planes_message(n, n_planes, event),
+                    payload=(n, event.payload),
+                )
+        finally:
+            gen.close()
+    return out.reshape(config.out_classes, *leading, height, width)
+
+
+def _warn_if_not_tileable(
+    config: ModelConfig, tiling: TilingConfig, height: int, width: int
+) -> None:
+    if config.norm in ("group", "instance") and max(height, width) > tiling.tile_size:
+        logger.warning(
+            "the model uses %s normalisation, whose statistics depend on the tile: tiled results "
+            "differ from one whole-image pass",
+            config.norm,
+        )
+
+
+def predict_labels(
+    image: np.ndarray,
+    axes: str,
+    model: LoadedModel | UNet,
+    tiling: TilingConfig | None = None,
+    device: str | torch.device = "auto",
+    postprocess: PostprocessConfig | None = None,
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Probabilities and labels for ``image`` (see :func:`predict_probabilities`).
+
+    Yields:
+        The prediction's events, then ``Progress("postprocess", 0 or 1, 1)``.
+
+    Returns:
+        ``(probabilities, labels)``: float32 (K, *leading, Y, X) and labels (*leading, Y, X)
+        (uint16 or uint32 instance ids, or class ids for a semantic model).
+    """
+    from .postprocess import labels_from_probabilities
+
+    task = _source(model).task
+    probs = yield from predict_probabilities(image, axes, model, tiling, device)
+    yield Progress("postprocess", 0, 1, "post-processing")
+    labels = labels_from_probabilities(probs, task, postprocess)
+    yield Progress("postprocess", 1, 1, "post-processing done")
+    return probs, labels

@@ -1,0 +1,476 @@
+"""Training targets from labels: per-pixel classes, the U-Net border weight map, the annotated mask.
+
+Instance labels (0 = background, one positive id per object) become three classes:
+
+* ``0`` background,
+* ``1`` interior: object pixels whose whole ``(2 w + 1) x (2 w + 1)`` neighbourhood belongs to the
+  same object (``w`` = :attr:`TargetConfig.boundary_width`),
+* ``2`` boundary: the other object pixels, i.e. those within ``w`` pixels (chessboard distance) of
+  another object or of the background. The boundary is *inner*: it lies on the object, so two
+  touching objects are separated by a line ``2 w`` pixels wide (``w`` from each side) and their
+  interiors never touch, not even diagonally. The image border is not a boundary: an object cut by
+  the border keeps its interior up to the edge.
+
+The weight map is the one of the U-Net paper (Ronneberger et al., 2015)::
+
+    w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))
+
+``d1`` and ``d2`` are the Euclidean distances (pixel centre to pixel centre) to the nearest and
+second-nearest object; a pixel's distance to its own object is 0. The gap term is given to
+background pixels, as in the paper, where it peaks in narrow gaps between objects, and (by default,
+:attr:`TargetConfig.gap_on_boundary`) to boundary pixels, where ``d1 = 0`` and ``d2`` is the
+distance to the nearest other object: the line that separates two touching objects gets about
+``w0`` on top of its class weight, like the paper's separating background. Interior pixels get no
+gap term. With fewer than two objects the gap term is 0.
+
+``w_c`` balances the classes over the annotated pixels: inverse class frequency, the ratio between
+the largest and smallest class weight capped at :attr:`TargetConfig.max_class_ratio`, normalised so
+that the mean of ``w_c`` over the annotated pixels is exactly 1 (the gap term comes on top).
+Outside the annotated mask every weight is 0, so nothing there counts in the loss.
+
+The gap term is computed per object inside the object's bounding box plus a margin, keeping the
+two smallest distances per pixel; the margin is derived from ``w0`` and ``sigma`` so that the
+result is within 1e-4 of the exact map (:func:`exact_weight_map`, one distance transform per object
+over the whole image, is the slow reference).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from napari_unet.core.errors import InputMismatchError, UserError
+
+logger = logging.getLogger(__name__)
+
+BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
+N_INSTANCE_CLASSES = 3
+INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
+
+#: Largest difference between the fast gap term and the exact one; the margin follows from it.
+GAP_TOLERANCE = 1e-4
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """How labels become training targets.
+
+    Attributes:
+        w0: height of the border term of the weight map (0 turns it off).
+        sigma: width of the border term, in pixels.
+        boundary_width: width ``w`` of the inner boundary class, in pixels, on each object; two
+            touching objects are separated by ``2 w`` boundary pixels.
+        class_balance: weight the classes by inverse frequency over the annotated pixels (else
+            every annotated pixel has class weight 1).
+        max_class_ratio: cap on the ratio between the largest and smallest class weight, so a
+            rare class in a sparse image does not get a huge weight.
+        gap_on_boundary: also give the border term to boundary pixels (``d1 = 0``, ``d2`` = distance
+            to the nearest other object), not only to background pixels.
+    """
+
+    w0: float = 10.0
+    sigma: float = 5.0
+    boundary_width: int = 1
+    class_balance: bool = True
+    max_class_ratio: float = 10.0
+    gap_on_boundary: bool = True
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.w0) and self.w0 >= 0):
+            raise ValueError(f"w0 must be a finite number >= 0, got {self.w0}")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise ValueError(f"sigma must be a finite number > 0, got {self.sigma}")
+        if int(self.boundary_width) != self.boundary_width or self.boundary_width < 1:
+            raise ValueError(f"boundary_width must be an integer >= 1, got {self.boundary_width}")
+        if not self.max_class_ratio >= 1:
+            raise ValueError(f"max_class_ratio must be >= 1, got {self.max_class_ratio}")
+
+    @property
+    def margin(self) -> int:
+        """Pixels around an object's bounding box beyond which its border term is negligible.
+
+        Past ``margin`` pixels from every object but the nearest, ``w0 * exp(-(d1 + d2)**2 /
+        (2 sigma**2)) <= w0 * exp(-margin**2 / (2 sigma**2)) <= GAP_TOLERANCE``.
+        """
+        if self.w0 <= GAP_TOLERANCE:
+            return 0
+        return math.ceil(self.sigma * math.sqrt(2.0 * math.log(self.w0 / GAP_TOLERANCE)))
+
+
+@dataclass(frozen=True, eq=False)
+class Targets:
+    """Per-pixel training targets; all arrays share the labels' shape ``(H, W)`` or ``(Z, H, W)``.
+
+    Attributes:
+        classes: uint8 (uint16 for more than 256 semantic classes) class id per pixel; for
+            instances 0 background, 1 interior, 2 boundary.
+        weights: float32 loss weight per pixel, 0 outside ``mask``.
+        mask: bool, True where the pixel is annotated (counts in the loss).
+    """
+
+    classes: np.ndarray
+    weights: np.ndarray
+    mask: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# validation
+
+
+def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
+    """Return ``labels`` as a non-negative integer array, or raise :class:`UserError`.
+
+    Accepts any integer dtype, bool (as 0/1) and floats that hold whole numbers (some tools save
+    labels as float32). Negative, fractional, NaN or non-numeric labels are refused.
+
+    Args:
+        labels: array of any shape.
+        name: how the message names the array.
+
+    Returns:
+        the same values with an unsigned or signed integer dtype (no copy when already integer).
+    """
+    arr = np.asarray(labels)
+    if arr.dtype == bool:
+        return arr.view(np.uint8)
+    if np.issubdtype(arr.dtype, np.floating):
+        if arr.size and not np.all(np.isfinite(arr)):
+            raise UserError(f"The {name} contain NaN or infinite values; labels must be whole "
+                            "numbers (0 for background, 1, 2, ... for objects).")
+        if arr.size and not np.array_equal(arr, np.round(arr)):
+            bad = arr[arr != np.round(arr)].flat[0]
+            raise UserError(f"The {name} contain fractional values (such as {bad:g}); labels must "
+                            "be whole numbers (0 for background, 1, 2, ... for objects).")
+        if arr.size and arr.min() < 0:
+            raise UserError(f"The {name} contain negative values (smallest {arr.min():g}); labels "
+                            "must be 0 for background and positive whole numbers for objects.")
+        return arr.astype(np.int64)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise UserError(f"The {name} have data type {arr.dtype}; labels must be whole numbers "
+                        "(0 for background, 1, 2, ... for objects).")
+    if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and arr.min() < 0:
+        raise UserError(f"The {name} contain negative values (smallest {arr.min()}); labels must "
+                        "be 0 for background and positive whole numbers for objects.")
+    return arr
+
+
+def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``mask`` as a bool array of ``shape`` (non-zero = annotated), or None when not given."""
+    if mask is None:
+        return None
+    arr = np.asarray(mask)
+    if arr.shape != shape:
+        raise InputMismatchError(f"The mask has shape {arr.shape} but the labels have shape "
+                                 f"{shape}; they must be the same.")
+    if arr.dtype == bool:
+        return arr
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise UserError(f"The mask has data type {arr.dtype}; it must hold numbers "
+                        "(non-zero = annotated).")
+    return arr != 0
+
+
+def _check_ndim(labels: np.ndarray, ndim: int, hint: str) -> None:
+    if labels.ndim != ndim:
+        raise UserError(f"The labels have shape {labels.shape}; expected {ndim} dimensions "
+                        f"({hint}).")
+
+
+# --------------------------------------------------------------------------------------------
+# pieces
+
+
+def instance_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray:
+    """Classes of an instance label image: 0 background, 1 interior, 2 boundary.
+
+    Args:
+        labels: (H, W) non-negative integer instance ids.
+        boundary_width: width of the inner boundary on each object, in pixels.
+
+    Returns:
+        uint8 (H, W).
+    """
+    size = 2 * int(boundary_width) + 1
+    hi = ndi.maximum_filter(labels, size=size, mode="nearest")
+    lo = ndi.minimum_filter(labels, size=size, mode="nearest")
+    obj = labels > 0
+    classes = obj.view(np.uint8).copy()
+    classes[obj & (hi != lo)] = BOUNDARY
+    return classes
+
+
+def _class_weight_table(counts: np.ndarray, config: TargetConfig) -> np.ndarray:
+    """Weight per class (float64 (K,)) from annotated pixel counts per class (int (K,)).
+
+    Absent classes get 0; present ones inverse frequency, capped, with mean 1 over the pixels.
+    """
+    table = np.zeros(counts.shape, np.float64)
+    present = counts > 0
+    if not present.any():
+        return table
+    if not config.class_balance:
+        table[present] = 1.0
+        return table
+    inv = 1.0 / counts[present]
+    inv = np.minimum(inv, config.max_class_ratio * inv.min())
+    table[present] = inv
+    table /= (table * counts).sum() / counts.sum()
+    return table
+
+
+def _class_weights(
+    classes: np.ndarray, mask: np.ndarray, n_classes: int, config: TargetConfig
+) -> np.ndarray:
+    """Per-pixel class weight float32 (H, W), 0 outside ``mask``."""
+    annotated = classes if mask.all() else classes[mask]
+    counts = np.bincount(annotated.ravel(), minlength=n_classes)
+    table = _class_weight_table(counts, config).astype(np.float32)
+    weights = table[classes]
+    weights[~mask] = 0.0
+    return weights
+
+
+def _update_two_smallest(d1: np.ndarray, d2: np.ndarray, dist: np.ndarray) -> None:
+    """In place: keep in (d1, d2) the two smallest of (d1, d2, dist), d1 <= d2."""
+    np.minimum(d2, np.maximum(d1, dist), out=d2)
+    np.minimum(d1, dist, out=d1)
+
+
+def _gap_from_distances(d1: np.ndarray, d2: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` as float32; infinite distances give 0."""
+    total = d1 + d2
+    np.multiply(total, total, out=total)
+    total *= -1.0 / (2.0 * sigma * sigma)
+    np.exp(total, out=total)
+    total *= w0
+    return total.astype(np.float32, copy=False)
+
+
+def _object_slices(labels: np.ndarray) -> list[tuple[int, tuple[slice, ...]]]:
+    """(id, bounding box) of every object in ``labels`` (non-negative integers, any shape)."""
+    if labels.size == 0:
+        return []
+    top = int(labels.max())
+    if top == 0:
+        return []
+    if top > 4 * labels.size + 1024:
+        # sparse huge ids: find_objects would allocate one entry per id up to the largest
+        ids = np.unique(labels)
+        ids = ids[ids != 0]
+        seq = np.searchsorted(ids, labels) + 1
+        seq[labels == 0] = 0
+        boxes = ndi.find_objects(seq)
+        return [(int(ids[i]), box) for i, box in enumerate(boxes) if box is not None]
+    boxes = ndi.find_objects(labels)
+    return [(i + 1, box) for i, box in enumerate(boxes) if box is not None]
+
+
+def gap_term(labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """The border term ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` at every pixel, fast.
+
+    Distances to each object are computed only inside its bounding box plus
+    :attr:`TargetConfig.margin`; the result is within ``GAP_TOLERANCE`` of the exact term.
+
+    Args:
+        labels: (H, W) non-negative integer instance ids.
+        w0, sigma: height and width of the term.
+
+    Returns:
+        float32 (H, W); a pixel's distance to its own object is 0.
+    """
+    labels = np.asarray(labels)
+    objects = _object_slices(labels)
+    if w0 <= 0 or len(objects) < 2:
+        return np.zeros(labels.shape, np.float32)
+    margin = TargetConfig(w0=w0, sigma=sigma).margin
+    d1 = np.full(labels.shape, np.inf)
+    d2 = np.full(labels.shape, np.inf)
+    for obj_id, box in objects:
+        padded = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
+                       for s, n in zip(box, labels.shape, strict=True))
+        dist = ndi.distance_transform_edt(labels[padded] != obj_id)
+        _update_two_smallest(d1[padded], d2[padded], dist)
+    return _gap_from_distances(d1, d2, w0, sigma)
+
+
+def _exact_gap_term(labels: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """Reference for :func:`gap_term`: one distance transform per object over the whole image."""
+    objects = _object_slices(labels)
+    if w0 <= 0 or len(objects) < 2:
+        return np.zeros(labels.shape, np.float32)
+    d1 = np.full(labels.shape, np.inf)
+    d2 = np.full(labels.shape, np.inf)
+    for obj_id, _ in objects:
+        _update_two_smallest(d1, d2, ndi.distance_transform_edt(labels != obj_id))
+    return _gap_from_distances(d1, d2, w0, sigma)
+
+
+def _assemble(
+    labels: np.ndarray, mask: np.ndarray, config: TargetConfig, gap_fn
+) -> Targets:
+    classes = instance_classes(labels, config.boundary_width)
+    weights = _class_weights(classes, mask, N_INSTANCE_CLASSES, config)
+    if config.w0 > 0 and mask.any():
+        gap = gap_fn(labels, config.w0, config.sigma)
+        gets_gap = classes == BACKGROUND
+        if config.gap_on_boundary:
+            gets_gap |= classes == BOUNDARY
+        gets_gap &= mask
+        weights[gets_gap] += gap[gets_gap]
+    return Targets(classes=classes, weights=weights, mask=mask)
+
+
+# --------------------------------------------------------------------------------------------
+# public entry points
+
+
+def instance_targets(
+    labels: np.ndarray, config: TargetConfig | None = None, mask: np.ndarray | None = None
+) -> Targets:
+    """Targets of a 2D instance label image.
+
+    Args:
+        labels: (H, W) integer instance ids, 0 = background (bool, and floats holding whole
+            numbers, are accepted).
+        config: target settings; default :class:`TargetConfig`.
+        mask: optional (H, W) annotated pixels (bool or non-zero); default all annotated.
+
+    Returns:
+        :class:`Targets` with classes uint8 (H, W) in {0, 1, 2}, weights float32 (H, W) (0 outside
+        the mask) and mask bool (H, W).
+
+    Raises:
+        UserError: labels not 2D, negative, fractional or not numbers.
+        InputMismatchError: mask shape differs from the labels.
+    """
+    config = config or TargetConfig()
+    labels = check_labels(labels)
+    _check_ndim(labels, 2, "an (H, W) image; use stack_targets for a stack")
+    mask_arr = _check_mask(mask, labels.shape)
+    if mask_arr is None:
+        mask_arr = np.ones(labels.shape, bool)
+    return _assemble(labels, mask_arr, config, gap_term)
+
+
+def exact_weight_map(
+    labels: np.ndarray, config: TargetConfig | None = None, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """The weights of :func:`instance_targets` computed the slow, exact way (the reference).
+
+    Same arguments as :func:`instance_targets`; the border term takes one distance transform per
+    object over the whole image (seconds and gigabytes for large images: tests and benchmarks only).
+
+    Returns:
+        float32 (H, W).
+    """
+    config = config or TargetConfig()
+    labels = check_labels(labels)
+    _check_ndim(labels, 2, "an (H, W) image")
+    mask_arr = _check_mask(mask, labels.shape)
+    if mask_arr is None:
+        mask_arr = np.ones(labels.shape, bool)
+    return _assemble(labels, mask_arr, config, _exact_gap_term).weights
+
+
+def _plane_masks(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """(Z, H, W) bool: the given mask, else planes with any label fully annotated, others not."""
+    if mask is not None:
+        return mask
+    has_label = labels.reshape(labels.shape[0], -1).any(axis=1)
+    return np.broadcast_to(has_label[:, None, None], labels.shape).copy()
+
+
+def _stack(planes: Sequence[Targets]) -> Targets:
+    return Targets(
+        classes=np.stack([t.classes for t in planes]),
+        weights=np.stack([t.weights for t in planes]),
+        mask=np.stack([t.mask for t in planes]),
+    )
+
+
+def stack_targets(
+    labels: np.ndarray, mask: np.ndarray | None = None, config: TargetConfig | None = None
+) -> Targets:
+    """Targets of a stack of instance label planes, plane by plane.
+
+    Without a mask, a plane without any label is unannotated (its weights are 0) and a plane with
+    labels is fully annotated; a given mask is used as is (a plane of zeros inside the mask is
+    annotated background). Class balance is per plane.
+
+    Args:
+        labels: (Z, H, W) integer instance ids, 0 = background.
+        mask: optional (Z, H, W) annotated pixels.
+        config: target settings; default :class:`TargetConfig`.
+
+    Returns:
+        :class:`Targets` with (Z, H, W) arrays: classes uint8, weights float32, mask bool.
+    """
+    config = config or TargetConfig()
+    labels = check_labels(labels)
+    _check_ndim(labels, 3, "a (Z, H, W) stack")
+    masks = _plane_masks(labels, _check_mask(mask, labels.shape))
+    planes = []
+    for plane, plane_mask in zip(labels, masks, strict=True):
+        if plane_mask.any():
+            planes.append(instance_targets(plane, config, plane_mask))
+        else:
+            planes.append(Targets(classes=np.zeros(plane.shape, np.uint8),
+                                  weights=np.zeros(plane.shape, np.float32), mask=plane_mask))
+    logger.debug("stack targets: %d of %d planes annotated", int(masks.any(axis=(1, 2)).sum()),
+                 len(planes))
+    return _stack(planes)
+
+
+def semantic_targets(
+    labels: np.ndarray,
+    n_classes: int,
+    mask: np.ndarray | None = None,
+    config: TargetConfig | None = None,
+) -> Targets:
+    """Targets of semantic labels (class ids): the classes are the label values, class-balanced.
+
+    A 2D image without a mask is fully annotated. A (Z, H, W) stack follows the rule of
+    :func:`stack_targets`: without a mask, planes without any non-zero label are unannotated.
+    Class balance (``config.class_balance`` and ``max_class_ratio``) is per plane; ``w0``,
+    ``sigma`` and ``boundary_width`` do not apply.
+
+    Args:
+        labels: (H, W) or (Z, H, W) integer class ids in ``[0, n_classes)``.
+        n_classes: number of classes the model predicts (at least 2).
+        mask: optional annotated pixels, same shape as ``labels``.
+        config: target settings; default :class:`TargetConfig`.
+
+    Returns:
+        :class:`Targets`: classes uint8 (uint16 beyond 256 classes), weights float32, mask bool.
+
+    Raises:
+        UserError: bad labels, or a label value not below ``n_classes``.
+    """
+    config = config or TargetConfig()
+    if n_classes < 2:
+        raise ValueError(f"n_classes must be at least 2, got {n_classes}")
+    labels = check_labels(labels)
+    if labels.ndim not in (2, 3):
+        raise UserError(f"The labels have shape {labels.shape}; expected an (H, W) image or a "
+                        "(Z, H, W) stack.")
+    top = int(labels.max()) if labels.size else 0
+    if top >= n_classes:
+        raise UserError(f"The labels contain class {top}, but the model has {n_classes} classes "
+                        f"(0 to {n_classes - 1}).")
+    dtype = np.uint8 if n_classes <= 256 else np.uint16
+    classes = labels.astype(dtype)
+    mask_arr = _check_mask(mask, labels.shape)
+    if labels.ndim == 2:
+        if mask_arr is None:
+            mask_arr = np.ones(labels.shape, bool)
+        weights = _class_weights(classes, mask_arr, n_classes, config)
+        return Targets(classes=classes, weights=weights, mask=mask_arr)
+    masks = _plane_masks(labels, mask_arr)
+    weights = np.stack([_class_weights(c, m, n_classes, config)
+                        for c, m in zip(classes, masks, strict=True)])
+    return Targets(classes=classes, weights=weights, mask=masks)
