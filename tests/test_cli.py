@@ -326,7 +326,7 @@ def test_tiling_options_do_not_change_the_result(capsys, tmp_path, out_dir, mode
     img = image_file(tmp_path, "img.tif", blobs((70, 90)))
     predict_ok(capsys, [img], out_dir / "whole.tif", model_file, "--tile-size", "1024",
                "--probabilities", out_dir / "whole_p.tif")  # fmt: skip
-    predict_ok(capsys, [img], out_dir / "tiled.tif", model_file, "--tile-size", "16", "--exact",
+    predict_ok(capsys, [img], out_dir / "tiled.tif", model_file, "--tile-size", "32", "--exact",
                "--probabilities", out_dir / "tiled_p.tif")  # fmt: skip
     whole = np.asarray(read_image(out_dir / "whole_p.tif", memmap=False).data)
     tiled = np.asarray(read_image(out_dir / "tiled_p.tif", memmap=False).data)

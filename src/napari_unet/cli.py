@@ -10,7 +10,10 @@ Commands::
 ``predict`` writes one label TIFF per input. ``-o OUT`` is either an existing folder, where each
 input ``NAME.tif`` gives ``NAME_labels.tif``, or, with a single input only, a file name ending in
 ``.tif`` / ``.tiff``. ``--probabilities`` works the same way (``NAME_probabilities.tif``, float32,
-class axis first). Labels keep the input's axes (without its channel axis) and pixel size.
+class axis first). Labels keep the input's axes (without its channel axis) and pixel size. An
+existing output file is replaced. All outputs and the existence of all inputs are checked before
+any work starts; inputs then run one after the other, and a problem with one stops the run (the
+outputs of the inputs before it are complete and stay).
 
 Exit codes: 0 success; 2 a problem with the input (one line ``napari-unet: error: ...`` on stderr,
 no output file written); 1 an unexpected error (short message; the traceback with ``--debug`` or
@@ -363,6 +366,11 @@ def output_paths(inputs: Sequence[Path], target: Path, suffix: str, option: str)
     if not target.is_dir():
         if target.exists():
             raise UserError(f"{option} {target} is neither a folder nor a .tif file name")
+        if target.suffix:
+            raise UserError(
+                f"{option} {target}: give an existing folder or a file name ending in .tif "
+                "(results are written as TIFF)"
+            )
         raise UserError(
             f"the output folder {target} does not exist ({option} takes an existing folder "
             "or, with one input, a .tif file name)"
@@ -514,7 +522,9 @@ def _predict_one(
             path.unlink(missing_ok=True)
         raise
     n_objects = int(labels.max()) if labels.size and loaded.task == "instances" else None
-    found = f", {n_objects} objects" if n_objects is not None else ""
+    found = ""
+    if n_objects is not None:
+        found = f", {n_objects} object{'' if n_objects == 1 else 's'}"
     if not args.quiet:
         sys.stderr.write(f"{PROG}: {label} -> {target}{found} ({time.monotonic() - start:.1f} s)\n")
 

@@ -80,6 +80,13 @@ def test_round_trip_same_outputs_and_metadata(tmp_path):
     assert loaded.metadata["in_channels"] == 1
 
 
+def test_name_defaults_to_the_file_name(tmp_path):
+    path = save_model(tmp_path / "my-cells.safetensors", build_model(CONFIG), new_metadata(CONFIG))
+    loaded = load_model(path)
+    assert loaded.name == "my-cells" == loaded.metadata["name"]
+    assert loaded.tiling is None  # no tile defaults stored: the device's defaults apply
+
+
 def test_file_holds_float32_contiguous_tensors_and_one_metadata_key(tmp_path):
     model = build_model(CONFIG, seed=1).double()
     path = save_model(tmp_path / "m", model, new_metadata(CONFIG))

@@ -339,14 +339,22 @@ def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
 
 
 def _drop_small_and_cast(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Remove objects below ``min_size`` pixels, make ids consecutive, cast to uint16/uint32."""
+    """Remove objects below ``min_size`` pixels, make ids consecutive, cast to uint16/uint32.
+
+    Args:
+        labels: int32 (H, W), ids 0..M (some ids may be unused).
+
+    Returns:
+        (H, W) labels with ids 1..N, uint16 when N fits, else uint32.
+    """
     sizes = np.bincount(labels.ravel())
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     count = int(keep.sum())
-    lut = np.zeros(len(sizes), dtype=labels_dtype(count))
+    dtype = labels_dtype(count)
+    if count == len(sizes) - 1:  # nothing to remove, ids already consecutive
+        return labels.astype(dtype)
+    logger.debug("removed %d objects smaller than %d pixels", len(sizes) - 1 - count, min_size)
+    lut = np.zeros(len(sizes), dtype=dtype)
     lut[keep] = np.arange(1, count + 1)
-    removed = len(sizes) - 1 - count
-    if removed:
-        logger.debug("removed %d objects smaller than %d pixels", removed, min_size)
     return lut[labels]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from .config import ModelConfig, TilingConfig, from_dict
+from .config import ModelConfig, TilingConfig
 from .errors import InputMismatchError
 from .model import UNet, fuse_for_inference
 from .normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
@@ -49,10 +49,7 @@ def _source(model: LoadedModel | UNet) -> _Source:
         config = model.config
         task = "instances" if config.out_classes == 3 else "semantic"
         return _Source(model, config, NormalizeConfig(), None, task)
-    metadata: dict[str, Any] = model.metadata or {}
-    tiling_dict = metadata.get("tiling")
-    tiling = from_dict(TilingConfig, tiling_dict) if isinstance(tiling_dict, dict) else None
-    return _Source(model.model, model.config, model.normalize, tiling, model.task)
+    return _Source(model.model, model.config, model.normalize, model.tiling, model.task)
 
 
 def _make_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
@@ -182,18 +179,20 @@ def predict_labels(
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Probabilities and labels for ``image`` (see :func:`predict_probabilities`).
 
+    Args:
+        postprocess: thresholds and minimum size for instance labels; defaults when ``None``.
+
     Yields:
-        The prediction's events, then ``Progress("postprocess", 0 or 1, 1)``.
+        The prediction's events (stage ``"predict"``), then one per plane post-processed (stage
+        ``"postprocess"``).
 
     Returns:
         ``(probabilities, labels)``: float32 (K, *leading, Y, X) and labels (*leading, Y, X)
         (uint16 or uint32 instance ids, or class ids for a semantic model).
     """
-    from .postprocess import labels_from_probabilities
+    from .postprocess import postprocess as labels_generator
 
     task = _source(model).task
     probs = yield from predict_probabilities(image, axes, model, tiling, device)
-    yield Progress("postprocess", 0, 1, "post-processing")
-    labels = labels_from_probabilities(probs, task, postprocess)
-    yield Progress("postprocess", 1, 1, "post-processing done")
+    labels = yield from labels_generator(probs, task, postprocess)
     return probs, labels

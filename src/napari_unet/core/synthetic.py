@@ -21,6 +21,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -126,6 +127,9 @@ class SyntheticConfig:
             raise ValueError(f"n_objects must not be negative, got {self.n_objects}")
 
 
+_Stamp = tuple[tuple[slice, slice], np.ndarray]  # box in the image, rho (h, w) float32
+
+
 @dataclass
 class _Shape:
     """One object: a perturbed ellipse with its appearance (internal)."""
@@ -144,6 +148,8 @@ class _Shape:
     plain: bool = False  # cells: no visible nucleus (dividing, dying)
     nucleus: tuple[float, float, float, float, float, float] | None = None  # dy dx a b th dim
     spots: list[tuple[float, float, float, float]] = field(default_factory=list)  # dy dx s depth
+    shift: tuple[float, float] = (0.0, 0.0)  # displacement in the plane being drawn
+    stamp0: _Stamp | None = None  # geometry at zero displacement, kept from placement
 
     @property
     def extent(self) -> float:
@@ -152,9 +158,6 @@ class _Shape:
     @property
     def mean_radius(self) -> float:
         return math.sqrt(self.a * self.b)
-
-
-_Stamp = tuple[tuple[slice, slice], np.ndarray]  # box in the image, rho (h, w) float32
 
 
 def _rng(seed: Seed) -> np.random.Generator:
@@ -175,18 +178,23 @@ def _geometry(s: _Shape, shape: tuple[int, int], dy: float = 0.0, dx: float = 0.
     u = (xx * c + yy * sn) / np.float32(s.a)
     v = (yy * c - xx * sn) / np.float32(s.b)
     rho = np.sqrt(u * u + v * v)
-    if len(s.harm):
-        phi = np.arctan2(v, u)
-        radial = np.ones_like(rho)
-        for k, amp, phase in s.harm:
-            radial += np.float32(amp) * np.cos(np.float32(k) * phi + np.float32(phase))
-        rho /= radial
+    if len(s.harm):  # radius scale 1 + sum_k amp_k cos(k phi + phase_k), by Horner in z = e^(i phi)
+        inv = 1.0 / np.maximum(rho, np.float32(1e-6))
+        z = (u * inv) + 1j * (v * inv)
+        coef = (s.harm[:, 1] * np.exp(1j * s.harm[:, 2])).astype(np.complex64)
+        poly = np.full(rho.shape, coef[-1], np.complex64)
+        for c_k in coef[-2::-1]:
+            poly *= z
+            poly += c_k
+        poly *= z ** int(s.harm[0, 0])
+        rho /= 1.0 + poly.real
     return (slice(y0, y1), slice(x0, x1)), rho
 
 
-def _harmonics(rng: np.random.Generator, amount: float, kmax: int) -> np.ndarray:
+def _harmonics(rng: np.random.Generator, amount: float, kmax: int, decay: float = 0.8
+               ) -> np.ndarray:
     ks = np.arange(2, kmax + 1, dtype=np.float64)
-    amps = amount * rng.normal(size=ks.size) / ks**0.8
+    amps = amount * rng.normal(size=ks.size) / ks**decay
     total = np.abs(amps).sum()
     if total > 0.45:
         amps *= 0.45 / total
@@ -203,7 +211,8 @@ def _base_shape(cfg: SyntheticConfig, rng: np.random.Generator, r: float) -> _Sh
     sigma = cfg.brightness_variation
     shape = _Shape(
         cy=0.0, cx=0.0, a=a, b=b, theta=rng.uniform(0, np.pi),
-        harm=_harmonics(rng, cfg.irregularity * (2.5 if cells else 1.0), 8 if cells else 6),
+        harm=(_harmonics(rng, 0.1 + 2.0 * cfg.irregularity, 7, 1.4) if cells
+              else _harmonics(rng, cfg.irregularity, 6)),
         brightness=float(rng.lognormal(-0.5 * sigma**2, sigma)) if sigma > 0 else 1.0,
         texture=cfg.texture * rng.uniform(0.6, 1.4), dome=rng.uniform(0.1, 0.45),
         defocus=bool(rng.random() < cfg.defocus),
@@ -268,7 +277,8 @@ def _dying(cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: floa
         rf = rd if n == 1 else max(rd * rng.uniform(0.4, 0.65), min_r)
         a, b = _ellipse_axes(rf, rng.uniform(0.8, 1.0))
         shapes.append(_Shape(cy=0.0, cx=0.0, a=a, b=b, theta=rng.uniform(0, np.pi),
-                             harm=_harmonics(rng, 0.03, 3), brightness=bright * rng.uniform(0.8, 1.2),
+                             harm=_harmonics(rng, 0.03, 3),
+                             brightness=bright * rng.uniform(0.8, 1.2),
                              texture=main.texture * 0.2, dome=rng.uniform(0.0, 0.1),
                              defocus=main.defocus, plain=True))
         d = 0.0 if i == 0 else rng.uniform(1.2, 2.2) * rd
@@ -306,11 +316,17 @@ def _place(cfg: SyntheticConfig, rng: np.random.Generator) -> list[_Shape]:
     n_target = _target_count(cfg)
     canvas = _Canvas(hw)
     shapes: list[_Shape] = []
-    level, tries = 0, 0
-    while len(shapes) < n_target and tries < 30 * n_target + 30:
-        tries += 1
-        group, offsets = _group(cfg, rng)
+    level, failures = 0, 0
+    k = max(1, int(0.6 * cfg.radius[0]))
+    while len(shapes) < n_target and failures < max(1000, 3 * n_target):
+        failures += 1
         clustered = bool(shapes) and rng.random() < cfg.clustered
+        if not clustered:  # a free spot: cheap rejection before drawing a shape
+            ay, ax = rng.uniform(0, hw[0]), rng.uniform(0, hw[1])
+            iy, ix = int(ay), int(ax)
+            if canvas.labels[max(iy - k, 0):iy + k + 1, max(ix - k, 0):ix + k + 1].any():
+                continue
+        group, offsets = _group(cfg, rng)
         on_top = clustered and rng.random() < cfg.overlap
         if clustered:
             recent = shapes[-3:] if rng.random() < 0.5 else shapes
@@ -319,23 +335,29 @@ def _place(cfg: SyntheticConfig, rng: np.random.Generator) -> list[_Shape]:
             f = rng.uniform(0.45, 0.8) if on_top else rng.uniform(0.8, 1.0)
             dist = f * (parent.mean_radius + group[0].mean_radius)
             ay, ax = parent.cy + dist * math.sin(ang), parent.cx + dist * math.cos(ang)
-        else:
-            ay, ax = rng.uniform(0, hw[0]), rng.uniform(0, hw[1])
-        if on_top:
-            level += 1
-        for i, (s, (oy, ox)) in enumerate(zip(group, offsets, strict=True)):
-            s.cy, s.cx = ay + oy, ax + ox
-            s.level = level if on_top else 0
-            stamp = _geometry(s, hw)
-            if stamp is None or not _fits(canvas, s, stamp, clustered and i == 0, on_top):
-                if i == 0:
-                    break
-                continue
-            shapes.append(s)
-            canvas.stamp(len(shapes), stamp, s.level)
+        lvl = level + 1 if on_top else 0
+        if _put_group(canvas, shapes, group, offsets, (ay, ax), clustered, lvl):
+            level, failures = max(level, lvl), 0
     if len(shapes) < n_target:
         logger.debug("placed %d of %d objects (scene full)", len(shapes), n_target)
     return shapes
+
+
+def _put_group(canvas: _Canvas, shapes: list[_Shape], group: list[_Shape],
+               offsets: list[tuple[float, float]], anchor: tuple[float, float],
+               clustered: bool, level: int) -> bool:
+    """Stamp the group's shapes that fit; False when its first shape does not."""
+    for i, (s, (oy, ox)) in enumerate(zip(group, offsets, strict=True)):
+        s.cy, s.cx, s.level = anchor[0] + oy, anchor[1] + ox, level
+        stamp = _geometry(s, canvas.labels.shape)
+        if stamp is None or not _fits(canvas, s, stamp, clustered and i == 0, level > 0):
+            if i == 0:
+                return False
+            continue
+        s.stamp0 = stamp
+        shapes.append(s)
+        canvas.stamp(len(shapes), stamp, s.level)
+    return True
 
 
 def _fits(canvas: _Canvas, s: _Shape, stamp: _Stamp, clustered: bool, on_top: bool) -> bool:
@@ -356,7 +378,8 @@ def _rasterise(shapes: list[_Shape], hw: tuple[int, int], shifts: np.ndarray, mi
     canvas = _Canvas(hw)
     stamps: list[_Stamp | None] = []
     for i, s in enumerate(shapes):
-        stamp = _geometry(s, hw, float(shifts[i, 0]), float(shifts[i, 1]))
+        dy, dx = float(shifts[i, 0]), float(shifts[i, 1])
+        stamp = s.stamp0 if dy == dx == 0.0 else _geometry(s, hw, dy, dx)
         stamps.append(stamp)
         if stamp is not None:
             canvas.stamp(i + 1, stamp, s.level)
@@ -380,7 +403,7 @@ def _rasterise(shapes: list[_Shape], hw: tuple[int, int], shifts: np.ndarray, mi
 
 
 def _unit_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) -> np.ndarray:
-    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma)
+    f = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), sigma, truncate=3.0)
     std = float(f.std())
     return f / std if std > 0 else f
 
@@ -505,7 +528,12 @@ def _illumination(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
 
 def _camera(cfg: SyntheticConfig, rng: np.random.Generator, clean: np.ndarray) -> np.ndarray:
     """Poisson photon noise, gain, read noise and offset: grey values (H, W) float32."""
-    counts = rng.poisson(np.maximum(clean, 0) * cfg.photons).astype(np.float32)
+    lam = np.maximum(clean, 0) * np.float32(cfg.photons)
+    counts = lam + np.sqrt(lam) * rng.standard_normal(lam.shape, dtype=np.float32)
+    low = lam < 30  # exact Poisson where the normal approximation is poor
+    if low.any():
+        counts[low] = rng.poisson(lam[low])
+    counts = np.maximum(np.rint(counts), 0)
     adu = counts * np.float32(cfg.gain) + np.float32(cfg.offset)
     if cfg.read_noise > 0:
         adu += np.float32(cfg.read_noise) * rng.standard_normal(clean.shape, dtype=np.float32)
@@ -513,7 +541,9 @@ def _camera(cfg: SyntheticConfig, rng: np.random.Generator, clean: np.ndarray) -
 
 
 def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
-    return ndimage.gaussian_filter(a, sigma) if sigma > 0 else a
+    if sigma <= 0 or not a.any():
+        return a
+    return ndimage.gaussian_filter(a, sigma, truncate=3.5)
 
 
 def _form_image(cfg: SyntheticConfig, rng: np.random.Generator, signal: tuple[np.ndarray, ...],
@@ -630,3 +660,62 @@ def _make(cfg: SyntheticConfig, n_planes: int, rng: np.random.Generator,
         images.append(_finish_image(_form_image(cfg, rng, signal, debris, illum), dtype))
         all_labels.append(labels)
     return np.stack(images), _relabel(np.stack(all_labels), len(shapes))
+
+
+def random_config(rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *,
+                  cells_fraction: float = 0.2) -> SyntheticConfig:
+    """A configuration with parameters drawn across realistic ranges.
+
+    Magnification (radius 4..30 px, log-uniform), crowding, clumping and overlap, texture,
+    brightness spread, blur and defocus, background and illumination, SNR (about 3 to 3000
+    photons per object), camera settings, divisions, dying cells and debris. ``cells_fraction``
+    of the configurations are ``kind="cells"`` (radius 8..40 px).
+    """
+    cells = bool(rng.random() < cells_fraction)
+    r0 = math.exp(rng.uniform(math.log(8 if cells else 4), math.log(40 if cells else 30)))
+    spread = rng.uniform(0.1, 0.35)
+    lo = max(3.0, r0 * (1 - spread))
+    clumpy = rng.random() < 0.7
+    return SyntheticConfig(
+        shape=shape,
+        kind="cells" if cells else "nuclei",
+        radius=(lo, max(lo, r0 * (1 + spread))),
+        elongation=rng.uniform(0.0, 0.6),
+        irregularity=rng.uniform(0.0, 0.15),
+        coverage=rng.uniform(0.3, 0.7) if cells else rng.uniform(0.05, 0.5),
+        clustered=rng.uniform(0.2, 0.9) if clumpy else rng.uniform(0.0, 0.2),
+        overlap=0.0 if cells or rng.random() < 0.6 else rng.uniform(0.0, 0.4),
+        texture=rng.uniform(0.0, 0.6),
+        brightness_variation=rng.uniform(0.1, 0.7),
+        blur=rng.uniform(0.4, 2.5),
+        defocus=rng.uniform(0.0, 0.3),
+        background=math.exp(rng.uniform(math.log(0.01), math.log(0.5))),
+        gradient=rng.uniform(0.0, 0.8),
+        photons=math.exp(rng.uniform(math.log(3.0), math.log(3000.0))),
+        gain=math.exp(rng.uniform(math.log(0.3), math.log(5.0))),
+        read_noise=rng.uniform(0.5, 10.0),
+        offset=rng.choice([0.0, 100.0, 500.0]),
+        dividing=rng.uniform(0.0, 0.08),
+        dying=rng.uniform(0.0, 0.08),
+        debris=rng.uniform(0.0, 1.5),
+        nucleus_fraction=rng.uniform(0.3, 0.55),
+    )
+
+
+SAMPLE_CONFIG = SyntheticConfig(
+    shape=(512, 512), radius=(9.0, 15.0), elongation=0.4, irregularity=0.08, coverage=0.3,
+    clustered=0.5, overlap=0.1, texture=0.35, brightness_variation=0.4, blur=1.2, defocus=0.1,
+    background=0.08, gradient=0.4, photons=120.0, gain=2.0, read_noise=3.0, offset=100.0,
+    dividing=0.04, dying=0.03, debris=0.4,
+)
+
+
+def sample_nuclei(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed 512 x 512 sample of nuclei: image (512, 512) uint16 and labels (512, 512) uint16."""
+    return make_image(SAMPLE_CONFIG, seed, dtype=np.uint16)
+
+
+def sample_stack(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed time-lapse of drifting nuclei: image (5, 256, 256) uint16, labels same shape."""
+    config = dataclasses.replace(SAMPLE_CONFIG, shape=(256, 256))
+    return make_stack(config, 5, seed, dtype=np.uint16, speed=1.0)

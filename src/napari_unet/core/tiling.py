@@ -87,10 +87,13 @@ def _round_up(value: int, multiple: int) -> int:
 
 
 def _axis_cores(length: int, tile_size: int, stride: int) -> tuple[int, int]:
-    """(number of tiles, core size) along one axis: balanced cores, multiples of ``stride``,
-    each at most ``tile_size`` rounded down to the stride (at least one stride)."""
-    target = max(stride, tile_size // stride * stride)
-    count = -(-length // target)
+    """(number of tiles, core size) along one axis: one tile when ``tile_size >= length``, else
+    balanced cores, multiples of ``stride``, each at most ``tile_size`` rounded down to the
+    stride (at least one stride)."""
+    if length <= tile_size:
+        count = 1
+    else:
+        count = -(-length // max(stride, tile_size // stride * stride))
     core = _round_up(-(-length // count), stride)
     return count, core
 
@@ -211,7 +214,7 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     try:
         from .device import is_out_of_memory
     except ImportError:  # device module not available: recognise torch's own error
-        return isinstance(exc, torch.OutOfMemoryError)
+        return isinstance(exc, torch.cuda.OutOfMemoryError)
     return is_out_of_memory(exc)
 
 

@@ -90,7 +90,7 @@ def _settings_dict(value: Any) -> dict[str, Any]:
 def new_metadata(
     config: ModelConfig,
     task: str = "instances",
-    name: str = "unnamed",
+    name: str | None = None,
     class_names: list[str] | None = None,
     normalize: Any = None,
     tiling: TilingConfig | Mapping[str, Any] | None = None,
@@ -104,7 +104,7 @@ def new_metadata(
     Args:
         config: the network's architecture.
         task: ``"instances"`` (3 classes: background, interior, boundary) or ``"semantic"``.
-        name: a short human-readable name.
+        name: a short human-readable name; ``None`` takes the file name when saved.
         class_names: one name per output class; defaults from the task.
         normalize: a ``NormalizeConfig`` or its dict; defaults to percentiles 1 / 99.8.
         tiling: default tiling for inference (a :class:`TilingConfig` or its dict); ``None``
@@ -327,6 +327,7 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     if not path.parent.is_dir():
         raise UserError(f"cannot save {path}: the folder {path.parent} does not exist")
     meta = dict(metadata)
+    meta["name"] = meta.get("name") or path.name[: -len(SUFFIX)]
     meta["config"] = to_dict(model.config)
     meta["in_channels"] = model.config.in_channels
     meta.setdefault("format", FORMAT)
