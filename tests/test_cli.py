@@ -384,12 +384,23 @@ def test_evaluate_prints_json(capsys, tmp_path):
     assert json.loads(out)["ap_50"] == pytest.approx(1.0)
 
 
+def by_name_metrics(report: dict, name: str) -> dict:
+    return next(m for m in report["models"] if m["name"] == name)["metrics"]
+
+
 def test_models_lists_user_models(capsys, isolated_models, model_file):
     shutil.copy(model_file, isolated_models / "nuclei.safetensors")
     (isolated_models / "broken.safetensors").write_bytes(b"\0" * 50)
+    meta = new_metadata(CONFIG, metrics={"ap_50": float("nan"), "loss": np.float32(0.25)})
+    save_model(isolated_models / "unvalidated.safetensors", build_model(CONFIG), meta)
     code, out, err = run(capsys, "models", "--json")
     assert code == 0, err
-    report = json.loads(out)
+
+    def strict(token):
+        raise ValueError(f"not strict JSON: {token}")
+
+    report = json.loads(out, parse_constant=strict)
+    assert by_name_metrics(report, "unvalidated") == {"ap_50": None, "loss": 0.25}
     by_name = {m["name"]: m for m in report["models"]}
     assert by_name["nuclei"]["task"] == "instances"
     assert by_name["nuclei"]["builtin"] is False
@@ -399,7 +410,8 @@ def test_models_lists_user_models(capsys, isolated_models, model_file):
 
     code, out, err = run(capsys, "models")
     assert code == 0, err
-    assert "nuclei" in out and "broken" in out and "not installed" in out
+    assert "nuclei" in out and "broken" in out and "unvalidated" in out
+    assert "not installed" in out
 
     out_dir = isolated_models.parent / "o"
     out_dir.mkdir()

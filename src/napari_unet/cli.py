@@ -454,10 +454,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         )
     _check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
 
-    from napari_unet.core.device import describe_device, resolve_device
+    from napari_unet.core.device import describe_device, gpu_hint, resolve_device
     from napari_unet.core.weights import get_model
 
     device = resolve_device(args.device)
+    if device.type == "cpu" and args.device == "auto":
+        hint = gpu_hint()
+        if hint:
+            logger.warning(hint)
     loaded = get_model(args.model)
     tiling = _tiling(args, loaded, device.type)
     post = _postprocess_config(args)
@@ -579,8 +583,25 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{tuple(gt.shape)}"
             )
     result = evaluate(pred, gt, mask=mask)
-    sys.stdout.write(json.dumps(result, indent=2, default=_json_default) + "\n")
+    sys.stdout.write(_json_dumps(result) + "\n")
     return 0
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinite floats replaced by ``None`` (strict JSON has neither)."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # numpy scalars
+        value = value.item()
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _json_dumps(value: Any) -> str:
+    return json.dumps(_finite(value), indent=2, default=_json_default, allow_nan=False)
 
 
 def _json_default(value: Any) -> Any:
@@ -610,7 +631,7 @@ def _describe_entry(entry: Any) -> str:
         f"{arch.get('norm')} norm",
     ]
     metrics = summary.get("metrics") or {}
-    if "ap_50" in metrics:
+    if isinstance(metrics.get("ap_50"), int | float):
         parts.append(f"AP50 {metrics['ap_50']:.3f}")
     if summary.get("parent"):
         parts.append(f"from {summary['parent']}")
@@ -638,7 +659,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
             "default_installed": default_installed,
             "models": [entry.summary() for entry in entries],
         }
-        sys.stdout.write(json.dumps(report, indent=2, default=_json_default) + "\n")
+        sys.stdout.write(_json_dumps(report) + "\n")
         return 0
     lines = []
     for builtin, title, folder in (

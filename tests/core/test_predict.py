@@ -22,14 +22,6 @@ GAIN = 5.0
 ATOL = 1e-2  # leaves room for a reduced-precision CPU path; plane mix-ups differ by > 0.1
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks run fastest on one thread (and the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def known_net(channel_weights: tuple[float, ...] = (1.0,)) -> UNet:
     """A U-Net computing logits ``[GAIN * sum_c w_c x_c, 0]`` per pixel (for sums > -10)."""

@@ -272,11 +272,3 @@ def test_default_halo_is_aligned_and_below_the_exact_one():
     assert resolve_halo(TilingConfig(), config) == default_halo(config)
     assert resolve_halo(TilingConfig(halo=0, exact=True), config) == receptive_radius(config)
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks run fastest on one thread (and the test machine is shared)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_round_trip_same_outputs_and_metadata(tmp_path):
         parent="starter",
         data_hashes=["abc123"],
         settings={"epochs": 3},
-        metrics={"ap_50": np.float32(0.75)},
+        metrics={"ap_50": np.float32(0.75), "val_loss": float("nan")},
     )
     loaded = load_model(path)
     x = torch.randn(1, 1, 37, 29)
@@ -76,6 +77,7 @@ def test_round_trip_same_outputs_and_metadata(tmp_path):
     assert prov["data_hashes"] == ["abc123"]
     assert prov["settings"] == {"epochs": 3}
     assert prov["metrics"]["ap_50"] == pytest.approx(0.75)
+    assert prov["metrics"]["val_loss"] is None  # NaN stored as null: the metadata is strict JSON
     assert prov["created"] and prov["version"]
     assert loaded.metadata["in_channels"] == 1
 
@@ -115,7 +117,9 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     _, path = _save(tmp_path / "a.safetensors")
     before = path.read_bytes()
 
-    def broken(*args, **kwargs):
+    def broken(tensors, filename, metadata=None):
+        with open(filename, "wb") as fh:
+            fh.write(b"partial")
         raise OSError("disk full")
 
     monkeypatch.setattr(weights, "save_file", broken)
@@ -317,7 +321,15 @@ def test_default_model_found_in_user_folder(models_dir, monkeypatch, tmp_path):
     assert resolve_model(None) == path
 
 
-def test_builtin_folder_is_in_the_package():
+def test_builtin_folder_is_in_the_package(models_dir, monkeypatch, tmp_path):
+    import napari_unet
+
     folder = weights.builtin_models_dir()
-    assert folder.is_dir()
-    assert (folder / "README.md").is_file()
+    assert folder == Path(napari_unet.__file__).resolve().parent / "models"
+    # a built-in model is found by name and listed as built-in
+    shipped = tmp_path / "shipped-models"
+    shipped.mkdir()
+    monkeypatch.setattr(weights, "builtin_models_dir", lambda: shipped)
+    _, path = _save(shipped / "shipped.safetensors")
+    assert resolve_model("shipped") == path
+    assert [(e.name, e.builtin) for e in list_models()] == [("shipped", True)]

@@ -140,7 +140,8 @@ def _uniform(
 def _affine_matrices(
     batch: int, config: AugmentConfig, generator: torch.Generator
 ) -> torch.Tensor:
-    """(B, 2, 2) float32 maps from output pixel offsets (x, y) to source offsets about the centre."""
+    """(B, 2, 2) float32 maps from output pixel offsets (x, y) to source offsets (about the
+    patch centre, in pixels)."""
     s = config.strength
     eye = torch.eye(2, device=generator.device).expand(batch, 2, 2)
     mats = eye.clone()
@@ -217,14 +218,10 @@ def sampling_grid(
     # Output pixel centres relative to the patch centre, in pixels.
     xs = torch.arange(width, device=device, dtype=torch.float32) - (width - 1) / 2
     ys = torch.arange(height, device=device, dtype=torch.float32) - (height - 1) / 2
-    left = torch.cat(
-        [_interpolation_matrix(p, height, device), torch.ones(height, 1, device=device), ys[:, None]],
-        dim=1,
-    )  # (H, K)
-    right = torch.cat(
-        [_interpolation_matrix(p, width, device), xs[:, None], torch.ones(width, 1, device=device)],
-        dim=1,
-    )  # (W, K)
+    ones_h = torch.ones(height, 1, device=device)
+    ones_w = torch.ones(width, 1, device=device)
+    left = torch.cat([_interpolation_matrix(p, height, device), ones_h, ys[:, None]], dim=1)
+    right = torch.cat([_interpolation_matrix(p, width, device), xs[:, None], ones_w], dim=1)
     middle = torch.zeros((batch, 2, k, k), device=device)
     middle[:, :, :p, :p] = coarse
     middle[:, :, p, p] = mats[:, :, 0]  # coefficient of x

@@ -1,4 +1,4 @@
-"""Training data: (image, labels, mask) pairs as planes, a held-out validation split, patch sampling.
+"""Training data: annotated planes, a held-out validation split, patch sampling.
 
 A user who corrected five cells in a 4000x4000 image trains on those five cells: patches are drawn
 around annotated pixels (:class:`PatchSampler`), and nothing outside the annotated mask counts in

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import secrets
+import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -87,7 +88,13 @@ _READ_ERRORS = (
     RuntimeError,
     ZeroDivisionError,
     OverflowError,
+    struct.error,
+    AssertionError,  # tifffile checks some structures with assert
 )
+
+# Largest ratio of decoded to stored bytes that a TIFF codec can reach (deflate: 1032:1,
+# PackBits: 128:1), by TIFF compression code; a header that claims more pixels is corrupt.
+_MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0}
 
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
@@ -255,6 +262,7 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
         is_rgb = _is_rgb(series)
         pixel_size, z_spacing = _physical_sizes(tif)
         can_map = memmap and series.dataoffset is not None and tif.byteorder == _NATIVE_BYTEORDER
+        _check_size(path, series, in_memory=not can_map)
         data = None if can_map else series.asarray()
     if data is None:
         data = tifffile.memmap(path, series=0, mode="r")
@@ -265,6 +273,55 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
     if "Z" not in axes:
         z_spacing = None
     return ImageData(data, axes, pixel_size, z_spacing, unit, path)
+
+
+def _check_size(path: Path, series: tifffile.TiffPageSeries, in_memory: bool) -> None:
+    """Refuse, before allocating anything, pixels that the file cannot hold or memory cannot fit.
+
+    A corrupt header can claim gigabytes of pixels; reading them would exhaust the memory.
+    """
+    nbytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
+    file_size = path.stat().st_size
+    ratio = _MAX_RATIO.get(int(series.keyframe.compression))
+    if ratio is not None and nbytes > file_size * ratio + 4096:
+        if ratio == 1.0:
+            raise ImageReadError(
+                f"Cannot read image '{path}': the file is truncated "
+                f"({_gib(file_size)} for {_gib(nbytes)} of pixels)."
+            )
+        raise ImageReadError(
+            f"Cannot read image '{path}': the file is corrupt (its header claims "
+            f"{_gib(nbytes)} of pixels, more than its {_gib(file_size)} can hold)."
+        )
+    available = _available_memory()
+    if in_memory and available is not None and nbytes > available:
+        raise ImageReadError(
+            f"Cannot read image '{path}': its pixels need {_gib(nbytes)} of memory but only "
+            f"{_gib(available)} is available (an uncompressed TIFF is memory-mapped instead)."
+        )
+
+
+def _gib(nbytes: float) -> str:
+    if nbytes >= 2**30:
+        return f"{nbytes / 2**30:.1f} GiB"
+    if nbytes >= 2**20:
+        return f"{nbytes / 2**20:.1f} MiB"
+    return f"{int(nbytes)} bytes"
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux: MemAvailable), or None when unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _read_plain_image(path: Path) -> ImageData:
@@ -309,6 +366,8 @@ def _normalize_axes(data: np.ndarray, tiff_axes: str, is_rgb: bool) -> tuple[np.
         axes[extra[0]] = free[0]
     elif extra:
         if len(extra) > len(free):
+            if not free:  # T, Z and C are all taken: fold the extra axes into T
+                extra, free = sorted([*extra, axes.index("T")]), ["T"]
             data, axes = _merge_axes(data, axes, extra)
             extra = [0]
         names = [a for a in ("T", "Z", "C") if a in free]
@@ -515,7 +574,7 @@ def write_labels(
         max_id = int(data.max()) if data.size else 0
         kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, max_id)
     else:
-        kwargs = _ome_kwargs(axes, pixel_size, z_spacing)
+        kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack", **kwargs)
     logger.info("wrote labels %s %s %s to %s", data.shape, axes, data.dtype, path)
@@ -559,7 +618,7 @@ def write_probabilities(
             data,
             compression="zlib",
             photometric="minisblack",
-            **_ome_kwargs(axes, pixel_size, z_spacing),
+            **_ome_kwargs(axes, pixel_size, z_spacing, data.nbytes),
         )
     logger.info("wrote probabilities %s %s to %s", data.shape, axes, path)
     return Path(path)
@@ -579,9 +638,12 @@ def _imagej_kwargs(
     return kwargs
 
 
-def _ome_kwargs(axes: str, pixel_size: PixelSize | None, z_spacing: float | None) -> dict[str, Any]:
+def _ome_kwargs(
+    axes: str, pixel_size: PixelSize | None, z_spacing: float | None, nbytes: int
+) -> dict[str, Any]:
     metadata: dict[str, Any] = {"axes": axes}
-    kwargs: dict[str, Any] = {"ome": True, "metadata": metadata}
+    # BigTIFF when the compressed data might pass the 4 GiB limit of classic TIFF.
+    kwargs: dict[str, Any] = {"ome": True, "metadata": metadata, "bigtiff": nbytes > 2**31}
     if pixel_size is not None:
         metadata.update(
             PhysicalSizeY=pixel_size[0],

@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, TilingConfig
+from .device import Predictor as DevicePredictor
+from .device import resolve_device
 from .errors import InputMismatchError
-from .model import UNet, fuse_for_inference
+from .model import UNet
 from .normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
 from .progress import Progress
 from .tiling import default_tiling, predict_tiled, resolve_halo
@@ -55,33 +57,8 @@ def _source(model: LoadedModel | UNet) -> _Source:
 def _make_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
     """The callable that runs ``net`` on ``device``: (B, C, h, w) float32 CPU tensor ->
     softmax probabilities (B, K, h, w) float32 CPU tensor."""
-    try:
-        from .device import Predictor as DevicePredictor
-        from .device import resolve_device
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__package__}.device":
-            raise
-        return _fallback_predictor(net, device)
-    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = resolve_device(device)
     return DevicePredictor(net, dev), dev
-
-
-def _fallback_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
-    """Plain eager inference (used only where :mod:`.device` is not available)."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device == "auto":
-        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(device)
-    fused = fuse_for_inference(net).to(dev)
-
-    def run(batch: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            logits = fused(batch.to(dev))
-            return torch.softmax(logits.float(), dim=1).cpu()
-
-    return run, dev
 
 
 def _planes_message(plane: int, n_planes: int, event: Progress) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .config import ModelConfig, TilingConfig
+from .device import is_out_of_memory
 from .errors import UserError
 from .model import receptive_radius
 from .progress import Progress
@@ -210,14 +211,6 @@ def default_tiling(config: ModelConfig, device_type: str = "cpu") -> TilingConfi
     return TilingConfig(tile_size=GPU_TILE_SIZE, halo=None, batch_size=GPU_BATCH_SIZE)
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    try:
-        from .device import is_out_of_memory
-    except ImportError:  # device module not available: recognise torch's own error
-        return isinstance(exc, torch.cuda.OutOfMemoryError)
-    return is_out_of_memory(exc)
-
-
 def _free_device_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -274,7 +267,7 @@ def _run_grid(
         try:
             result = predictor(inputs)
         except Exception as exc:
-            if _is_out_of_memory(exc):
+            if is_out_of_memory(exc):
                 raise _OutOfMemory(b * batch_size) from exc
             raise
         expected = (len(batch), out.shape[0], first.height, first.width)

@@ -55,7 +55,8 @@ class TrainConfig:
         val_fraction: share of the annotated pixels held out for validation.
         patience: epochs without a better validation score before stopping early (0: never).
         seed: seed of the patch sampler, the augmentation and a new network.
-        use_weight_map: weight the loss with the paper's border weight map (else class balance only).
+        use_weight_map: weight the loss with the paper's border weight map (else class balance
+            only).
         amp: mixed precision (autocast) on CUDA.
         augment: augmentation settings.
         targets: how labels become targets.
@@ -291,8 +292,10 @@ def train(
     while epoch < config.epochs and not (budget and time.perf_counter() - started >= budget):
         for _ in range(config.steps_per_epoch):
             images, classes, weights, mask = _to_device(sampler.sample(config.batch_size), dev)
-            aug = augment_batch(images, classes, weights, mask, config.augment, generator)
-            loss_weights = aug.weights if config.use_weight_map else aug.mask.float()
+            aug = augment_batch(images, classes, weights, mask, config=config.augment,
+                                generator=generator)
+            annotated = aug.mask.float()
+            loss_weights = aug.weights * annotated if config.use_weight_map else annotated
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, step, progress())
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):

@@ -28,14 +28,12 @@ environment variable ``NAPARI_UNET_MODELS``). A model's name is its file name wi
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TilingConfig, from_dict, to_dict
 from .errors import ModelFileError, ModelNotFoundError, UserError
+from .io import atomic_path
 from .model import UNet
 
 logger = logging.getLogger(__name__)
@@ -193,6 +192,19 @@ def validate_metadata(metadata: Any, source: str | Path = "model") -> ModelConfi
     return config
 
 
+def _strict_json(value: Any) -> Any:
+    """``value`` with NaN and infinite floats as ``None``: the file's JSON stays strict JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if np.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _strict_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
@@ -270,27 +282,6 @@ class LoadedModel:
 # saving and loading
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``; renamed onto ``path`` on success, removed on error."""
-    try:
-        from .io import atomic_path
-    except ImportError:
-        atomic_path = None
-    if atomic_path is not None:
-        with atomic_path(path) as tmp:
-            yield Path(tmp)
-        return
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _tensors_for_file(model: UNet) -> dict[str, torch.Tensor]:
     tensors = {}
     for key, value in model.state_dict().items():
@@ -335,8 +326,8 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     tensors = _tensors_for_file(model)
     meta["weights_sha256"] = weights_hash(tensors)
     validate_metadata(meta, path)
-    text = json.dumps(meta, default=_json_default)
-    with _atomic_path(path) as tmp:
+    text = json.dumps(_strict_json(meta), default=_json_default, allow_nan=False)
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: text})
     logger.info("saved model %r to %s", meta.get("name"), path)
     return path
