@@ -4,6 +4,8 @@ Commands::
 
     napari-unet predict INPUT... -o OUT [--model NAME|PATH] [--tile-size PX] [--overlap PX]
                         [--batch-size N] [--device auto|cpu|cuda|mps] [--probabilities PATH]
+    napari-unet train --image IMG --labels LAB [--mask MASK] [--image ... --labels ...]
+                      [--model BASE|scratch] [--epochs N] [--max-minutes M] -o MODEL.safetensors
     napari-unet evaluate PRED GT [--mask MASK]
     napari-unet models [--json]
 
@@ -14,6 +16,13 @@ class axis first). Labels keep the input's axes (without its channel axis) and p
 existing output file is replaced. All outputs and the existence of all inputs are checked before
 any work starts; inputs then run one after the other, and a problem with one stops the run (the
 outputs of the inputs before it are complete and stay).
+
+``train`` fine-tunes a model (default: the starter model; ``--model scratch`` trains a new network)
+on one or more image/labels pairs: the k-th ``--image`` goes with the k-th ``--labels``, and a
+``--mask`` (annotated pixels, non-zero = annotated) belongs to the pair of the ``--image`` or
+``--labels`` given just before it. Every file is read and checked before training starts. One line
+per epoch goes to stderr; a summary (model file, validation before and after) to stdout. The best
+model so far is kept in the output file during training, so Ctrl-C (exit code 130) leaves it.
 
 Exit codes: 0 success; 2 a problem with the input (one line ``napari-unet: error: ...`` on stderr,
 no output file written); 1 an unexpected error (short message; the traceback with ``--debug`` or
@@ -32,6 +41,7 @@ import sys
 import time
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
@@ -115,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     _add_predict(sub, common)
     _add_evaluate(sub, common)
+    _add_train(sub, common)
     _add_models(sub, common)
     return parser
 
@@ -610,6 +621,496 @@ def _json_default(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
+
+
+# --------------------------------------------------------------------------------------------
+# train
+
+SCRATCH = "scratch"
+MODEL_SUFFIX = ".safetensors"
+
+
+class _DataAction(argparse.Action):
+    """Records ``--image``, ``--labels`` and ``--mask`` in command-line order (see
+    :func:`training_inputs`)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        items = list(getattr(namespace, self.dest) or [])
+        items.append((self.const, values))
+        setattr(namespace, self.dest, items)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "train",
+        parents=[common],
+        help="fine-tune a model (or train one from scratch) on annotated images",
+        description=(
+            "Fine-tune a U-Net on images and their labels (0 = background, one id per object) "
+            "with elastic-deformation augmentation and the U-Net border-weighted loss, and "
+            "write the best model by validation score. Give --image IMG --labels LAB for each "
+            "image; a --mask (non-zero = annotated) after a pair restricts training to the "
+            "reviewed pixels of that pair. In a stack without a mask, planes without any label "
+            "are not annotated."
+        ),
+    )
+    data = p.add_argument_group("training data (repeat for several images)")
+    for flag, kind, metavar, text in (
+        ("--image", "image", "IMG", "an image (TIFF, PNG, JPEG)"),
+        ("--labels", "labels", "LAB", "its labels, the image's shape without channels"),
+        ("--mask", "mask", "MASK", "optional: annotated pixels of the pair given just before"),
+    ):
+        data.add_argument(
+            flag, action=_DataAction, dest="data_items", const=kind, metavar=metavar, help=text
+        )
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="MODEL.safetensors",
+        help="the model file to write (its folder must exist; an existing file is replaced)",
+    )
+    p.add_argument(
+        "-m",
+        "--model",
+        metavar="BASE",
+        default=None,
+        help=(
+            "the model to fine-tune: a name (see 'napari-unet models') or a .safetensors file "
+            f"(default: starter), or '{SCRATCH}' for a new network"
+        ),
+    )
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        metavar="N",
+        help="epochs at most (default 40, or no limit with --max-minutes)",
+    )
+    p.add_argument(
+        "--max-minutes",
+        type=_positive_float,
+        metavar="M",
+        help="wall-clock budget in minutes (training stops at whichever limit comes first)",
+    )
+    p.add_argument("--name", help="the new model's name (default: the output file's name)")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=("auto", "cpu", "cuda", "mps"),
+        help="where training runs (default: auto = cuda, else mps, else cpu)",
+    )
+    p.add_argument("--seed", type=_non_negative_int, metavar="N", help="random seed (default 0)")
+    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="patches per step")
+    p.add_argument("--patch-size", type=_positive_int, metavar="PX", help="side of a patch")
+    p.add_argument(
+        "--steps-per-epoch", type=_positive_int, metavar="N", help="steps between validations"
+    )
+    p.add_argument("--learning-rate", type=_positive_float, metavar="LR", help="peak learning rate")
+    p.add_argument(
+        "--validation-fraction",
+        type=_fraction,
+        metavar="F",
+        help="share of the annotated pixels held out for validation (default 0.15; 0: none)",
+    )
+    p.add_argument(
+        "--patience",
+        type=_non_negative_int,
+        metavar="N",
+        help="stop after N epochs without a better validation score (0: never; default 10)",
+    )
+    p.add_argument(
+        "--no-elastic", action="store_true", help="no elastic deformation in the augmentation"
+    )
+    p.add_argument(
+        "--no-weight-map",
+        action="store_true",
+        help="plain class-balanced loss, without the border weight map",
+    )
+    scratch = p.add_argument_group(f"architecture of a new network (with --model {SCRATCH})")
+    scratch.add_argument(
+        "--depth", type=_positive_int, metavar="N", help="down-sampling steps (default 4)"
+    )
+    scratch.add_argument(
+        "--base-channels", type=_positive_int, metavar="N", help="channels at full resolution"
+    )
+    p.set_defaults(func=_cmd_train, data_items=None)
+
+
+@dataclass(frozen=True)
+class TrainingInput:
+    """The files of one training pair given on the command line."""
+
+    image: Path
+    labels: Path
+    mask: Path | None = None
+
+
+def training_inputs(items: Sequence[tuple[str, str]] | None) -> list[TrainingInput]:
+    """Group ``--image``, ``--labels`` and ``--mask`` values, given in command-line order.
+
+    The k-th image goes with the k-th labels; a mask belongs to the pair of the ``--image`` or
+    ``--labels`` given just before it.
+
+    Raises:
+        UserError: no image, an image without labels (or labels without an image), a mask before
+            any image or labels, or two masks for one pair.
+    """
+    from napari_unet.core.errors import UserError
+
+    images: list[Path] = []
+    labels: list[Path] = []
+    masks: dict[int, Path] = {}
+    last: int | None = None
+    for kind, value in items or []:
+        path = Path(value).expanduser()
+        if kind == "image":
+            images.append(path)
+            last = len(images) - 1
+        elif kind == "labels":
+            labels.append(path)
+            last = len(labels) - 1
+        elif last is None:
+            raise UserError(f"--mask {path} comes before any --image: give it after its pair")
+        elif last in masks:
+            raise UserError(
+                f"two masks ({masks[last]} and {path}) for training pair {last + 1}; "
+                "give one --mask after each --image/--labels pair"
+            )
+        else:
+            masks[last] = path
+    if not images:
+        raise UserError("no training data: give --image IMG --labels LAB (repeat for more images)")
+    if len(labels) < len(images):
+        raise UserError(
+            f"the image {images[len(labels)]} has no labels: give one --labels after each --image"
+        )
+    if len(labels) > len(images):
+        raise UserError(
+            f"the labels {labels[len(images)]} have no image: give one --image for each --labels"
+        )
+    if max(masks, default=-1) >= len(images):
+        raise UserError("a --mask has no image/labels pair: give it after its pair")
+    return [
+        TrainingInput(image, label, masks.get(i))
+        for i, (image, label) in enumerate(zip(images, labels, strict=True))
+    ]
+
+
+def _train_output(text: str) -> Path:
+    """The model file to write (``.safetensors`` appended when missing), checked."""
+    from napari_unet.core.errors import UserError
+
+    path = Path(text).expanduser()
+    if path.suffix != MODEL_SUFFIX:
+        path = path.with_name(path.name + MODEL_SUFFIX)
+    if path.is_dir():
+        raise UserError(f"-o {path} is a folder; give a model file name ending in {MODEL_SUFFIX}")
+    if not path.parent.is_dir():
+        raise UserError(f"the output folder {path.parent} does not exist (-o {text})")
+    if not os.access(path.parent, os.W_OK):
+        raise UserError(f"the output folder {path.parent} is not writable (-o {text})")
+    return path
+
+
+def _read_mask(path: Path) -> Any:
+    """A mask file as a bool array: True where non-zero (RGB: any sample non-zero)."""
+    import numpy as np
+
+    from napari_unet.core import io
+    from napari_unet.core.errors import UserError
+
+    image = io.read_image(path, memmap=False)
+    data = np.asarray(image.data)
+    if data.dtype.kind not in "uifb":
+        raise UserError(f"the mask {path} is not a numeric image (dtype {data.dtype})")
+    mask = np.nan_to_num(data) != 0
+    if image.axes.endswith("S"):
+        mask = mask.any(axis=-1)
+    if not mask.any():
+        raise UserError(f"the mask {path} marks no pixel as annotated (it is all zero)")
+    return mask
+
+
+def _scratch_channels(image: Any) -> int:
+    """Input channels of a new network for ``image`` (an ``ImageData``)."""
+    if "C" in image.axes:
+        return int(image.data.shape[image.axes.index("C")])
+    if image.axes.endswith("S"):
+        return 3
+    return 1
+
+
+def _base_model(args: argparse.Namespace, first_image: Any) -> tuple[Any, Any]:
+    """``(base LoadedModel or None, ModelConfig of a new network or None)``."""
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.weights import get_model
+
+    architecture = {"depth": args.depth, "base_channels": args.base_channels}
+    given = {k: v for k, v in architecture.items() if v is not None}
+    if (args.model or "").strip().lower() != SCRATCH:
+        if given:
+            raise UserError(
+                "--depth and --base-channels set the architecture of a new network; they need "
+                f"--model {SCRATCH} (a fine-tuned model keeps its architecture)"
+            )
+        return get_model(args.model), None
+    if given.get("depth", 0) > 8:
+        raise UserError(f"--depth must be at most 8, got {given['depth']}")
+    return None, ModelConfig(in_channels=_scratch_channels(first_image), **given)
+
+
+def _train_config(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from napari_unet.core.train import TrainConfig
+
+    defaults = TrainConfig()
+    settings: dict[str, Any] = {
+        "epochs": args.epochs,
+        "max_minutes": args.max_minutes,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "steps_per_epoch": args.steps_per_epoch,
+        "learning_rate": args.learning_rate,
+        "val_fraction": args.validation_fraction,
+        "patience": args.patience,
+    }
+    settings = {k: v for k, v in settings.items() if v is not None}
+    if args.max_minutes is not None and args.epochs is None:
+        settings["epochs"] = 1_000_000  # the time budget decides
+    if args.no_weight_map:
+        settings["use_weight_map"] = False
+    if args.no_elastic:
+        settings["augment"] = replace(defaults.augment, elastic=False)
+    return replace(defaults, **settings)
+
+
+def _read_training_data(inputs: Sequence[TrainingInput], base: Any, model_config: Any) -> list:
+    """Read every file and build the training pairs (all checks happen here)."""
+    from napari_unet.core import io
+    from napari_unet.core.data import make_pairs
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.normalize import NormalizeConfig
+
+    if base is not None:
+        in_channels, task = base.config.in_channels, base.task
+        n_classes, normalize = base.config.out_classes, base.normalize
+    else:
+        in_channels, task = model_config.in_channels, "instances"
+        n_classes, normalize = model_config.out_classes, NormalizeConfig()
+    pairs: list = []
+    for item in inputs:
+        image = io.read_image(item.image)
+        labels = _read_labels(item.labels, "labels")
+        mask = _read_mask(item.mask) if item.mask is not None else None
+        pairs += make_pairs(
+            image.data,
+            labels,
+            image.axes,
+            in_channels,
+            normalize,
+            task=task,
+            n_classes=n_classes,
+            mask=mask,
+            name=str(item.image),
+        )
+    if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
+        raise UserError(
+            "none of the annotated pixels belongs to an object (the labels are 0 wherever the "
+            "masks are set); paint some objects"
+        )
+    return pairs
+
+
+def _format_metrics(metrics: dict[str, Any]) -> str:
+    parts = []
+    if isinstance(metrics.get("ap_50"), int | float):
+        parts.append(f"AP50 {metrics['ap_50']:.3f}")
+    if isinstance(metrics.get("pixel_iou"), int | float):
+        parts.append(f"pixel IoU {metrics['pixel_iou']:.3f}")
+    return ", ".join(parts)
+
+
+class TrainReporter:
+    """Shows training progress events: one line per epoch (on a terminal, also a step line)."""
+
+    def __init__(self, stream: IO[str], epochs: int | None, enabled: bool = True) -> None:
+        self.stream = stream
+        self.epochs = epochs
+        self.enabled = enabled
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._width = 0
+
+    def _left(self, seconds: float) -> str:
+        if seconds != seconds or seconds == float("inf"):
+            return ""
+        return f", {_format_seconds(seconds)} left"
+
+    def _epoch(self, epoch: int) -> str:
+        return f"epoch {epoch}/{self.epochs}" if self.epochs else f"epoch {epoch}"
+
+    def _write(self, line: str) -> None:
+        if self._width:
+            self.stream.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        self.stream.write(f"{PROG}: {line}\n")
+        self.stream.flush()
+
+    def __call__(self, event: Any) -> None:
+        status = event.payload
+        if not self.enabled or status is None:
+            return
+        if status.kind == "step":
+            if self.tty:
+                text = (
+                    f"{self._epoch(status.epoch + 1)}, step {status.step}: loss "
+                    f"{status.loss:.4f}{self._left(status.seconds_left)}"
+                )
+                self.stream.write("\r" + text.ljust(self._width))
+                self._width = len(text)
+                self.stream.flush()
+            return
+        if status.kind != "validation":
+            return
+        scores = _format_metrics(status.metrics)
+        if status.epoch == 0:
+            self._write(f"before training: validation {scores}")
+            return
+        line = f"{self._epoch(status.epoch)}: loss {status.loss:.4f}"
+        if scores:
+            best = not status.best or status.metrics["score"] > status.best.get("score", -1e300)
+            line += f", validation {scores}" + (" (best)" if best else "")
+        self._write(line + self._left(status.seconds_left))
+
+    def close(self) -> None:
+        """End a step line left on a terminal."""
+        if self._width:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._width = 0
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _summary(result: Any, base: Any, seconds: float) -> str:
+    provenance = result.metadata.get("provenance") or {}
+    settings = provenance.get("settings") or {}
+    metrics = dict(provenance.get("metrics") or {})
+    baseline = metrics.pop("baseline", None) or {}
+    origin = f"fine-tuned from {base.name}" if base is not None else "trained from scratch"
+    lines = [
+        f"model: {result.path}",
+        f"name: {result.name} ({origin})",
+        f"training: {settings.get('epochs_done')} epochs, {settings.get('steps')} steps of "
+        f"{settings.get('batch_size')} patches, {settings.get('training_pixels')} annotated "
+        f"pixels, {seconds:.1f} s",
+    ]
+    if baseline:
+        lines.append(f"validation before: {_format_metrics(baseline)}")
+        lines.append(f"validation after:  {_format_metrics(metrics)}")
+    else:
+        loss = metrics.get("loss")
+        loss_text = f"; training loss {loss:.4f}" if isinstance(loss, int | float) else ""
+        lines.append(
+            "validation: none (too little annotation to hold out blocks, or "
+            f"--validation-fraction 0){loss_text}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from napari_unet.core.device import describe_device, gpu_hint, resolve_device
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.io import read_image
+    from napari_unet.core.train import train
+
+    inputs = training_inputs(args.data_items)
+    output = _train_output(args.output)
+    config = _train_config(args)
+    for item in inputs:
+        for path in (item.image, item.labels, item.mask):
+            if path is not None and path.exists() and path.resolve() == output.resolve():
+                raise UserError(
+                    f"the output {output} is one of the inputs; it would be overwritten"
+                )
+    device = resolve_device(args.device)
+    if device.type == "cpu" and args.device == "auto":
+        hint = gpu_hint()
+        if hint:
+            logger.warning(hint)
+    base, model_config = _base_model(args, read_image(inputs[0].image))
+    if base is not None and base.path is not None and base.path.resolve() == output.resolve():
+        raise UserError(
+            f"-o {output} is the model being fine-tuned; write the new model to another file"
+        )
+    pairs = _read_training_data(inputs, base, model_config)
+    logger.info(
+        "training on %s: %d annotated plane(s), %d pixels",
+        describe_device(device),
+        len(pairs),
+        sum(p.annotated_pixels for p in pairs),
+    )
+    before = _file_state(output)
+    time_only = args.max_minutes is not None and args.epochs is None
+    reporter = TrainReporter(sys.stderr, None if time_only else config.epochs, not args.quiet)
+    start = time.monotonic()
+    gen = train(
+        pairs,
+        output,
+        base=base,
+        config=config,
+        device=device,
+        name=args.name,
+        model_config=model_config,
+    )
+    try:
+        result = _drain_training(gen, reporter)
+    except KeyboardInterrupt:
+        gen.close()
+        reporter.close()
+        saved = _file_state(output)
+        if saved is not None and saved != before:
+            sys.stderr.write(f"\n{PROG}: interrupted; the best model so far is in {output}\n")
+        else:
+            sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
+        return 130
+    reporter.close()
+    sys.stdout.write(_summary(result, base, time.monotonic() - start))
+    return 0
+
+
+def _drain_training(gen: Any, reporter: TrainReporter) -> Any:
+    """Run the training generator, showing its events; returns its result."""
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        reporter(event)
 
 
 # --------------------------------------------------------------------------------------------

@@ -77,14 +77,18 @@ def data_hash(*arrays: np.ndarray) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _check_integer_labels(labels: np.ndarray) -> None:
-    if labels.dtype.kind not in "uib":
+def _check_integer_labels(labels: np.ndarray, name: str = "image") -> None:
+    if labels.dtype.kind not in "uifb":
+        raise UserError(f"The labels of {name} have data type {labels.dtype}; labels must be "
+                        "whole numbers.")
+    if labels.dtype.kind == "f":
         finite = np.isfinite(labels).all()
         if not finite or not np.array_equal(labels, np.round(labels)):
-            raise UserError("The labels must be whole numbers (an integer label image).")
+            raise UserError(f"The labels of {name} must be whole numbers (an integer label "
+                            "image).")
     if labels.size and labels.min() < 0:
-        raise UserError("The labels contain negative values; labels must be 0 (background) or "
-                        "positive ids.")
+        raise UserError(f"The labels of {name} contain negative values; labels must be 0 "
+                        "(background) or positive ids.")
 
 
 def make_pairs(
@@ -120,7 +124,7 @@ def make_pairs(
 
     Raises:
         UserError: labels that do not fit the image, negative or non-integer labels, or a mask
-            with no annotated pixel.
+            with no annotated pixel, or all-zero labels without a mask.
     """
     planes, leading, _ = as_planes(image, axes, in_channels)
     expected = (*leading, *planes.shape[-2:])
@@ -130,7 +134,10 @@ def make_pairs(
             f"The labels of {name} have shape {labels.shape} but the image needs {expected} "
             "(the image's shape without channels)."
         )
-    _check_integer_labels(labels)
+    _check_integer_labels(labels, name)
+    if mask is None and not labels.any():
+        raise UserError(f"The labels of {name} are all zero: there is nothing to learn from. "
+                        "Paint some objects (or give a mask of the reviewed regions).")
     if mask is not None:
         mask = np.asarray(mask).astype(bool)
         if mask.shape != expected:
@@ -187,14 +194,15 @@ def split_validation(
 
     Blocks are drawn at random among those with annotated pixels until they hold about
     ``fraction`` of all annotated pixels; their pixels leave the training mask (weights 0), so
-    validation never sees a trained pixel. With too little annotation (fewer than
-    :data:`MIN_PIXELS_FOR_VALIDATION` pixels) or ``fraction`` 0, nothing is held out.
+    validation never sees a trained pixel. With too little annotation (fewer than three blocks'
+    worth of pixels, :data:`MIN_PIXELS_FOR_VALIDATION` for the default block) or ``fraction`` 0,
+    nothing is held out.
 
     Returns:
         ``(training pairs, validation crops)``.
     """
     total = sum(p.annotated_pixels for p in pairs)
-    if fraction <= 0 or total < MIN_PIXELS_FOR_VALIDATION:
+    if fraction <= 0 or total < 3 * block * block:
         return list(pairs), []
     candidates = []
     for index, pair in enumerate(pairs):

@@ -230,7 +230,9 @@ def train(
         The best model (as saved in ``output``).
     """
     config = config or TrainConfig()
-    output = Path(output)
+    output = Path(output).expanduser()
+    if output.suffix != ".safetensors":  # as save_model names it, so the result can be read back
+        output = output.with_name(output.name + ".safetensors")
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
     rng = np.random.default_rng(config.seed)
     generator = torch.Generator(device=dev).manual_seed(config.seed)
