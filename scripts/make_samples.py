@@ -3,7 +3,7 @@
     python scripts/make_samples.py
 
 ``nuclei.tif``: a synthetic 512x512 uint16 fluorescence image of nuclei (pixel size 0.5 um) and
-``nuclei_labels.tif``: its exact instance labels; ``nuclei_stack.tif`` / ``nuclei_stack_labels.tif``:
+``nuclei_labels.tif``: its exact instance labels; ``nuclei_stack.tif`` and its labels:
 a (5, 256, 256) time-lapse. They come from :mod:`napari_unet.core.synthetic` with fixed seeds.
 """
 

@@ -1,4 +1,4 @@
-"""napari-unet: U-Net segmentation and fine-tuning for microscopy, in napari and on the command line.
+"""napari-unet: U-Net segmentation and fine-tuning for microscopy, in napari and from the shell.
 
 Importing this package pulls in neither torch nor Qt; the engine lives in :mod:`napari_unet.core`.
 """

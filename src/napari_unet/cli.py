@@ -716,12 +716,24 @@ def _add_train(sub: Any, common: argparse.ArgumentParser) -> None:
         help="where training runs (default: auto = cuda, else mps, else cpu)",
     )
     p.add_argument("--seed", type=_non_negative_int, metavar="N", help="random seed (default 0)")
-    p.add_argument("--batch-size", type=_positive_int, metavar="N", help="patches per step")
-    p.add_argument("--patch-size", type=_positive_int, metavar="PX", help="side of a patch")
     p.add_argument(
-        "--steps-per-epoch", type=_positive_int, metavar="N", help="steps between validations"
+        "--batch-size", type=_positive_int, metavar="N", help="patches per step (default 4)"
     )
-    p.add_argument("--learning-rate", type=_positive_float, metavar="LR", help="peak learning rate")
+    p.add_argument(
+        "--patch-size", type=_positive_int, metavar="PX", help="side of a patch (default 192)"
+    )
+    p.add_argument(
+        "--steps-per-epoch",
+        type=_positive_int,
+        metavar="N",
+        help="steps between validations (default 25)",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=_positive_float,
+        metavar="LR",
+        help="peak learning rate (default 0.001)",
+    )
     p.add_argument(
         "--validation-fraction",
         type=_fraction,
@@ -856,10 +868,12 @@ def _scratch_channels(image: Any) -> int:
     return 1
 
 
-def _base_model(args: argparse.Namespace, first_image: Any) -> tuple[Any, Any]:
-    """``(base LoadedModel or None, ModelConfig of a new network or None)``."""
+def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
+    """``(base LoadedModel or None, ModelConfig of a new network or None)``; a new network
+    takes its input channels from ``first_image``."""
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserError
+    from napari_unet.core.io import read_image
     from napari_unet.core.weights import get_model
 
     architecture = {"depth": args.depth, "base_channels": args.base_channels}
@@ -873,7 +887,7 @@ def _base_model(args: argparse.Namespace, first_image: Any) -> tuple[Any, Any]:
         return get_model(args.model), None
     if given.get("depth", 0) > 8:
         raise UserError(f"--depth must be at most 8, got {given['depth']}")
-    return None, ModelConfig(in_channels=_scratch_channels(first_image), **given)
+    return None, ModelConfig(in_channels=_scratch_channels(read_image(first_image)), **given)
 
 
 def _train_config(args: argparse.Namespace) -> Any:
@@ -957,6 +971,7 @@ class TrainReporter:
         self.epochs = epochs
         self.enabled = enabled
         self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self.last: Any = None  # the latest training status
         self._width = 0
 
     def _left(self, seconds: float) -> str:
@@ -976,6 +991,8 @@ class TrainReporter:
 
     def __call__(self, event: Any) -> None:
         status = event.payload
+        if status is not None:
+            self.last = status
         if not self.enabled or status is None:
             return
         if status.kind == "step":
@@ -1016,18 +1033,22 @@ def _file_state(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _summary(result: Any, base: Any, seconds: float) -> str:
+def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
+    """The closing report: the model file, what was trained, validation before and after."""
     provenance = result.metadata.get("provenance") or {}
     settings = provenance.get("settings") or {}
     metrics = dict(provenance.get("metrics") or {})
     baseline = metrics.pop("baseline", None) or {}
     origin = f"fine-tuned from {base.name}" if base is not None else "trained from scratch"
+    epochs = last.epoch if last is not None else settings.get("epochs_done")
+    steps = last.step if last is not None else settings.get("steps")
+    kept = settings.get("epochs_done")
+    kept_text = "the starting model (no epoch improved on it)" if kept == 0 else f"epoch {kept}"
     lines = [
-        f"model: {result.path}",
+        f"model: {Path(result.path).resolve()}",
         f"name: {result.name} ({origin})",
-        f"training: {settings.get('epochs_done')} epochs, {settings.get('steps')} steps of "
-        f"{settings.get('batch_size')} patches, {settings.get('training_pixels')} annotated "
-        f"pixels, {seconds:.1f} s",
+        f"training: {epochs} epochs, {steps} steps of {settings.get('batch_size')} patches on "
+        f"{settings.get('training_pixels')} annotated pixels in {seconds:.1f} s; kept {kept_text}",
     ]
     if baseline:
         lines.append(f"validation before: {_format_metrics(baseline)}")
@@ -1045,7 +1066,6 @@ def _summary(result: Any, base: Any, seconds: float) -> str:
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.core.device import describe_device, gpu_hint, resolve_device
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io import read_image
     from napari_unet.core.train import train
 
     inputs = training_inputs(args.data_items)
@@ -1062,7 +1082,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         hint = gpu_hint()
         if hint:
             logger.warning(hint)
-    base, model_config = _base_model(args, read_image(inputs[0].image))
+    base, model_config = _base_model(args, inputs[0].image)
     if base is not None and base.path is not None and base.path.resolve() == output.resolve():
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
@@ -1099,7 +1119,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
         return 130
     reporter.close()
-    sys.stdout.write(_summary(result, base, time.monotonic() - start))
+    sys.stdout.write(_summary(result, base, time.monotonic() - start, reporter.last))
     return 0
 
 

@@ -54,7 +54,9 @@ class Cancelled(Exception):
     """Raised inside a job when its consumer asked it to stop."""
 
 
-def drain(gen: Generator[Progress, None, T], callback: Callable[[Progress], None] | None = None) -> T:
+def drain(
+    gen: Generator[Progress, None, T], callback: Callable[[Progress], None] | None = None
+) -> T:
     """Run a progress generator to the end and return its result.
 
     Args:
