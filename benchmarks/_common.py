@@ -52,6 +52,8 @@ def machine_description() -> str:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         text += f", GPU: {props.name} ({props.total_memory / 1e9:.0f} GB)"
+    if hasattr(os, "getloadavg"):
+        text += f"; load average {os.getloadavg()[0]:.1f} at the start (other processes)"
     return text
 
 

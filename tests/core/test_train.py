@@ -20,9 +20,10 @@ from napari_unet.core.data import PatchSampler, ValidationCrop, make_pairs
 from napari_unet.core.errors import ModelNotFoundError, UserError
 from napari_unet.core.model import build_model
 from napari_unet.core.normalize import NormalizeConfig
+from napari_unet.core.progress import drain
 from napari_unet.core.synthetic import SyntheticConfig, make_image
 from napari_unet.core.targets import TargetConfig
-from napari_unet.core.train import TrainConfig, train, validate, weighted_loss, yield_free
+from napari_unet.core.train import TrainConfig, train, validate, weighted_loss
 from napari_unet.core.weights import LoadedModel, load_model
 
 TINY = ModelConfig(depth=2, base_channels=4)
@@ -153,7 +154,7 @@ def test_a_few_steps_lower_the_loss_and_raise_the_iou(tmp_path, pairs):
 
 def test_metadata_of_the_saved_model(tmp_path, pairs):
     base = LoadedModel.from_model(build_model(TINY, seed=5), name="parent-net")
-    result = yield_free(train(pairs, tmp_path / "child", base=base, config=quick(), device="cpu"))
+    result = drain(train(pairs, tmp_path / "child", base=base, config=quick(), device="cpu"))
     assert result.path == tmp_path / "child.safetensors"
     meta = load_model(tmp_path / "child.safetensors").metadata
     assert meta["name"] == "child" and meta["task"] == "instances"
@@ -172,7 +173,7 @@ def test_metadata_of_the_saved_model(tmp_path, pairs):
 def test_time_budget_stops_training(tmp_path, pairs):
     config = quick(epochs=10_000, steps_per_epoch=5, max_minutes=1.0 / 60)
     started = time.perf_counter()
-    result = yield_free(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu",
+    result = drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu",
                               model_config=TINY))
     assert time.perf_counter() - started < 20
     assert 1 <= result.metadata["provenance"]["settings"]["steps"] < 50_000
@@ -231,7 +232,7 @@ def test_a_failed_first_write_leaves_no_model_file(tmp_path, pairs, monkeypatch)
     gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu",
                 model_config=TINY)
     with pytest.raises(OSError, match="No space"):
-        yield_free(gen)
+        drain(gen)
     assert leftovers(tmp_path) == []
 
 
@@ -240,7 +241,7 @@ def test_a_failed_later_write_keeps_the_previous_checkpoint(tmp_path, pairs, mon
     gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu",
                 model_config=TINY)
     with pytest.raises(OSError):
-        yield_free(gen)
+        drain(gen)
     assert leftovers(tmp_path) == ["m.safetensors"]
     assert load_model(tmp_path / "m.safetensors").metadata["provenance"]["settings"]["steps"] == 0
 

@@ -31,7 +31,7 @@ from .metrics import evaluate
 from .model import UNet, build_model
 from .normalize import NormalizeConfig
 from .postprocess import PostprocessConfig, labels_from_probabilities
-from .progress import Progress
+from .progress import Progress, drain
 from .targets import TargetConfig
 from .tiling import default_halo, predict_tiled
 from .weights import LoadedModel, new_metadata, save_model
@@ -165,7 +165,7 @@ def validate(
     tp = fp = fn = 0
     ious = []
     for crop in crops:
-        probs = yield_free(predict_tiled(predictor, crop.image, model.config.out_classes, tiling,
+        probs = drain(predict_tiled(predictor, crop.image, model.config.out_classes, tiling,
                                          halo, model.config.stride))
         labels = labels_from_probabilities(probs, task, postprocess)
         ious.append(_foreground_iou(labels, crop.labels, crop.mask))
@@ -177,15 +177,6 @@ def validate(
         return {"pixel_iou": pixel_iou, "score": pixel_iou}
     ap = tp / (tp + fp + fn) if tp + fp + fn else 1.0
     return {"ap_50": float(ap), "pixel_iou": pixel_iou, "score": 0.5 * (float(ap) + pixel_iou)}
-
-
-def yield_free(gen: Generator[Progress, None, Any]) -> Any:
-    """Run a progress generator whose events nobody needs and return its result."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
