@@ -1,5 +1,6 @@
 """Shared test settings."""
 
+import io
 import os
 
 import pytest
@@ -17,3 +18,25 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def isolated_models(tmp_path, monkeypatch):
+    """An empty user model folder, so the user's own models never leak into a test; debug
+    output off."""
+    folder = tmp_path / "registry"
+    folder.mkdir()
+    monkeypatch.setenv("NAPARI_UNET_MODELS", str(folder))
+    monkeypatch.delenv("NAPARI_UNET_DEBUG", raising=False)
+    return folder
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def terminal() -> io.StringIO:
+    """A text stream that says it is an interactive terminal (what it got: ``getvalue()``)."""
+    return _Terminal()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as stdio
 import json
 import shutil
 import subprocess
@@ -23,15 +22,7 @@ from napari_unet.core.weights import new_metadata, save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 
-
-@pytest.fixture(autouse=True)
-def isolated_models(tmp_path, monkeypatch):
-    """An empty user model folder, so the user's own models never leak into a test."""
-    folder = tmp_path / "registry"
-    folder.mkdir()
-    monkeypatch.setenv("NAPARI_UNET_MODELS", str(folder))
-    monkeypatch.delenv("NAPARI_UNET_DEBUG", raising=False)
-    return folder
+pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 
 
 @pytest.fixture(scope="module")
@@ -424,12 +415,8 @@ def test_models_lists_user_models(capsys, isolated_models, model_file):
 # progress and the installed entry point
 
 
-def test_progress_line_on_a_terminal():
-    class Terminal(stdio.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    stream = Terminal()
+def test_progress_line_on_a_terminal(terminal):
+    stream = terminal
     reporter = ProgressReporter(stream, "img.tif")
     for done in range(1, 5):
         reporter(Progress("predict", done, 4, f"tile batch {done}/4"))

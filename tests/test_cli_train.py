@@ -25,14 +25,10 @@ FAST = ("--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--patch
 
 
 @pytest.fixture(autouse=True)
-def isolated_models(tmp_path, monkeypatch):
-    """An empty user model folder: no user model leaks in, the starter model is not installed."""
-    folder = tmp_path / "registry"
-    folder.mkdir()
-    monkeypatch.setenv("NAPARI_UNET_MODELS", str(folder))
-    monkeypatch.delenv("NAPARI_UNET_DEBUG", raising=False)
+def isolated_models(isolated_models, tmp_path, monkeypatch):
+    """The empty user model folder of conftest.py, and the starter model is not installed."""
     monkeypatch.setattr("napari_unet.core.weights.builtin_models_dir", lambda: tmp_path / "none")
-    return folder
+    return isolated_models
 
 
 @pytest.fixture(scope="module")
@@ -177,12 +173,12 @@ def test_masks_belong_to_the_pair_given_just_before():
 def test_time_budget_alone_lifts_the_epoch_limit():
     args = cli.build_parser().parse_args(["train", "--image", "a", "--labels", "b", "-o", "m",
                                           "--max-minutes", "2.5", "--no-elastic", "--seed", "3"])
-    config = cli._train_config(args)
+    config = cli.train_config(args)
     assert config.max_minutes == 2.5 and config.epochs > 10_000
     assert config.augment.elastic is False and config.seed == 3 and config.use_weight_map
     args = cli.build_parser().parse_args(["train", "--image", "a", "--labels", "b", "-o", "m",
                                           "--epochs", "7", "--no-weight-map"])
-    config = cli._train_config(args)
+    config = cli.train_config(args)
     assert config.epochs == 7 and config.max_minutes is None and not config.use_weight_map
 
 
@@ -280,17 +276,11 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
     assert not output.exists()
 
 
-def test_progress_line_on_a_terminal():
-    import io as stdio
-
+def test_progress_line_on_a_terminal(terminal):
     from napari_unet.core.progress import Progress
     from napari_unet.core.train import TrainStatus
 
-    class Terminal(stdio.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    stream = Terminal()
+    stream = terminal
     reporter = cli.TrainReporter(stream, epochs=4)
     reporter(Progress("train", 1, 8, "", TrainStatus("step", 1, 0, 0.5, {}, {}, float("nan"))))
     metrics = {"ap_50": 0.5, "pixel_iou": 0.75, "score": 0.625}

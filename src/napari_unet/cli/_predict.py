@@ -1,0 +1,226 @@
+"""``napari-unet predict``: segment images and write label TIFFs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from napari_unet.cli._common import (
+    PROG,
+    add_command,
+    add_device_option,
+    add_model_option,
+    chosen_device,
+    fraction,
+    given,
+    logger,
+    non_negative_int,
+    positive_int,
+)
+from napari_unet.cli._paths import (
+    LABELS_SUFFIX,
+    PROBABILITIES_SUFFIX,
+    check_inputs,
+    output_paths,
+)
+from napari_unet.cli._progress import ProgressReporter
+
+_DESCRIPTION = (
+    "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
+    "65535 objects), keeping each input's axes and pixel size."
+)
+
+
+def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``predict`` sub-command to ``sub`` and return its parser."""
+    p = add_command(sub, common, "predict", "segment images and write label TIFFs", _DESCRIPTION)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="OUT",
+        help=(
+            f"an existing folder (each INPUT NAME.tif gives NAME{LABELS_SUFFIX}) or, with one "
+            "INPUT, a file name ending in .tif or .tiff"
+        ),
+    )
+    add_model_option(
+        p,
+        "NAME|PATH",
+        "a model name (see 'napari-unet models') or a .safetensors file (default: starter)",
+    )
+    p.add_argument(
+        "--tile-size",
+        type=positive_int,
+        metavar="PX",
+        help="side of a tile in pixels, without the overlap (default: 256 on CPU, 1024 on GPU)",
+    )
+    p.add_argument(
+        "--overlap",
+        type=non_negative_int,
+        metavar="PX",
+        help="context margin added on each side of a tile (default: derived from the network)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="use the full receptive field as overlap: tiled output equals a whole-image pass",
+    )
+    p.add_argument("--batch-size", type=positive_int, metavar="N", help="tiles per forward pass")
+    add_device_option(p, "the network")
+    p.add_argument(
+        "--probabilities",
+        metavar="PATH",
+        help=(
+            "also write float32 class probabilities (classes first): a folder "
+            f"(NAME{PROBABILITIES_SUFFIX}) or, with one INPUT, a .tif file name"
+        ),
+    )
+    p.add_argument(
+        "--min-size",
+        type=non_negative_int,
+        metavar="PX",
+        help="remove objects smaller than this many pixels (instance models; default 16)",
+    )
+    p.add_argument(
+        "--interior-threshold",
+        type=fraction,
+        metavar="P",
+        help="probability of 'interior' that seeds an object (default 0.5)",
+    )
+    p.add_argument(
+        "--foreground-threshold",
+        type=fraction,
+        metavar="P",
+        help="probability of foreground within which objects grow (default 0.5)",
+    )
+    return p
+
+
+def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
+    """Tile settings: the options given, else the model file's tile defaults, else the
+    device's defaults."""
+    from dataclasses import replace
+
+    from napari_unet.core.tiling import default_tiling
+
+    tiling = loaded.tiling or default_tiling(loaded.config, device_type)
+    options = {
+        "exact": True if args.exact else None,
+        "tile_size": args.tile_size,
+        "halo": args.overlap,
+        "batch_size": args.batch_size,
+    }
+    return replace(tiling, **given(options))
+
+
+def _postprocess_config(args: argparse.Namespace) -> Any:
+    from napari_unet.core.postprocess import PostprocessConfig
+
+    options = {
+        "min_size": args.min_size,
+        "interior_threshold": args.interior_threshold,
+        "foreground_threshold": args.foreground_threshold,
+    }
+    return PostprocessConfig(**given(options))
+
+
+def _output_axes(axes: str) -> str:
+    """The axes of labels for an image with ``axes``: the channel axes (C, S) removed."""
+    kept = [a for a in axes.upper() if a not in "CSYX"]
+    return "".join(kept) + "YX"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Run ``napari-unet predict``; returns the exit code."""
+    inputs = [Path(p).expanduser() for p in args.inputs]
+    outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
+    prob_outputs: list[Path | None] = [None] * len(inputs)
+    if args.probabilities:
+        prob_outputs = list(
+            output_paths(
+                inputs,
+                Path(args.probabilities).expanduser(),
+                PROBABILITIES_SUFFIX,
+                "--probabilities",
+            )
+        )
+    check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
+
+    from napari_unet.core.device import describe_device
+    from napari_unet.core.weights import get_model
+
+    device = chosen_device(args.device)
+    loaded = get_model(args.model)
+    tiling = _tiling(args, loaded, device.type)
+    post = _postprocess_config(args)
+    logger.info(
+        "model %s (%s) on %s; tile %d px, overlap %s, batch %d",
+        loaded.name,
+        loaded.path,
+        describe_device(device),
+        tiling.tile_size,
+        "exact" if tiling.exact else ("auto" if tiling.halo is None else f"{tiling.halo} px"),
+        tiling.batch_size,
+    )
+    for index, (source, target, prob_target) in enumerate(
+        zip(inputs, outputs, prob_outputs, strict=True), start=1
+    ):
+        label = source.name if len(inputs) == 1 else f"[{index}/{len(inputs)}] {source.name}"
+        _predict_one(args, source, target, prob_target, loaded, tiling, device, post, label)
+    return 0
+
+
+def _predict_one(
+    args: argparse.Namespace,
+    source: Path,
+    target: Path,
+    prob_target: Path | None,
+    loaded: Any,
+    tiling: Any,
+    device: Any,
+    post: Any,
+    label: str,
+) -> None:
+    """Read one image, predict, post-process and write its labels (and probabilities)."""
+    from napari_unet.core import io
+    from napari_unet.core.postprocess import postprocess
+    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.progress import drain
+
+    start = time.monotonic()
+    image = io.read_image(source)
+    axes = _output_axes(image.axes)
+    reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
+    try:
+        probs = drain(
+            predict_probabilities(image.data, image.axes, loaded, tiling, device), reporter
+        )
+        labels = drain(postprocess(probs, loaded.task, post), reporter)
+    finally:
+        reporter.close()
+    if labels.ndim != len(axes):  # should not happen; keep the output readable anyway
+        logger.warning("labels of shape %s do not fit axes %s", labels.shape, axes)
+        axes = "".join("TZQ"[i] for i in range(labels.ndim - 2)) + "YX"
+    written: list[Path] = []
+    try:
+        if prob_target is not None:
+            io.write_probabilities(
+                prob_target, probs, "C" + axes, image.pixel_size, image.z_spacing
+            )
+            written.append(prob_target)
+        io.write_labels(target, labels, axes, image.pixel_size, image.z_spacing)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    n_objects = int(labels.max()) if labels.size and loaded.task == "instances" else None
+    found = ""
+    if n_objects is not None:
+        found = f", {n_objects} object{'' if n_objects == 1 else 's'}"
+    if not args.quiet:
+        sys.stderr.write(f"{PROG}: {label} -> {target}{found} ({time.monotonic() - start:.1f} s)\n")

@@ -1,0 +1,175 @@
+"""``napari-unet train``: fine-tune a model (or train a new one) on annotated images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_unet.cli._common import PROG, chosen_device, format_metrics, given, logger
+from napari_unet.cli._paths import check_not_an_input, model_output
+from napari_unet.cli._progress import TrainReporter
+from napari_unet.cli._readers import read_labels, read_mask
+from napari_unet.cli._train_options import SCRATCH, TrainingInput, train_config, training_inputs
+
+
+def _scratch_channels(image: Any) -> int:
+    """Input channels of a new network for ``image`` (an ``ImageData``)."""
+    if "C" in image.axes:
+        return int(image.data.shape[image.axes.index("C")])
+    if image.axes.endswith("S"):
+        return 3
+    return 1
+
+
+def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
+    """``(base LoadedModel or None, ModelConfig of a new network or None)``; a new network
+    takes its input channels from ``first_image``."""
+    from napari_unet.core.config import ModelConfig
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.io import read_image
+    from napari_unet.core.weights import get_model
+
+    architecture = given({"depth": args.depth, "base_channels": args.base_channels})
+    if (args.model or "").strip().lower() != SCRATCH:
+        if architecture:
+            raise UserError(
+                "--depth and --base-channels set the architecture of a new network; they need "
+                f"--model {SCRATCH} (a fine-tuned model keeps its architecture)"
+            )
+        return get_model(args.model), None
+    if architecture.get("depth", 0) > 8:
+        raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
+    channels = _scratch_channels(read_image(first_image))
+    return None, ModelConfig(in_channels=channels, **architecture)
+
+
+def _read_training_data(inputs: Sequence[TrainingInput], base: Any, model_config: Any) -> list:
+    """Read every file and build the training pairs (all checks happen here)."""
+    from napari_unet.core import io
+    from napari_unet.core.data import make_pairs
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.normalize import NormalizeConfig
+
+    if base is not None:
+        in_channels, task = base.config.in_channels, base.task
+        n_classes, normalize = base.config.out_classes, base.normalize
+    else:
+        in_channels, task = model_config.in_channels, "instances"
+        n_classes, normalize = model_config.out_classes, NormalizeConfig()
+    pairs: list = []
+    for item in inputs:
+        image = io.read_image(item.image)
+        labels = read_labels(item.labels, "labels")
+        mask = read_mask(item.mask) if item.mask is not None else None
+        pairs += make_pairs(
+            image.data,
+            labels,
+            image.axes,
+            in_channels,
+            normalize,
+            task=task,
+            n_classes=n_classes,
+            mask=mask,
+            name=str(item.image),
+        )
+    if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
+        raise UserError(
+            "none of the annotated pixels belongs to an object (the labels are 0 wherever the "
+            "masks are set); paint some objects"
+        )
+    return pairs
+
+
+def _file_state(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
+    """The closing report: the model file, what was trained, validation before and after."""
+    provenance = result.metadata.get("provenance") or {}
+    settings = provenance.get("settings") or {}
+    metrics = dict(provenance.get("metrics") or {})
+    baseline = metrics.pop("baseline", None) or {}
+    origin = f"fine-tuned from {base.name}" if base is not None else "trained from scratch"
+    epochs = last.epoch if last is not None else settings.get("epochs_done")
+    steps = last.step if last is not None else settings.get("steps")
+    kept = settings.get("epochs_done")
+    kept_text = "the starting model (no epoch improved on it)" if kept == 0 else f"epoch {kept}"
+    lines = [
+        f"model: {Path(result.path).resolve()}",
+        f"name: {result.name} ({origin})",
+        f"training: {epochs} epochs, {steps} steps of {settings.get('batch_size')} patches on "
+        f"{settings.get('training_pixels')} annotated pixels in {seconds:.1f} s; kept {kept_text}",
+    ]
+    if baseline:
+        lines.append(f"validation before: {format_metrics(baseline)}")
+        lines.append(f"validation after:  {format_metrics(metrics)}")
+    else:
+        loss = metrics.get("loss")
+        loss_text = f"; training loss {loss:.4f}" if isinstance(loss, int | float) else ""
+        lines.append(
+            "validation: none (too little annotation to hold out blocks, or "
+            f"--validation-fraction 0){loss_text}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run ``napari-unet train``; returns the exit code (130 when interrupted)."""
+    from napari_unet.core.device import describe_device
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.progress import drain
+    from napari_unet.core.train import train
+
+    inputs = training_inputs(args.data_items)
+    output = model_output(args.output)
+    config = train_config(args)
+    check_not_an_input((p for i in inputs for p in (i.image, i.labels, i.mask)), [output])
+    device = chosen_device(args.device)
+    base, model_config = _base_model(args, inputs[0].image)
+    if base is not None and base.path is not None and base.path.resolve() == output.resolve():
+        raise UserError(
+            f"-o {output} is the model being fine-tuned; write the new model to another file"
+        )
+    pairs = _read_training_data(inputs, base, model_config)
+    logger.info(
+        "training on %s: %d annotated plane(s), %d pixels",
+        describe_device(device),
+        len(pairs),
+        sum(p.annotated_pixels for p in pairs),
+    )
+    before = _file_state(output)
+    time_only = args.max_minutes is not None and args.epochs is None
+    reporter = TrainReporter(sys.stderr, None if time_only else config.epochs, not args.quiet)
+    start = time.monotonic()
+    gen = train(
+        pairs,
+        output,
+        base=base,
+        config=config,
+        device=device,
+        name=args.name,
+        model_config=model_config,
+    )
+    try:
+        result = drain(gen, reporter)
+    except KeyboardInterrupt:
+        gen.close()
+        reporter.close()
+        saved = _file_state(output)
+        if saved is not None and saved != before:
+            sys.stderr.write(f"\n{PROG}: interrupted; the best model so far is in {output}\n")
+        else:
+            sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
+        return 130
+    reporter.close()
+    sys.stdout.write(_summary(result, base, time.monotonic() - start, reporter.last))
+    return 0
