@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--patch-size", type=int, default=192)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--resume", help="continue training this model file (a warm restart)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
@@ -48,21 +51,26 @@ def main(argv: list[str] | None = None) -> int:
     logging.info("made %d synthetic images in %.1f s", len(pairs), time.perf_counter() - started)
 
     config = TrainConfig(epochs=10_000, max_minutes=args.minutes, steps_per_epoch=50,
-                         batch_size=8, patch_size=192, learning_rate=2e-3, patience=0,
+                         batch_size=8, patch_size=args.patch_size,
+                         learning_rate=args.learning_rate, patience=0,
                          val_fraction=0.1, seed=args.seed)
-    gen = train(pairs, args.output, base=None, config=config, device=args.device,
+    base = load_model(args.resume) if args.resume else None
+    gen = train(pairs, args.output, base=base, config=config, device=args.device,
                 name="starter", model_config=ModelConfig(), normalize=normalize)
     drain(gen, lambda e: logging.info(e.message) if e.payload.kind != "step" else None)
 
-    # record the recipe and the default tiling in the shipped file
+    # record the recipe (every stage, when resumed) in the shipped file
+    recipe = " ".join(["python scripts/make_starter.py", *(argv or sys.argv[1:])])
+    if base is not None:
+        earlier = base.metadata["provenance"]["settings"].get("recipe")
+        recipe = f"{earlier}; then {recipe}" if earlier else recipe
     model = load_model(args.output)
     provenance = model.metadata["provenance"]
     metadata = new_metadata(
         model.config, task="instances", name="starter", normalize=normalize,
-        data_hashes=provenance["data_hashes"],
+        data_hashes=provenance["data_hashes"], parent=provenance["parent"],
         settings={**provenance["settings"],
-                  "recipe": (f"scripts/make_starter.py --minutes {args.minutes} --images "
-                             f"{args.images} --size {args.size} --seed {args.seed}"),
+                  "recipe": recipe,
                   "data": "synthetic nuclei and cells (napari_unet.core.synthetic.random_config)"},
         metrics=provenance["metrics"],
     )

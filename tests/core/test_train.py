@@ -170,6 +170,29 @@ def test_metadata_of_the_saved_model(tmp_path, pairs):
         assert torch.equal(base.model.state_dict()[key], value)
 
 
+def _running_stats(model) -> list[torch.Tensor]:
+    return [m.running_mean.clone() for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm2d)]
+
+
+@pytest.mark.parametrize("freeze", [None, True, False])
+def test_batchnorm_statistics_frozen_when_fine_tuning(tmp_path, pairs, freeze):
+    """Fine-tuning keeps the base model's BatchNorm statistics unless told otherwise; training
+    from scratch updates them."""
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="parent-net")
+    before = _running_stats(base.model)
+    tuned = drain(train(pairs, tmp_path / "ft", base=base,
+                        config=quick(freeze_batchnorm=freeze), device="cpu"))
+    same = all(torch.equal(a, b) for a, b in zip(before, _running_stats(tuned.model),
+                                                   strict=True))
+    assert same == (freeze is not False)
+    scratch = drain(train(pairs, tmp_path / "new", config=quick(), device="cpu",
+                          model_config=TINY))
+    fresh = _running_stats(build_model(TINY, seed=0))
+    assert not all(torch.equal(a, b) for a, b in zip(fresh, _running_stats(scratch.model),
+                                                     strict=True))
+
+
 def test_time_budget_stops_training(tmp_path, pairs):
     config = quick(epochs=10_000, steps_per_epoch=5, max_minutes=1.0 / 60)
     started = time.perf_counter()
