@@ -578,6 +578,26 @@ def test_atomic_path_renames_on_success(tmp_path):
     assert target.read_bytes() == b"content"
 
 
+def test_atomic_writes_get_ordinary_permissions(tmp_path):
+    """A writer that creates its file private (0600) still leaves a file others can read, as
+    open() would; replacing a file keeps that file's permissions."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        target = tmp_path / "labels.bin"
+        with atomic_path(target) as tmp:
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        assert target.stat().st_mode & 0o777 == 0o644
+        target.chmod(0o640)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"new")
+        assert target.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(umask)
+
+
 def test_atomic_path_missing_folder(tmp_path):
     with pytest.raises(UserError, match="does not exist"), atomic_path(tmp_path / "x" / "f.bin"):
         pass

@@ -155,6 +155,26 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     return path
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (Linux), else the usual 0o022."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _new_file_mode(path: Path) -> int:
+    """Permissions for a file written to ``path``: those of the file it replaces, else what
+    ``open()`` would give a new file (some writers create their files private)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds.
@@ -173,6 +193,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary file '{tmp}'")
+        os.chmod(tmp, _new_file_mode(path))
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
