@@ -120,7 +120,7 @@ def test_missing_model_path(capsys, tmp_path, out_dir):
     assert_user_error(code, err, out_dir, contains="does not exist")
 
 
-def test_default_model_not_installed(capsys, tmp_path, out_dir):
+def test_default_model_not_installed(capsys, tmp_path, out_dir, no_builtin_models):
     img = image_file(tmp_path, "img.tif", blobs())
     code, _, err = run(capsys, "predict", img, "-o", out_dir)
     assert_user_error(code, err, out_dir, contains="starter")
@@ -379,7 +379,7 @@ def by_name_metrics(report: dict, name: str) -> dict:
     return next(m for m in report["models"] if m["name"] == name)["metrics"]
 
 
-def test_models_lists_user_models(capsys, isolated_models, model_file):
+def test_models_lists_user_models(capsys, isolated_models, model_file, no_builtin_models):
     shutil.copy(model_file, isolated_models / "nuclei.safetensors")
     (isolated_models / "broken.safetensors").write_bytes(b"\0" * 50)
     meta = new_metadata(CONFIG, metrics={"ap_50": float("nan"), "loss": np.float32(0.25)})
