@@ -161,3 +161,19 @@ def trained_network(
     net.eval()
     torch.save(net.state_dict(), cache)
     return net
+
+
+def benchmark_network() -> tuple[UNet, str]:
+    """The built-in starter model when it is installed (else the default architecture briefly
+    trained, see :func:`trained_network`), in eval mode, and a phrase naming it."""
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.weights import get_model
+
+    try:
+        model = get_model(None)
+    except UserError:
+        return trained_network(ModelConfig()), ("the default architecture briefly trained (no "
+                                                "starter model installed)")
+    c = model.config
+    return model.model.eval(), (f"the built-in starter model (depth {c.depth}, "
+                                f"{c.base_channels} base channels, {c.norm} norm)")

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from _common import (
+    benchmark_network,
     command_line,
     interleaved_best,
     machine_description,
@@ -239,7 +240,7 @@ def main() -> None:
     rounds = args.rounds or (1 if args.quick else 3)
     logging.basicConfig(level=logging.WARNING)
 
-    net = trained_network(ModelConfig(), steps=10 if args.quick else 60)
+    net, net_name = benchmark_network()
     raw = synthetic_image(size)
     tiling = default_tiling(net.config, "cpu")
     machine = machine_description()
@@ -263,10 +264,9 @@ def main() -> None:
     if not (args.quick or args.no_update):
         body = "\n\n".join(
             [
-                f"## CPU speed (`benchmarks/cpu_speed.py`)\n\nDefault network "
-                f"(`ModelConfig()`: depth 4, 16 base channels, BatchNorm, transposed-convolution "
-                f"up-sampling), briefly trained on synthetic nuclei; one {size} x {size} synthetic "
-                f"image; best of {rounds} interleaved rounds.",
+                f"## CPU speed (`benchmarks/cpu_speed.py`)\n\nNetwork: {net_name}; one "
+                f"{size} x {size} synthetic image; default tiling; best of {rounds} interleaved "
+                "rounds.",
                 *sections,
                 f"Machine: {machine}.  \nCommand: `{command_line()}`",
             ]

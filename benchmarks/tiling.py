@@ -27,11 +27,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (
+    benchmark_network,
     command_line,
     interleaved_best,
     machine_description,
     markdown_table,
-    trained_network,
     update_section,
 )
 from napari_unet.core.config import ModelConfig, TilingConfig
@@ -41,20 +41,6 @@ from napari_unet.core.normalize import percentile_normalize
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
 from napari_unet.core.tiling import default_halo, default_tiling, predict_tiled
-
-
-def _network() -> tuple[torch.nn.Module, str]:
-    from napari_unet.core.errors import UserError
-    from napari_unet.core.weights import get_model
-
-    try:
-        model = get_model(None)
-        c = model.config
-        return model.model, f"the built-in starter model (depth {c.depth}, {c.base_channels} " \
-            "base channels)"
-    except UserError:
-        return trained_network(ModelConfig()), ("the default architecture briefly trained "
-                                                "(no starter model installed)")
 
 
 def _image(size: int) -> np.ndarray:
@@ -93,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.size, args.rounds = 512, 1
 
-    net, net_name = _network()
+    net, net_name = benchmark_network()
     config: ModelConfig = net.config
     predictor = Predictor(net, torch.device("cpu"))
     image = _image(args.size)
@@ -101,6 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     whole = TilingConfig(tile_size=args.size, batch_size=1)
     exact_halo = receptive_radius(config)
     reference = _tiled(predictor, image, k, whole, exact_halo, stride)
+    eager = net.eval()
+
+    def eager_whole() -> None:
+        with torch.inference_mode():
+            torch.softmax(eager(torch.from_numpy(image)[None]), dim=1)
 
     default = default_tiling(config, "cpu")
     halo = default_halo(config)
@@ -108,13 +99,15 @@ def main(argv: list[str] | None = None) -> int:
         f"default: {default.tile_size} px tiles, margin {halo} px, batch {default.batch_size}":
             (default, halo),
     }
-    for margin in sorted({16, 32, 48, 64} - {halo}):
-        cases[f"256 px tiles, margin {margin} px"] = (TilingConfig(tile_size=256), margin)
-    cases[f"512 px tiles, margin {halo} px"] = (TilingConfig(tile_size=512, batch_size=2), halo)
     for tile in (256, 512, 768):
-        cases[f"{tile} px tiles, exact margin {exact_halo} px"] = (
-            TilingConfig(tile_size=tile, batch_size=max(1, 1024 // tile)), exact_halo)
-    jobs = {"whole": lambda: _tiled(predictor, image, k, whole, halo, stride)}
+        cases[f"{tile} px tiles, margin {halo} px"] = (
+            TilingConfig(tile_size=tile, batch_size=1), halo)
+    for margin in (32, 64, 96):
+        if margin < halo:
+            cases[f"256 px tiles, smaller margin {margin} px (approximate)"] = (
+                TilingConfig(tile_size=256, batch_size=1), margin)
+    jobs = {"whole": lambda: _tiled(predictor, image, k, whole, halo, stride),
+            "eager": eager_whole}
     for name, (tiling, margin) in cases.items():
         jobs[name] = (lambda t=tiling, m=margin: _tiled(predictor, image, k, t, m, stride))
     try:
@@ -126,10 +119,12 @@ def main(argv: list[str] | None = None) -> int:
         monai_name = None
     times = interleaved_best(jobs, args.rounds)
 
-    rows = [["one whole-image pass", "1.00", f"{args.size ** 2 / times['whole'] / 1e6:.2f}",
-             "0 (reference)", "100%"]]
+    rows = [["one whole-image pass (same fused, channels-last network)", "1.00",
+             f"{args.size ** 2 / times['whole'] / 1e6:.2f}", "0 (reference)", "100%"],
+            ["one whole-image pass, plain eager PyTorch", f"{times['eager'] / times['whole']:.2f}",
+             f"{args.size ** 2 / times['eager'] / 1e6:.2f}", "-", "-"]]
     for name in jobs:
-        if name == "whole":
+        if name in ("whole", "eager"):
             continue
         result = jobs[name]() if name == monai_name else _tiled(
             predictor, image, k, cases[name][0], cases[name][1], stride)

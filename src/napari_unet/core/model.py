@@ -133,11 +133,41 @@ def receptive_field(config: ModelConfig) -> int:
     return size
 
 
+def _input_span(config: ModelConfig, level: int, x: int, decoder: bool) -> tuple[int, int]:
+    """First and last input pixel (1D, full-resolution coordinates) that the feature at position
+    ``x`` of ``level`` depends on; ``decoder`` picks the decoder's output, else the encoder's.
+    Pooling pairs positions (2y, 2y + 1), so the span depends on ``x`` modulo the stride."""
+    if not decoder or level == config.depth:
+        if level == 0:
+            return x - 2, x + 2  # two 3x3 convolutions
+        first = _input_span(config, level - 1, 2 * (x - 2), False)[0]
+        last = _input_span(config, level - 1, 2 * (x + 2) + 1, False)[1]
+        return first, last
+
+    def up(y: int) -> tuple[int, int]:
+        k = y // 2
+        coarse = [k] if config.upsampling == "transpose" else ([k - 1, k] if y % 2 == 0
+                                                              else [k, k + 1])
+        spans = [_input_span(config, level + 1, p, True) for p in coarse]
+        return min(a for a, _ in spans), max(b for _, b in spans)
+
+    skip_first, _ = _input_span(config, level, x - 2, False)
+    _, skip_last = _input_span(config, level, x + 2, False)
+    return min(skip_first, up(x - 2)[0]), max(skip_last, up(x + 2)[1])
+
+
 def receptive_radius(config: ModelConfig) -> int:
-    """Context margin that makes tiled inference exact: half the receptive field plus the
-    pooling phase, rounded up to the network's stride."""
-    radius = receptive_field(config) // 2 + config.stride
-    return int(math.ceil(radius / config.stride) * config.stride)
+    """Context margin that makes tiled inference exact, in pixels (a multiple of the stride).
+
+    For tiles whose windows start on the network's stride grid, an output pixel of the tile's
+    core depends only on input pixels inside its window when the margin is at least this: the
+    farthest reach, over the positions modulo the stride, of the network's receptive field,
+    rounded up to the stride. (Depth 4 with transposed convolutions: 94 px, so 96.)
+    """
+    s = config.stride
+    spans = [_input_span(config, 0, r, True) for r in range(s)]
+    reach = max(max(-first for first, _ in spans), max(last - (s - 1) for _, last in spans))
+    return int(math.ceil(reach / s) * s)
 
 
 def fuse_for_inference(model: UNet) -> UNet:
