@@ -155,6 +155,31 @@ def test_unknown_device(capsys, tmp_path, out_dir, model_file):
     assert_user_error(code, err, out_dir, contains="tpu")
 
 
+def test_fp16_on_the_cpu_is_a_user_error(capsys, tmp_path, out_dir, model_file):
+    img = image_file(tmp_path, "img.tif", blobs())
+    code, _, err = run(capsys, "predict", img, "-o", out_dir, "--model", model_file,
+                       "--device", "cpu", "--precision", "fp16")
+    assert_user_error(code, err, out_dir, contains="fp16")
+
+
+def test_bf16_precision_on_the_cpu(capsys, tmp_path, out_dir, model_file):
+    """bf16 runs where the CPU supports it and gives nearly the fp32 probabilities."""
+    from napari_unet.core.device import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no bfloat16 support")
+    img = image_file(tmp_path, "img.tif", blobs())
+    results = {}
+    for precision in ("fp32", "bf16"):
+        probs = tmp_path / f"probs_{precision}.tif"
+        code, _, err = run(capsys, "predict", img, "-o", out_dir / f"{precision}.tif", "--model",
+                           model_file, "--device", "cpu", "--precision", precision,
+                           "--probabilities", probs)
+        assert code == 0, err
+        results[precision] = read_image(probs).data
+    assert np.abs(results["fp32"] - results["bf16"]).max() < 0.1
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device(capsys, tmp_path, out_dir, model_file):
     img = image_file(tmp_path, "img.tif", blobs())

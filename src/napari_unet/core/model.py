@@ -116,23 +116,6 @@ def build_model(config: ModelConfig, seed: int | None = None) -> UNet:
     return UNet(config)
 
 
-def receptive_field(config: ModelConfig) -> int:
-    """Side of the network's receptive field in input pixels (an upper bound).
-
-    Each encoder level adds two 3x3 convolutions and a 2x2 pooling at its scale; the bottleneck two
-    convolutions; each decoder level two convolutions (plus the bilinear kernel's reach if used).
-    """
-    size = 1
-    for level in range(config.depth):
-        size += 4 * 2**level + 2**level  # two convolutions + pooling
-    size += 4 * 2**config.depth  # bottleneck
-    for level in range(config.depth):
-        size += 4 * 2**level
-        if config.upsampling == "bilinear":
-            size += 2 ** (level + 1)
-    return size
-
-
 def _input_span(config: ModelConfig, level: int, x: int, decoder: bool) -> tuple[int, int]:
     """First and last input pixel (1D, full-resolution coordinates) that the feature at position
     ``x`` of ``level`` depends on; ``decoder`` picks the decoder's output, else the encoder's.

@@ -54,11 +54,13 @@ def _source(model: LoadedModel | UNet) -> _Source:
     return _Source(model.model, model.config, model.normalize, model.tiling, model.task)
 
 
-def _make_predictor(net: UNet, device: str | torch.device) -> tuple[Predictor, torch.device]:
+def _make_predictor(
+    net: UNet, device: str | torch.device, precision: str = "auto"
+) -> tuple[Predictor, torch.device]:
     """The callable that runs ``net`` on ``device``: (B, C, h, w) float32 CPU tensor ->
     softmax probabilities (B, K, h, w) float32 CPU tensor."""
     dev = resolve_device(device)
-    return DevicePredictor(net, dev), dev
+    return DevicePredictor(net, dev, precision), dev
 
 
 def _planes_message(plane: int, n_planes: int, event: Progress) -> str:
@@ -73,6 +75,7 @@ def predict_probabilities(
     model: LoadedModel | UNet,
     tiling: TilingConfig | None = None,
     device: str | torch.device = "auto",
+    precision: str = "auto",
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities for every pixel of ``image``.
 
@@ -86,6 +89,8 @@ def predict_probabilities(
         tiling: tile size, halo, batch size; ``None`` takes the model file's tile defaults, else
             the defaults for the device (:func:`~.tiling.default_tiling`).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a :class:`torch.device`.
+        precision: ``"auto"`` (reduced precision on CUDA, float32 elsewhere), ``"fp32"``,
+            ``"bf16"`` or ``"fp16"`` (see :func:`~.device.resolve_precision`).
 
     Yields:
         :class:`Progress` per tile batch, ``done``/``total`` over all planes, message like
@@ -105,7 +110,7 @@ def predict_probabilities(
     n_planes, _, height, width = planes.shape
     if n_planes == 0 or height == 0 or width == 0:
         raise InputMismatchError(f"The image has no pixels (shape {tuple(image.shape)}).")
-    predictor, dev = _make_predictor(source.net, device)
+    predictor, dev = _make_predictor(source.net, device, precision)
     tiling = tiling or source.tiling or default_tiling(config, dev.type)
     halo = resolve_halo(tiling, config)
     _warn_if_not_tileable(config, tiling, height, width)
@@ -153,6 +158,7 @@ def predict_labels(
     tiling: TilingConfig | None = None,
     device: str | torch.device = "auto",
     postprocess: PostprocessConfig | None = None,
+    precision: str = "auto",
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Probabilities and labels for ``image`` (see :func:`predict_probabilities`).
 
@@ -170,6 +176,6 @@ def predict_labels(
     from .postprocess import postprocess as labels_generator
 
     task = _source(model).task
-    probs = yield from predict_probabilities(image, axes, model, tiling, device)
+    probs = yield from predict_probabilities(image, axes, model, tiling, device, precision)
     labels = yield from labels_generator(probs, task, postprocess)
     return probs, labels
