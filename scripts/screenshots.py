@@ -17,6 +17,8 @@ IMAGES = ROOT / "docs" / "images"
 
 
 def main() -> int:
+    import numpy as np
+
     import napari
     from napari_unet.core.io import read_image
     from napari_unet.core.predict import predict_labels
@@ -28,12 +30,13 @@ def main() -> int:
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1200, 900)
     scale = image.pixel_size or (1.0, 1.0)
-    viewer.add_image(image.data, name="nuclei", scale=scale, colormap="gray")
+    low, high = np.percentile(image.data, (1, 99.8))
+    viewer.add_image(image.data, name="nuclei", scale=scale, colormap="gray",
+                     contrast_limits=(float(low), float(high)), units=("um", "um"))
     layer = viewer.add_labels(labels, name="nuclei labels (starter model)", scale=scale,
-                              opacity=0.45)
+                              opacity=0.45, units=("um", "um"))
     layer.contour = 0
     viewer.scale_bar.visible = True
-    viewer.scale_bar.unit = "um"
     viewer.reset_view()
     IMAGES.mkdir(parents=True, exist_ok=True)
     viewer.screenshot(str(IMAGES / "predict_sample.png"), canvas_only=False)
