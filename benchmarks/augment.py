@@ -20,13 +20,17 @@ process and each keeps its best time over the repeats, so a shared, busy machine
 from __future__ import annotations
 
 import argparse
-import time
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import interleaved_best
 from napari_unet.core.augment import AugmentConfig, augment_batch
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.model import build_model
@@ -97,19 +101,6 @@ def train_step(batch: int, size: int) -> Callable[[], None]:
     return run
 
 
-def best_times(candidates: dict[str, Callable[[], None]], repeats: int) -> dict[str, float]:
-    """Best wall time in seconds of each candidate, run interleaved ``repeats`` times."""
-    for fn in candidates.values():  # warm-up
-        fn()
-    best = dict.fromkeys(candidates, float("inf"))
-    for _ in range(repeats):
-        for name, fn in candidates.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -140,7 +131,7 @@ def main() -> None:
     # One phase per thread count (changing it between calls costs a thread-pool restart).
     for n_threads in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(n_threads)
-        best = best_times(candidates, args.repeats)
+        best = interleaved_best(candidates, args.repeats)
         reference = best.get("elasticdeform, image linear")
         for name, seconds in best.items():
             per_sample = seconds / args.batch * 1e3
@@ -154,7 +145,7 @@ def main() -> None:
     ours_default = "augment_batch, default"
     step_fns = {ours_default: candidates[ours_default],
                 "train step": train_step(args.batch, args.size)}
-    step = best_times(step_fns, args.train_repeats)
+    step = interleaved_best(step_fns, args.train_repeats)
     aug, train = step[ours_default], step["train step"]
     print(f"\ndefault U-Net ({ModelConfig()}), batch {args.batch}, forward + backward + AdamW, "
           f"{threads} threads, best of {args.train_repeats}\n")

@@ -367,6 +367,18 @@ def _assemble(
 # public entry points
 
 
+def _checked_2d(
+    labels: np.ndarray, mask: np.ndarray | None, config: TargetConfig | None, hint: str
+) -> tuple[TargetConfig, np.ndarray, np.ndarray]:
+    """Validated 2D labels, their mask (all annotated by default) and the settings."""
+    labels = check_labels(labels)
+    _check_ndim(labels, 2, hint)
+    mask_arr = _check_mask(mask, labels.shape)
+    if mask_arr is None:
+        mask_arr = np.ones(labels.shape, bool)
+    return config or TargetConfig(), labels, mask_arr
+
+
 def instance_targets(
     labels: np.ndarray, config: TargetConfig | None = None, mask: np.ndarray | None = None
 ) -> Targets:
@@ -386,12 +398,8 @@ def instance_targets(
         UserError: labels not 2D, negative, fractional or not numbers.
         InputMismatchError: mask shape differs from the labels.
     """
-    config = config or TargetConfig()
-    labels = check_labels(labels)
-    _check_ndim(labels, 2, "an (H, W) image; use stack_targets for a stack")
-    mask_arr = _check_mask(mask, labels.shape)
-    if mask_arr is None:
-        mask_arr = np.ones(labels.shape, bool)
+    config, labels, mask_arr = _checked_2d(labels, mask, config,
+                                           "an (H, W) image; use stack_targets for a stack")
     return _assemble(labels, mask_arr, config, gap_term)
 
 
@@ -406,12 +414,7 @@ def exact_weight_map(
     Returns:
         float32 (H, W).
     """
-    config = config or TargetConfig()
-    labels = check_labels(labels)
-    _check_ndim(labels, 2, "an (H, W) image")
-    mask_arr = _check_mask(mask, labels.shape)
-    if mask_arr is None:
-        mask_arr = np.ones(labels.shape, bool)
+    config, labels, mask_arr = _checked_2d(labels, mask, config, "an (H, W) image")
     return _assemble(labels, mask_arr, config, _exact_gap_term).weights
 
 
