@@ -17,9 +17,9 @@ IMAGES = ROOT / "docs" / "images"
 
 
 def main() -> int:
+    import napari
     import numpy as np
 
-    import napari
     from napari_unet.core.io import read_image
     from napari_unet.core.predict import predict_labels
     from napari_unet.core.progress import drain
