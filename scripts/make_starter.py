@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(epochs=10_000, max_minutes=args.minutes, steps_per_epoch=50,
                          batch_size=8, patch_size=args.patch_size,
                          learning_rate=args.learning_rate, patience=0,
-                         val_fraction=0.1, seed=args.seed)
+                         val_fraction=0.1, seed=args.seed, freeze_batchnorm=False)
     base = load_model(args.resume) if args.resume else None
     gen = train(pairs, args.output, base=base, config=config, device=args.device,
                 name="starter", model_config=ModelConfig(), normalize=normalize)

@@ -270,3 +270,29 @@ def test_default_halo_is_aligned_and_exact():
     assert resolve_halo(TilingConfig(), config) == default_halo(config)
     assert resolve_halo(TilingConfig(halo=0, exact=True), config) == receptive_radius(config)
 
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+def _peak_numpy_bytes(tiling: TilingConfig, image: np.ndarray, out: np.ndarray) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        drain(predict_tiled(lambda x: x + 1, image, 1, tiling, 16, 16, out=out))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_peak_memory_is_set_by_the_tile_batch_not_the_image():
+    """Into a preallocated output, tiling a 2048 px image allocates about one tile batch; one
+    whole-image window (the control) allocates more than the image."""
+    image = np.zeros((1, 2048, 2048), np.float32)
+    out = np.empty_like(image)
+    tiled = _peak_numpy_bytes(TilingConfig(tile_size=256, batch_size=2), image, out)
+    whole = _peak_numpy_bytes(TilingConfig(tile_size=2048, batch_size=1), image, out)
+    assert tiled < image.nbytes / 8, tiled
+    assert whole > image.nbytes, whole
+    np.testing.assert_array_equal(out, 1.0)
