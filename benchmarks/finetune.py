@@ -276,7 +276,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (torch's default)")
     parser.add_argument("--device", default="cpu", help="training and inference device (cpu)")
     parser.add_argument("--plot", type=Path, default=None,
-                        help=f"plot file (default {PLOT.relative_to(DOCS.parent.parent)}; with "
+                        help="plot file (default docs/images/finetune.png; with "
                              "--no-update a file in the temporary folder)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.2 min, 1 seed, small")
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
