@@ -16,7 +16,7 @@ import numpy as np
 
 from .errors import InputMismatchError, UserError
 from .normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
-from .targets import TargetConfig, Targets, instance_targets, semantic_targets
+from .targets import TargetConfig, Targets, check_labels, instance_targets, semantic_targets
 
 logger = logging.getLogger(__name__)
 
@@ -77,20 +77,6 @@ def data_hash(*arrays: np.ndarray) -> str:
     return "sha256:" + digest.hexdigest()[:16]
 
 
-def _check_integer_labels(labels: np.ndarray, name: str = "image") -> None:
-    if labels.dtype.kind not in "uifb":
-        raise UserError(f"The labels of {name} have data type {labels.dtype}; labels must be "
-                        "whole numbers.")
-    if labels.dtype.kind == "f":
-        finite = np.isfinite(labels).all()
-        if not finite or not np.array_equal(labels, np.round(labels)):
-            raise UserError(f"The labels of {name} must be whole numbers (an integer label "
-                            "image).")
-    if labels.size and labels.min() < 0:
-        raise UserError(f"The labels of {name} contain negative values; labels must be 0 "
-                        "(background) or positive ids.")
-
-
 def make_pairs(
     image: np.ndarray,
     labels: np.ndarray,
@@ -134,7 +120,7 @@ def make_pairs(
             f"The labels of {name} have shape {labels.shape} but the image needs {expected} "
             "(the image's shape without channels)."
         )
-    _check_integer_labels(labels, name)
+    labels = check_labels(labels, f"labels of {name}")
     if mask is None and not labels.any():
         raise UserError(f"The labels of {name} are all zero: there is nothing to learn from. "
                         "Paint some objects (or give a mask of the reviewed regions).")
