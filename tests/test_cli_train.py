@@ -175,11 +175,13 @@ def test_time_budget_alone_lifts_the_epoch_limit():
                                           "--max-minutes", "2.5", "--no-elastic", "--seed", "3"])
     config = cli.train_config(args)
     assert config.max_minutes == 2.5 and config.epochs > 10_000
-    assert config.augment.elastic is False and config.seed == 3 and config.use_weight_map
+    assert config.augment.elastic is False and config.seed == 3 and config.targets.w0 > 0
     args = cli.build_parser().parse_args(["train", "--image", "a", "--labels", "b", "-o", "m",
                                           "--epochs", "7", "--no-weight-map"])
     config = cli.train_config(args)
-    assert config.epochs == 7 and config.max_minutes is None and not config.use_weight_map
+    assert config.epochs == 7 and config.max_minutes is None
+    # only the border term goes: the classes stay balanced
+    assert config.targets.w0 == 0 and config.targets.class_balance
 
 
 # --------------------------------------------------------------------------------------------
@@ -208,7 +210,7 @@ def test_fine_tune_two_pairs_with_a_mask(capsys, tmp_path, files, tiny_model):
     assert len(prov["data_hashes"]) == 2 and len(set(prov["data_hashes"])) == 2
     settings = prov["settings"]
     assert settings["epochs"] == 2 and settings["steps_per_epoch"] == 3 and settings["seed"] == 4
-    assert settings["use_weight_map"] is False and settings["augment"]["elastic"] is False
+    assert settings["targets"]["w0"] == 0 and settings["augment"]["elastic"] is False
     assert settings["training_pixels"] == 80 * 72 + 50 * 50
     assert "score" in prov["metrics"]
     created = dt.datetime.fromisoformat(prov["created"])

@@ -202,6 +202,47 @@ def test_time_budget_stops_training(tmp_path, pairs):
     assert 1 <= result.metadata["provenance"]["settings"]["steps"] < 50_000
 
 
+def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tensor]:
+    from napari_unet.core import train as train_module
+
+    seen = []
+
+    def spy(logits, classes, weights):
+        seen.append(weights.detach().clone())
+        return weighted_loss(logits, classes, weights)
+
+    monkeypatch.setattr(train_module, "weighted_loss", spy)
+    drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu",
+                model_config=TINY))
+    return seen
+
+
+def test_without_the_border_term_the_loss_keeps_the_class_balance(monkeypatch, tmp_path):
+    """Turning the border weight map off (``targets.w0 = 0``) keeps the class weights: the loss
+    gets more than one weight value inside the annotated pixels, and none of the gap's peaks."""
+    image, labels = make_image(SYNTH, seed=1)
+    config = quick(targets=TargetConfig(w0=0.0), augment=AugmentConfig(elastic=False))
+    no_gap = make_pairs(image, labels, "YX", 1, NormalizeConfig(), target_config=config.targets)
+    seen = _loss_weights_seen(monkeypatch, tmp_path, no_gap, config)
+    values = torch.unique(torch.cat([w[w > 0] for w in seen]))
+    assert len(values) >= 2  # background, interior and boundary weighted differently
+    assert float(values.max()) < 10  # no border term (w0 = 10 by default)
+    table = no_gap[0].targets.weights
+    assert np.allclose(np.unique(table[table > 0]), values.numpy(), atol=1e-3, rtol=0)
+
+
+def test_bf16_training_on_the_cpu(tmp_path, pairs):
+    from napari_unet.core.device import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("this CPU has no bfloat16")
+    result = drain(train(pairs, tmp_path / "m.safetensors", config=quick(cpu_bf16=True),
+                         device="cpu", model_config=TINY))
+    assert result.metadata["provenance"]["settings"]["cpu_bf16"] is True
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all()
+               for p in result.model.parameters())
+
+
 @pytest.mark.parametrize("settings", [{"epochs": 0}, {"max_minutes": 0.0},
                                       {"max_minutes": -1.0}, {"batch_size": 0}])
 def test_bad_settings(settings):

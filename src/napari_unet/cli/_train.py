@@ -47,7 +47,9 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     return None, ModelConfig(in_channels=channels, **architecture)
 
 
-def _read_training_data(inputs: Sequence[TrainingInput], base: Any, model_config: Any) -> list:
+def _read_training_data(
+    inputs: Sequence[TrainingInput], base: Any, model_config: Any, target_config: Any
+) -> list:
     """Read every file and build the training pairs (all checks happen here)."""
     from napari_unet.core import io
     from napari_unet.core.data import make_pairs
@@ -74,6 +76,7 @@ def _read_training_data(inputs: Sequence[TrainingInput], base: Any, model_config
             task=task,
             n_classes=n_classes,
             mask=mask,
+            target_config=target_config,
             name=str(item.image),
         )
     if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
@@ -139,7 +142,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
-    pairs = _read_training_data(inputs, base, model_config)
+    pairs = _read_training_data(inputs, base, model_config, config.targets)
     logger.info(
         "training on %s: %d annotated plane(s), %d pixels",
         describe_device(device),

@@ -228,8 +228,8 @@ def train_config(args: argparse.Namespace) -> Any:
     )
     if args.max_minutes is not None and args.epochs is None:
         settings["epochs"] = 1_000_000  # the time budget decides
-    if args.no_weight_map:
-        settings["use_weight_map"] = False
+    if args.no_weight_map:  # class balance stays; only the border term goes
+        settings["targets"] = replace(defaults.targets, w0=0.0)
     if args.no_elastic:
         settings["augment"] = replace(defaults.augment, elastic=False)
     return replace(defaults, **settings)

@@ -14,7 +14,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,15 +55,17 @@ class TrainConfig:
         val_fraction: share of the annotated pixels held out for validation.
         patience: epochs without a better validation score before stopping early (0: never).
         seed: seed of the patch sampler, the augmentation and a new network.
-        use_weight_map: weight the loss with the paper's border weight map (else class balance
-            only).
         amp: mixed precision (autocast) on CUDA.
+        cpu_bf16: bfloat16 autocast when training on the CPU (off by default; measured in
+            ``benchmarks/finetune.py``). Ignored on other devices and on CPUs without bf16.
         freeze_batchnorm: keep BatchNorm statistics fixed while training (the layers' weights
             still learn). ``None`` (default): frozen when fine-tuning a model, updated when
             training from scratch. Measured in ``benchmarks/normalization.py``: fine-tuning at
             batch 1 with updated statistics lost a quarter of the AP that frozen ones kept.
         augment: augmentation settings.
-        targets: how labels become targets.
+        targets: how labels become targets (class balance and the border weight map; ``w0=0``
+            turns the border term off). :func:`train` takes pairs already made: build them with
+            ``make_pairs(..., target_config=config.targets)``.
     """
 
     epochs: int = 40
@@ -77,8 +79,8 @@ class TrainConfig:
     val_fraction: float = 0.15
     patience: int = 10
     seed: int = 0
-    use_weight_map: bool = True
     amp: bool = True
+    cpu_bf16: bool = False
     freeze_batchnorm: bool | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     targets: TargetConfig = field(default_factory=TargetConfig)
@@ -136,6 +138,19 @@ def weighted_loss(
     per_pixel = F.cross_entropy(logits.float(), classes, reduction="none")
     annotated = (weights > 0).sum().clamp(min=1)
     return (per_pixel * weights).sum() / annotated
+
+
+def _autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dtype]:
+    """Whether to autocast the forward pass, and to which dtype."""
+    if device.type == "cuda" and config.amp:
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and config.cpu_bf16:
+        from .device import cpu_supports_bf16
+
+        if cpu_supports_bf16():
+            return True, torch.bfloat16
+        logger.warning("this CPU has no bfloat16 instructions: training in float32")
+    return False, torch.float32
 
 
 def _learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -214,6 +229,7 @@ def train(
     model_config: ModelConfig | None = None,
     task: str = "instances",
     normalize: NormalizeConfig | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Generator[Progress, None, LoadedModel]:
     """Train on ``pairs`` and keep the best model in ``output``.
 
@@ -227,6 +243,9 @@ def train(
         model_config: architecture of a new network (when ``base`` is ``None``).
         task: ``"instances"`` or ``"semantic"`` (taken from ``base`` when given).
         normalize: intensity normalisation stored in the file (taken from ``base`` when given).
+        clock: seconds for ``config.max_minutes`` and the time left (default wall-clock time;
+            ``time.process_time`` counts this process's CPU time, which other programs on a busy
+            machine do not eat into).
 
     Yields:
         :class:`~.progress.Progress` events with a :class:`TrainStatus` payload.
@@ -248,21 +267,20 @@ def train(
     sampler = PatchSampler(training, config.patch_size, rng)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate,
                                   weight_decay=config.weight_decay)
-    use_amp = config.amp and dev.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    use_amp, amp_dtype = _autocast(config, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     hashes = [data_hash(p.image, p.labels, p.targets.mask) for p in pairs]
     total_steps = config.epochs * config.steps_per_epoch
     budget = config.max_minutes * 60.0 if config.max_minutes else None
-    started = time.perf_counter()
+    started = clock()
 
     def progress() -> float:
-        elapsed = time.perf_counter() - started
+        elapsed = clock() - started
         by_time = elapsed / budget if budget else 0.0
         return max(step / total_steps, by_time)
 
     def seconds_left() -> float:
-        elapsed = time.perf_counter() - started
+        elapsed = clock() - started
         fraction = progress()
         return max(0.0, elapsed / fraction - elapsed) if fraction > 0 else float("nan")
 
@@ -297,13 +315,12 @@ def train(
     stale = 0
     freeze = config.freeze_batchnorm if config.freeze_batchnorm is not None else base is not None
     _train_mode(model, freeze)
-    while epoch < config.epochs and not (budget and time.perf_counter() - started >= budget):
+    while epoch < config.epochs and not (budget and clock() - started >= budget):
         for _ in range(config.steps_per_epoch):
             images, classes, weights, mask = _to_device(sampler.sample(config.batch_size), dev)
             aug = augment_batch(images, classes, weights, mask, config=config.augment,
                                 generator=generator)
-            annotated = aug.mask.float()
-            loss_weights = aug.weights * annotated if config.use_weight_map else annotated
+            loss_weights = aug.weights * aug.mask.float()
             for group in optimizer.param_groups:
                 group["lr"] = _learning_rate(config, step, progress())
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=use_amp):
@@ -322,7 +339,7 @@ def train(
                            f"epoch {epoch + 1}, step {step}: loss {smoothed:.4f}",
                            TrainStatus("step", step, epoch, smoothed, {}, dict(best),
                                        seconds_left()))
-            if budget and time.perf_counter() - started >= budget:
+            if budget and clock() - started >= budget:
                 break
         epoch += 1
         if crops:
