@@ -149,9 +149,14 @@ def test_other_errors_are_not_out_of_memory(exc: BaseException) -> None:
 # --- precision ------------------------------------------------------------------------------
 
 
-def test_precision_defaults_to_fp32_on_cpu() -> None:
-    assert resolve_precision("auto", CPU) == "fp32"
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_is_bf16_only_where_native(monkeypatch, native_bf16, expected):
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: native_bf16)
+    assert resolve_precision("auto", CPU) == expected
     assert resolve_precision("FP32", CPU) == "fp32"
+    if not native_bf16:
+        with pytest.raises(UserError, match="bfloat16"):
+            resolve_precision("bf16", CPU)
 
 
 @pytest.mark.parametrize("name", ["fp8", "half", ""])
