@@ -78,9 +78,9 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         "--precision",
         choices=("auto", "fp32", "bf16", "fp16"),
         default="auto",
-        help=("arithmetic of the network (default auto: bf16/fp16 on CUDA, fp32 elsewhere; bf16 "
-              "on a CPU that supports it is about twice as fast, with probabilities within a few "
-              "percent of fp32)"),
+        help=("arithmetic of the network (default auto: bf16/fp16 on CUDA, bf16 on CPUs with "
+              "native bfloat16 instructions, where it is about twice as fast as fp32 with the "
+              "same accuracy; fp32 elsewhere)"),
     )
     p.add_argument(
         "--probabilities",

@@ -96,6 +96,9 @@ _READ_ERRORS = (
 # PackBits: 128:1), by TIFF compression code; a header that claims more pixels is corrupt.
 _MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0}
 
+LABELS_SOFTWARE = "napari-unet labels"
+"""The TIFF Software tag of files written by :func:`write_labels`: it marks them as label images."""
+
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -509,22 +512,34 @@ def _label_dtype(max_id: int) -> np.dtype:
     return np.dtype(np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32)
 
 
-def _as_label_array(labels: np.ndarray) -> np.ndarray:
-    """``labels`` (any integer, bool or integer-valued float array) as uint16 or uint32."""
+def _as_label_array(labels: np.ndarray, dtype: str | None = None) -> np.ndarray:
+    """``labels`` (any integer, bool or integer-valued float array) as uint16 or uint32.
+
+    ``dtype`` None picks uint16 when the largest id fits, else uint32; ``"uint16"`` refuses ids
+    that do not fit; ``"uint32"`` always gives uint32.
+    """
+    if dtype is not None and np.dtype(dtype) not in (np.uint16, np.uint32):
+        raise UserError(f"Labels are written as uint16 or uint32, not {dtype}.")
     labels = np.asarray(labels)
     if labels.dtype == bool:
-        return labels.astype(np.uint16)
+        return labels.astype(dtype or np.uint16)
     if labels.dtype.kind == "f":
         if not np.all(np.isfinite(labels)) or np.any(labels != np.round(labels)):
             raise UserError("Labels must be whole numbers; got non-integer or NaN values.")
     elif labels.dtype.kind not in "iu":
         raise UserError(f"Labels must be an integer array, not {labels.dtype}.")
     if labels.size == 0:
-        return labels.astype(np.uint16)
+        return labels.astype(dtype or np.uint16)
     low, high = labels.min(), labels.max()
     if low < 0:
         raise UserError(f"Labels must not be negative; the smallest label is {low}.")
-    return labels.astype(_label_dtype(int(high)), copy=False)
+    needed = _label_dtype(int(high))
+    if dtype is not None and np.dtype(dtype).itemsize < needed.itemsize:
+        raise UserError(
+            f"Label ids go up to {int(high)}, which does not fit in {np.dtype(dtype)} "
+            f"(at most {np.iinfo(np.dtype(dtype)).max}); use uint32."
+        )
+    return labels.astype(dtype or needed, copy=False)
 
 
 def _check_axes(axes: str, ndim: int, allowed: str, what: str) -> str:
@@ -560,6 +575,7 @@ def write_labels(
     axes: str = "YX",
     pixel_size: PixelSize | None = None,
     z_spacing: float | None = None,
+    dtype: str | None = None,
 ) -> Path:
     """Write a label image as a zlib-compressed TIFF that Fiji/ImageJ opens with its pixel size.
 
@@ -569,6 +585,7 @@ def write_labels(
     are written as uint32 OME-TIFF (axes and physical sizes in µm in the OME metadata) with
     resolution tags in pixels per centimetre, which Fiji opens through Bio-Formats and ImageJ's
     own opener as 32-bit. Both read back with :func:`read_image` with their axes and pixel size.
+The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
 
     Args:
         path: destination file (``.tif``); its folder must exist. An existing file is replaced.
@@ -577,15 +594,17 @@ def write_labels(
         axes: letters from ``"TZCYX"`` ending ``"YX"``, one per dimension of ``labels``.
         pixel_size: (y, x) pixel size in micrometres, or None.
         z_spacing: distance between Z planes in micrometres, or None.
+        dtype: None (uint16 when the ids fit, else uint32), ``"uint16"`` (refuse larger ids) or
+            ``"uint32"`` (always uint32, as OME-TIFF).
 
     Returns:
         The path written.
 
     Raises:
-        UserError: negative, non-integer or too large labels, axes that do not fit, a bad pixel
-            size, or an output folder that does not exist.
+        UserError: negative, non-integer or too large labels (for ``dtype``), axes that do not
+            fit, a bad pixel size, or an output folder that does not exist.
     """
-    data = _as_label_array(labels)
+    data = _as_label_array(labels, dtype)
     axes = _check_axes(axes, data.ndim, "TZCYX", "Label")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
     if data.dtype == np.uint16:
@@ -597,7 +616,14 @@ def write_labels(
     else:
         kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack", **kwargs)
+        tifffile.imwrite(
+            tmp,
+            data,
+            compression="zlib",
+            photometric="minisblack",
+            software=LABELS_SOFTWARE,
+            **kwargs,
+        )
     logger.info("wrote labels %s %s %s to %s", data.shape, axes, data.dtype, path)
     return Path(path)
 
@@ -645,10 +671,67 @@ def write_probabilities(
     return Path(path)
 
 
+def write_image(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    z_spacing: float | None = None,
+) -> Path:
+    """Write an image as a zlib-compressed TIFF with its axes and pixel size.
+
+    Images that ImageJ can hold (uint8, uint16 or float32; RGB only as uint8 with 3 samples) are
+    written as an ImageJ hyperstack (axes reordered to TZCYX(S), pixel size as resolution tags in
+    µm, Z spacing as ``spacing``); other dtypes as OME-TIFF with physical sizes in µm. Both read
+    back with :func:`read_image` with their axes, dtype and pixel size.
+
+    Args:
+        path: destination file (``.tif``); its folder must exist. An existing file is replaced.
+        image: the pixels, shape given by ``axes``, e.g. (Y, X), (Z, Y, X), (C, Y, X) or (Y, X, S)
+            for RGB(A); the dtype is kept (bool is stored as uint8).
+        axes: letters from ``"TZCYXS"`` ending ``"YX"`` or ``"YXS"``, one per dimension.
+        pixel_size: (y, x) pixel size in micrometres, or None.
+        z_spacing: distance between Z planes in micrometres, or None.
+
+    Returns:
+        The path written.
+
+    Raises:
+        UserError: axes that do not fit, a dtype TIFF cannot hold, a bad pixel size, or an output
+            folder that does not exist.
+    """
+    data = np.asarray(image)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    if data.dtype.kind not in "iuf":
+        raise UserError(f"Cannot write an image of dtype {data.dtype} as TIFF.")
+    rgb = axes.upper().endswith("S")
+    axes = _check_axes(axes[:-1] if rgb else axes, data.ndim - rgb, "TZCYX", "Image") + "S" * rgb
+    pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
+    imagej = data.dtype in (np.uint8, np.uint16, np.float32) and (
+        not rgb or (data.dtype == np.uint8 and data.shape[-1] == 3)
+    )
+    if imagej:
+        order = sorted(range(len(axes)), key=lambda i: AXES.index(axes[i]))
+        data = data.transpose(order)
+        axes = "".join(axes[i] for i in order)
+        kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, None)
+    else:
+        kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
+    photometric = "rgb" if rgb else "minisblack"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, compression="zlib", photometric=photometric, **kwargs)
+    logger.info("wrote image %s %s %s to %s", data.shape, axes, data.dtype, path)
+    return Path(path)
+
+
 def _imagej_kwargs(
-    axes: str, pixel_size: PixelSize | None, z_spacing: float | None, max_id: int
+    axes: str, pixel_size: PixelSize | None, z_spacing: float | None, max_id: int | None
 ) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"axes": axes, "min": 0.0, "max": float(max(max_id, 1))}
+    """tifffile arguments for an ImageJ hyperstack; ``max_id`` (labels) sets the display range."""
+    metadata: dict[str, Any] = {"axes": axes}
+    if max_id is not None:
+        metadata.update(min=0.0, max=float(max(max_id, 1)))
     kwargs: dict[str, Any] = {"imagej": True, "metadata": metadata}
     if pixel_size is not None:
         kwargs["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])

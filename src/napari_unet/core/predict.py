@@ -76,6 +76,7 @@ def predict_probabilities(
     tiling: TilingConfig | None = None,
     device: str | torch.device = "auto",
     precision: str = "auto",
+    out: np.ndarray | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities for every pixel of ``image``.
 
@@ -91,6 +92,9 @@ def predict_probabilities(
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"`` or a :class:`torch.device`.
         precision: ``"auto"`` (reduced precision on CUDA, float32 elsewhere), ``"fp32"``,
             ``"bf16"`` or ``"fp16"`` (see :func:`~.device.resolve_precision`).
+        out: optional float32 array (K, N, Y, X) to write into, N the number of planes (the
+            product of the non-channel axes before Y, X; 1 for a 2D image); a caller can read
+            each plane from it as soon as its last tile batch has been reported.
 
     Yields:
         :class:`Progress` per tile batch, ``done``/``total`` over all planes, message like
@@ -119,7 +123,11 @@ def predict_probabilities(
         n_planes, height, width, dev, tiling.tile_size, halo, tiling.batch_size,
     )  # fmt: skip
     bounds = normalize_bounds(planes, source.normalize)
-    out = np.empty((config.out_classes, n_planes, height, width), dtype=np.float32)
+    expected = (config.out_classes, n_planes, height, width)
+    if out is None:
+        out = np.empty(expected, dtype=np.float32)
+    elif out.shape != expected or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {expected}, got {out.dtype} {out.shape}")
     for n in range(n_planes):
         plane = normalize_plane(planes[n], bounds)
         gen = predict_tiled(
