@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import interleaved_best
+from _common import command_line, interleaved_best, machine_description, update_section
 from napari_unet.core.augment import AugmentConfig, augment_batch
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.model import build_model
@@ -108,7 +108,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
+    parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     args = parser.parse_args()
+    machine = machine_description()
+    lines: list[str] = []
+
+    def out(text: str = "") -> None:
+        print(text)
+        lines.extend(text.split("\n"))
 
     data = make_batch(args.batch, args.size)
     threads = torch.get_num_threads()
@@ -122,12 +129,12 @@ def main() -> None:
         candidates["elasticdeform, image linear"] = peer(data, order=1)
         candidates["elasticdeform, image cubic (its default)"] = peer(data, order=3)
     except ImportError as exc:
-        print(f"elasticdeform not importable ({exc}); comparing against nothing")
+        out(f"elasticdeform not importable ({exc}); comparing against nothing")
 
-    print(f"\nbatch {args.batch} x {args.size}x{args.size}, image + classes + weights + mask, "
+    out(f"\nbatch {args.batch} x {args.size}x{args.size}, image + classes + weights + mask, "
           f"best of {args.repeats}, torch {torch.__version__}; elasticdeform is single-threaded\n")
-    print("| method | torch threads | ms / sample | elasticdeform (linear) / this |")
-    print("|---|---:|---:|---:|")
+    out("| method | torch threads | ms / sample | elasticdeform (linear) / this |")
+    out("|---|---:|---:|---:|")
     # One phase per thread count (changing it between calls costs a thread-pool restart).
     for n_threads in sorted({threads, 1}, reverse=True):
         torch.set_num_threads(n_threads)
@@ -137,22 +144,31 @@ def main() -> None:
             per_sample = seconds / args.batch * 1e3
             ratio = f"{reference / seconds:.1f}x" if reference else "-"
             shown = "-" if name.startswith("elasticdeform") else n_threads
-            print(f"| {name} | {shown} | {per_sample:.2f} | {ratio} |")
+            out(f"| {name} | {shown} | {per_sample:.2f} | {ratio} |")
     torch.set_num_threads(threads)
 
-    if args.no_train:
-        return
+    if not args.no_train:
+        share_of_training_step(args, candidates, threads, out)
+    if not args.no_update:
+        update_section("augment", "## Augmentation (`benchmarks/augment.py`)\n\n"
+                       + "\n".join(lines).strip() + f"\n\nMachine: {machine}.  \n"
+                       f"Command: `{command_line()}`")
+
+
+def share_of_training_step(args: argparse.Namespace, candidates: dict[str, Callable[[], None]],
+                           threads: int, out: Callable[[str], None]) -> None:
+    """Time the default augmentation against one training step of the default U-Net."""
     ours_default = "augment_batch, default"
     step_fns = {ours_default: candidates[ours_default],
                 "train step": train_step(args.batch, args.size)}
     step = interleaved_best(step_fns, args.train_repeats)
     aug, train = step[ours_default], step["train step"]
-    print(f"\ndefault U-Net ({ModelConfig()}), batch {args.batch}, forward + backward + AdamW, "
+    out(f"\ndefault U-Net ({ModelConfig()}), batch {args.batch}, forward + backward + AdamW, "
           f"{threads} threads, best of {args.train_repeats}\n")
-    print("| part | ms / batch | share of (augmentation + step) |")
-    print("|---|---:|---:|")
-    print(f"| augmentation | {aug * 1e3:.1f} | {aug / (aug + train):.1%} |")
-    print(f"| training step | {train * 1e3:.1f} | {train / (aug + train):.1%} |")
+    out("| part | ms / batch | share of (augmentation + step) |")
+    out("|---|---:|---:|")
+    out(f"| augmentation | {aug * 1e3:.1f} | {aug / (aug + train):.1%} |")
+    out(f"| training step | {train * 1e3:.1f} | {train / (aug + train):.1%} |")
 
 
 if __name__ == "__main__":

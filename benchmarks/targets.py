@@ -21,6 +21,7 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
+from _common import command_line, machine_description, update_section
 from napari_unet.core.targets import TargetConfig, exact_weight_map, instance_targets
 
 # (image side, objects, side of the annotated square or None for the whole image)
@@ -60,11 +61,18 @@ def main() -> None:
     parser.add_argument("--no-exact", action="store_true", help="skip the slow reference")
     parser.add_argument("--exact-all", action="store_true",
                         help="run the slow reference on the 1024 x 1024 case too")
+    parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     args = parser.parse_args()
+    machine = machine_description()
+    lines: list[str] = []
+
+    def out(text: str = "") -> None:
+        print(text)
+        lines.append(text)
     config = TargetConfig()
-    print(f"w0={config.w0} sigma={config.sigma} margin={config.margin} px "
+    out(f"w0={config.w0} sigma={config.sigma} margin={config.margin} px "
           f"boundary_width={config.boundary_width}")
-    print(f"{'image':>10} {'objects':>8} {'annotated':>10} {'fast ms':>8} {'fast cpu':>9} "
+    out(f"{'image':>10} {'objects':>8} {'annotated':>10} {'fast ms':>8} {'fast cpu':>9} "
           f"{'exact ms':>9} {'max |diff|':>11}")
     for size, n_objects, annotated in CASES:
         labels = packed_cells(size, n_objects)
@@ -79,13 +87,19 @@ def main() -> None:
         region = "all" if annotated is None else f"{annotated}x{annotated}"
         row = f"{size:>4}x{size:<5} {n_found:>8} {region:>10} {wall:>8.1f} {cpu:>9.1f}"
         if args.no_exact or (size > 512 and not args.exact_all):
-            print(f"{row} {'-':>9} {'-':>11}")
+            out(f"{row} {'-':>9} {'-':>11}")
             continue
         start = time.perf_counter()
         exact = exact_weight_map(labels, config, mask)
         exact_ms = (time.perf_counter() - start) * 1e3
         diff = float(np.abs(instance_targets(labels, config, mask).weights - exact).max())
-        print(f"{row} {exact_ms:>9.0f} {diff:>11.2e}")
+        out(f"{row} {exact_ms:>9.0f} {diff:>11.2e}")
+    if not args.no_update:
+        update_section("targets", "## Training targets (`benchmarks/targets.py`)\n\n"
+                       "Median of " f"{args.repeats} runs; fast = `instance_targets`, exact = "
+                       "one distance transform per object over the whole image.\n\n```text\n"
+                       + "\n".join(lines) + f"\n```\n\nMachine: {machine}.  \n"
+                       f"Command: `{command_line()}`")
 
 
 if __name__ == "__main__":
