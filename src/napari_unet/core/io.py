@@ -585,7 +585,7 @@ def write_labels(
     are written as uint32 OME-TIFF (axes and physical sizes in µm in the OME metadata) with
     resolution tags in pixels per centimetre, which Fiji opens through Bio-Formats and ImageJ's
     own opener as 32-bit. Both read back with :func:`read_image` with their axes and pixel size.
-The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
+    The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
 
     Args:
         path: destination file (``.tif``); its folder must exist. An existing file is replaced.

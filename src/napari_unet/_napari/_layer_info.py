@@ -1,0 +1,158 @@
+"""Axes and pixel size of napari layers, and layer data tuples from images read by core.io.
+
+Layers opened by the reader carry ``layer.metadata`` with ``"axes"`` (axes of the layer's data,
+letters from ``"TZCYXS"``), ``"pixel_size"`` ((y, x) µm or None), ``"z_spacing"`` (µm or None)
+and ``"source_path"``. Layers without that metadata get axes inferred from their shape.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from napari_unet.core.io import ImageData
+
+LayerData = tuple[Any, dict[str, Any], str]
+
+_LEADING = {0: "", 1: "Z", 2: "TZ", 3: "TZC"}
+
+
+def infer_axes(ndim: int, rgb: bool = False) -> str:
+    """Axes for an array with ``ndim`` dimensions and no metadata.
+
+    2D -> ``"YX"``, 3D -> ``"ZYX"``, 4D -> ``"TZYX"``, 5D -> ``"TZCYX"``; with ``rgb`` the last
+    dimension is the colour samples (``"...YXS"``).
+
+    Raises:
+        ValueError: fewer than 2 (3 for RGB) or more than 5 (6 for RGB) dimensions.
+    """
+    spatial = ndim - 1 if rgb else ndim
+    if spatial - 2 not in _LEADING:
+        raise ValueError(f"Cannot tell the axes of an array with {ndim} dimensions.")
+    return _LEADING[spatial - 2] + "YX" + ("S" if rgb else "")
+
+
+def layer_axes(
+    ndim: int, metadata: Mapping[str, Any] | None, rgb: bool = False, allowed: str = "TZCYXS"
+) -> str:
+    """The axes of a layer's data: ``metadata["axes"]`` when it fits ``ndim``, else inferred.
+
+    Args:
+        ndim: dimensions of the layer's data (including RGB samples).
+        metadata: the layer's ``metadata`` (may be None or lack ``"axes"``).
+        rgb: the layer is RGB (its last dimension holds colour samples).
+        allowed: letters the caller accepts; metadata axes using others are ignored.
+    """
+    axes = (metadata or {}).get("axes")
+    if isinstance(axes, str):
+        axes = axes.upper()
+        valid = (
+            len(axes) == ndim
+            and len(set(axes)) == ndim
+            and all(a in allowed for a in axes)
+            and axes.endswith("YXS" if rgb else "YX")
+        )
+        if valid:
+            return axes
+    return infer_axes(ndim, rgb)
+
+
+def _positive(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
+def _metadata_pixel_size(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
+    size = metadata.get("pixel_size")
+    if not isinstance(size, Sequence) or len(size) != 2:
+        return None
+    y, x = _positive(size[0]), _positive(size[1])
+    return (y, x) if y is not None and x is not None else None
+
+
+def physical_sizes(
+    axes: str, scale: Sequence[float] | None, metadata: Mapping[str, Any] | None
+) -> tuple[tuple[float, float] | None, float | None]:
+    """(y, x) pixel size and Z spacing in µm of a layer.
+
+    The layer's ``scale`` wins when it is not 1 (the user may have set it; Y and X together, Z on
+    its own); otherwise the metadata's ``"pixel_size"`` / ``"z_spacing"`` are used; a scale of 1
+    with no metadata means the size is unknown (None).
+
+    Args:
+        axes: the axes of the layer's data (``"S"`` has no scale entry).
+        scale: the layer's scale, one entry per axis except ``"S"``.
+        metadata: the layer's metadata, or None.
+    """
+    metadata = metadata or {}
+    spatial = axes.replace("S", "")
+    values = {}
+    if scale is not None and len(scale) == len(spatial):
+        values = {a: _positive(v) for a, v in zip(spatial, scale, strict=True)}
+    y, x = values.get("Y"), values.get("X")
+    if y is not None and x is not None and (y, x) != (1.0, 1.0):
+        pixel_size = (y, x)
+    else:
+        pixel_size = _metadata_pixel_size(metadata)
+    z_spacing = None
+    if "Z" in spatial:
+        z = values.get("Z")
+        z_spacing = z if z is not None and z != 1.0 else _positive(metadata.get("z_spacing"))
+    return pixel_size, z_spacing
+
+
+def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerData:
+    """A napari layer data tuple for an image read with :func:`napari_unet.core.io.read_image`.
+
+    The data is passed on as read (a memory map stays one). RGB images (axes ending ``"S"``) get
+    ``rgb=True``; a channel axis ``"C"`` of an image is split with ``channel_axis`` into one layer
+    per channel (napari takes views, not copies). ``scale`` is the pixel size for Y and X, the Z
+    spacing for Z (1 when unknown) and 1 for T. ``metadata`` holds ``"axes"`` (of each layer's
+    data after the split), ``"pixel_size"``, ``"z_spacing"`` and ``"source_path"``.
+
+    Args:
+        image: what ``read_image`` returned.
+        name: the layer name (channels get `` [ch0]``, `` [ch1]``, ... appended).
+        layer_type: ``"image"`` or ``"labels"``.
+    """
+    axes = image.axes
+    channel_axis = axes.index("C") if layer_type == "image" and "C" in axes else None
+    layer_axes_ = axes.replace("C", "") if channel_axis is not None else axes
+    pixel = image.pixel_size or (1.0, 1.0)
+    sizes = {"Y": pixel[0], "X": pixel[1], "Z": image.z_spacing or 1.0}
+    scale = [float(sizes.get(a, 1.0)) for a in layer_axes_ if a != "S"]
+    metadata = {
+        "axes": layer_axes_,
+        "pixel_size": tuple(image.pixel_size) if image.pixel_size else None,
+        "z_spacing": image.z_spacing,
+        "source_path": str(image.path) if image.path is not None else None,
+    }
+    kwargs: dict[str, Any] = {"name": name, "scale": scale, "metadata": metadata}
+    if "S" in axes:
+        kwargs["rgb"] = True
+    if channel_axis is not None:
+        n = image.data.shape[channel_axis]
+        kwargs.update(
+            channel_axis=channel_axis,
+            name=[f"{name} [ch{i}]" for i in range(n)],
+            scale=[list(scale) for _ in range(n)],
+            metadata=[dict(metadata) for _ in range(n)],
+        )
+    return image.data, kwargs, layer_type
+
+
+def display_name(path: str | Path) -> str:
+    """A layer name from a file name: the name without ``.tif``/``.tiff`` (and ``.ome``)."""
+    name = Path(path).name
+    for suffix in (".tiff", ".tif"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.lower().endswith(".ome"):
+        name = name[:-4]
+    return name or Path(path).name

@@ -1,0 +1,104 @@
+"""The napari reader for TIFF files: images, stacks, hyperstacks, OME-TIFF, RGB, channels, labels.
+
+Files are read with :func:`napari_unet.core.io.read_image` (uncompressed images are memory-mapped,
+not copied into memory; labels are held in memory so that they can be edited). Pixel size becomes
+the layer ``scale``; channels become one layer each.
+
+A file opens as a **Labels** layer when its pixels are integers (no channel or RGB axis) and either
+
+- it was written by napari-unet's label writer (TIFF Software tag
+  :data:`napari_unet.core.io.LABELS_SOFTWARE`), whatever its name, or
+- its file name has a word ``label(s)``, ``labeled``/``labelled``, ``mask(s)``, ``seg`` or
+  ``segmentation`` (e.g. ``nuclei_labels.tif``, ``cells-masks.tif``, ``img_seg.tif``; not
+  ``masked.tif``).
+
+Everything else opens as an Image layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_unet._napari._layer_info import LayerData, display_name, layer_data
+from napari_unet.core.io import LABELS_SOFTWARE, ImageData, read_image
+
+logger = logging.getLogger(__name__)
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+_LABEL_WORDS = re.compile(
+    r"(?:^|[^a-z])(labels?|label(?:l)?ed|masks?|seg|segmentation)(?:[^a-z]|$)", re.IGNORECASE
+)
+
+PathLike = str | os.PathLike
+
+
+def get_reader(path: PathLike | Sequence[PathLike]) -> Callable[..., list[LayerData]] | None:
+    """Return a function that gives the layers of ``path``, or None when it cannot be read.
+
+    The files are read here (memory-mapped when possible), so a file that is not a TIFF, is
+    truncated or corrupt gives None rather than an error later. Never raises.
+
+    Args:
+        path: one ``.tif``/``.tiff`` file or a list of them.
+    """
+    paths = [path] if isinstance(path, str | os.PathLike) else list(path or [])
+    if not paths or not all(_has_tiff_suffix(p) for p in paths):
+        return None
+    try:
+        layers = [layer for p in paths for layer in read_layers(p)]
+    except Exception as exc:  # the reader contract: a file we cannot read gives None
+        logger.warning("napari-unet cannot read %s: %s", paths, exc)
+        return None
+
+    def reader(_path: PathLike | Sequence[PathLike]) -> list[LayerData]:
+        return layers
+
+    return reader
+
+
+def read_layers(path: PathLike) -> list[LayerData]:
+    """The napari layer data tuples of one TIFF file (several when its channels are split).
+
+    Raises:
+        ImageReadError: the file cannot be read.
+    """
+    image = read_image(path)
+    layer_type = "labels" if is_labels(image) else "image"
+    if layer_type == "labels" and not image.data.flags.writeable:
+        # labels are edited with the brush: a read-only memory map would refuse the paint
+        image.data = np.array(image.data)
+    return [layer_data(image, display_name(path), layer_type)]
+
+
+def is_labels(image: ImageData) -> bool:
+    """Whether ``image`` should open as a Labels layer (see the module docstring for the rule)."""
+    if image.data.dtype.kind not in "iu" or "C" in image.axes or "S" in image.axes:
+        return False
+    if image.path is None:
+        return False
+    return _labels_name(image.path.name) or written_as_labels(image.path)
+
+
+def written_as_labels(path: PathLike) -> bool:
+    """True when the TIFF at ``path`` was written by :func:`napari_unet.core.io.write_labels`."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return str(tif.pages.first.software or "").startswith(LABELS_SOFTWARE)
+    except (OSError, ValueError, IndexError, tifffile.TiffFileError):
+        return False
+
+
+def _labels_name(name: str) -> bool:
+    return _LABEL_WORDS.search(display_name(name)) is not None
+
+
+def _has_tiff_suffix(path: PathLike) -> bool:
+    return isinstance(path, str | os.PathLike) and Path(path).suffix.lower() in TIFF_SUFFIXES
