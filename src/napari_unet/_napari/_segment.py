@@ -1,0 +1,516 @@
+"""The Segment widget: run a U-Net on an image layer and get a Labels layer.
+
+Choose an image (2D, a stack, RGB or multichannel) and a model (built-in, the user's own, or a
+file), press Run. The network runs in the background with napari's progress bar; Run becomes
+Cancel meanwhile. A stack's labels appear plane by plane in a new layer as the network finishes
+each plane (a single plane's labels appear at once: its watershed needs the whole plane).
+
+Where results go:
+
+- "New layer" (the default): a new Labels layer named ``"<image> labels [<model>]"`` (then
+  ``"... (2)"``), with the image's scale, translate and units. For "this plane" on a stack, the
+  new layer has the stack's shape and only the current plane is filled, so that it lines up with
+  the image; choose it as the output to fill further planes into it.
+- An existing Labels layer of the right shape, chosen explicitly: its labels (or only the current
+  plane's) are replaced. If the layer holds anything that Segment did not write (the user edited
+  it, or Segment never wrote it), the widget asks first (:meth:`SegmentWidget.confirm`); if it is
+  edited while the run goes on, the result goes to a new layer instead.
+
+A failed or cancelled run changes no existing layer (a new layer being filled is removed).
+
+The probabilities of the last runs are kept per (image layer, model, plane or stack): changing a
+threshold makes the labels again from them without running the network (by itself after a short
+pause when the labels were not edited, or with "Apply thresholds", which asks before replacing
+edited labels).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Hashable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_unet.core.errors import UserError
+
+from . import _segment_layers as layers
+from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
+from ._segment_job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
+from ._segment_logic import (
+    build_postprocess,
+    build_tiling,
+    channel_problem,
+    count_text,
+    error_message,
+    fingerprint,
+    full_resolution,
+    image_axes,
+    label_axes,
+    labels_shape,
+    leading_axes,
+    plane_index,
+    plane_region,
+    select_plane,
+    written_by_us,
+)
+from ._segment_models import ModelChoice, ModelList, model_summary, model_tiling
+
+if TYPE_CHECKING:
+    import napari
+
+    from ._workers import Job
+
+logger = logging.getLogger(__name__)
+
+#: Pause (ms) after the last threshold change before the labels are made again.
+RETHRESHOLD_DELAY_MS = 400
+
+
+class SegmentWidget(SegmentForm):
+    """Segment an image layer with a U-Net (see the module docstring).
+
+    Attributes:
+        viewer: the viewer.
+        job: the running background job (a segmentation or a re-thresholding), else ``None``.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.job: Job | None = None
+        self._plan: layers.RunPlan | None = None
+        self._models = ModelList()
+        self._kept = ProbabilityStore()
+        self._model_before: ModelChoice | None = None
+        self._device_type = "cpu"
+        super().__init__(self._image_choices, self._model_choices, self._output_choices)
+        self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
+        self._show_device()
+        self.refresh_models()
+        self._connect()
+        active = viewer.layers.selection.active
+        if isinstance(active, Image):
+            self.image.value = active.unique_id
+        self._on_image_changed()
+
+    # --- public interface --------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running."""
+        return self.job is not None
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """List the models again (built-in, the user's folder, files loaded) and select
+        ``select`` (a model name or file path), else keep the current one, else the starter."""
+        current = self.model.value if isinstance(self.model.value, ModelChoice) else None
+        self._models.refresh()
+        self.model.reset_choices()
+        wanted = self._models.find(select)
+        if select and wanted is None:
+            show_warning(f"No model named {select!r} was found.")
+        current = self._models.find(str(current.path)) if current else None
+        self._set_model(wanted or current or self._models.default())
+
+    def load_model_file(self, path: str | Path) -> ModelChoice | None:
+        """Load a model file, add it to the list and select it. A file that cannot be read
+        gives a notification, leaves the selection as it was and returns ``None``."""
+        try:
+            choice = self._models.load_file(path)
+        except UserError as exc:
+            show_error(str(exc))
+            self._set_model(self._model_before)
+            return None
+        self.refresh_models(select=str(choice.path))
+        return choice
+
+    def choose_model_file(self) -> str | None:
+        """Ask for a model file with a file dialog (tests replace this method)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        from napari_unet.core.weights import user_models_dir
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load a napari-unet model", str(user_models_dir()),
+            "napari-unet models (*.safetensors);;All files (*)",
+        )  # fmt: skip
+        return path or None
+
+    def select_image(self, layer: Any) -> None:
+        """Select an image layer of this viewer.
+
+        Raises:
+            UserError: ``layer`` is not an Image layer of this viewer.
+        """
+        self.image.reset_choices()
+        if not isinstance(layer, Image) or layers.find_layer(self.viewer, layer.unique_id) is None:
+            raise UserError(f"'{layer.name}' is not an image layer of this viewer.")
+        self.image.value = layer.unique_id
+
+    def run(self) -> Job | None:
+        """Segment the selected image (the current plane or the whole stack) in the background.
+
+        Returns the started job, or ``None`` when nothing was started (a notification or the
+        status line says why).
+        """
+        if self.busy:
+            show_info("A job is already running; cancel it first.")
+            return None
+        try:
+            plan = self._make_plan()
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        if plan is None:
+            self.status.value = "Nothing was changed."
+            return None
+        return self._start_segmentation(plan)
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step (nothing is written)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "Cancelling..."
+
+    def apply_thresholds(self, ask: bool = True) -> Job | None:
+        """Make the labels again from the kept probabilities with the current thresholds.
+
+        Args:
+            ask: ask before replacing labels that were edited (else leave them, with a note).
+
+        Returns the started job, or ``None`` when nothing was started.
+        """
+        self._timer.stop()
+        if self.busy:
+            return None
+        try:
+            key, _ = self._current_key()
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        kept = self._kept.get(key)
+        if kept is None:
+            if ask:
+                show_info("Nothing to re-threshold: run the model on this image (and plane) first.")
+            return None
+        target = layers.find_layer(self.viewer, kept.labels_layer)
+        if target is not None and not written_by_us(target.metadata, target.data):
+            if not ask:
+                self.status.value = f"'{target.name}' was edited: press Apply thresholds."
+                return None
+            if not self.confirm(f"'{target.name}' was edited. Replace it with new labels?"):
+                return None
+        return self._start_rethreshold(key, kept, target)
+
+    def confirm(self, message: str) -> bool:
+        """Ask the user a yes/no question (tests replace this method)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self.native, "napari-unet", message, buttons.Yes | buttons.No, buttons.No
+        )
+        return answer == buttons.Yes
+
+    # --- choices -----------------------------------------------------------------------------
+
+    def _image_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        return [(layer.name, layer.unique_id) for layer in self.viewer.layers
+                if isinstance(layer, Image)]  # fmt: skip
+
+    def _model_choices(self, _: Any = None) -> list[tuple[str, Any]]:
+        listed = [(c.label, c) for c in self._models.choices]
+        return [*listed, ("Load from file...", LOAD_FROM_FILE)]
+
+    def _output_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        choices = [("New layer", NEW_LAYER)]
+        image = self._image_layer() if hasattr(self, "image") else None
+        axes = self._axes_of(image)
+        if axes is None:
+            return choices
+        shape = labels_shape(full_resolution(image).shape, axes)
+        for layer in self.viewer.layers:
+            if isinstance(layer, Labels) and tuple(layer.data.shape) == shape:
+                choices.append((f"Replace '{layer.name}'", layer.unique_id))
+        return choices
+
+    def _set_model(self, choice: ModelChoice | None) -> None:
+        if choice is not None and choice not in self._models.choices:
+            choice = None
+        with self.model.changed.blocked():
+            self.model.value = choice
+        self._show_model(choice)
+
+    # --- viewer and control events -----------------------------------------------------------
+
+    def _connect(self) -> None:
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layer_inserted)
+        events.removed.connect(self._on_layer_removed)
+        events.reordered.connect(self._refresh_choices)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_choices)
+        self.image.changed.connect(self._on_image_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self._on_run_clicked)
+        self.apply_button.changed.connect(lambda: self.apply_thresholds(ask=True))
+        for widget in self.threshold_widgets():
+            widget.changed.connect(self._on_threshold_changed)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_choices)
+        self._refresh_choices()
+        if self.image.value is None and isinstance(event.value, Image):
+            self.image.value = event.value.unique_id
+
+    def _on_layer_removed(self, event: Any) -> None:
+        self._kept.drop_image(event.value.unique_id)
+        self._refresh_choices()
+
+    def _refresh_choices(self, *_: Any) -> None:
+        self.image.reset_choices()
+        self.output.reset_choices()
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self.output.reset_choices()
+        axes = self._axes_of(self._image_layer())
+        self.scope.enabled = bool(axes and leading_axes(axes))
+
+    def _on_model_changed(self, value: Any) -> None:
+        if value == LOAD_FROM_FILE:
+            path = self.choose_model_file()
+            if path:
+                self.load_model_file(path)
+            else:
+                self._set_model(self._model_before)
+            return
+        self._show_model(value if isinstance(value, ModelChoice) else None)
+
+    def _show_model(self, choice: ModelChoice | None) -> None:
+        """Show the model's summary and take its tiling defaults."""
+        self._model_before = choice
+        self.model_info.value = model_summary(choice)
+        if choice is None or choice.error:
+            return
+        tiling = model_tiling(choice, self._device_type)
+        self.tile_size.value = min(max(tiling.tile_size, self.tile_size.min), self.tile_size.max)
+        self.batch_size.value = min(max(tiling.batch_size, 1), self.batch_size.max)
+        for widget in [*self.threshold_widgets(), self.apply_button]:
+            widget.enabled = choice.task != "semantic"
+
+    def _on_run_clicked(self, *_: Any) -> None:
+        if self.busy:
+            self.cancel()
+        else:
+            self.run()
+
+    def _on_threshold_changed(self, *_: Any) -> None:
+        self._timer.start()  # restarts the pause
+
+    def _auto_rethreshold(self) -> None:
+        if not self.busy:
+            self.apply_thresholds(ask=False)
+
+    def _show_device(self) -> None:
+        from napari_unet.core.device import describe_device, gpu_hint, resolve_device
+
+        device = resolve_device("auto")
+        self._device_type = device.type
+        hint = gpu_hint()
+        self.device_info.value = describe_device(device) + (f". Hint: {hint}." if hint else "")
+
+    # --- planning a run ----------------------------------------------------------------------
+
+    def _image_layer(self) -> Any:
+        layer = layers.find_layer(self.viewer, self.image.value)
+        return layer if isinstance(layer, Image) else None
+
+    def _axes_of(self, image: Any) -> str | None:
+        if image is None:
+            return None
+        try:
+            return image_axes(image.metadata, np.ndim(full_resolution(image)), image.rgb)
+        except UserError:
+            return None
+
+    def _model_choice(self) -> ModelChoice:
+        choice = self.model.value
+        if not isinstance(choice, ModelChoice):
+            raise UserError("Choose a model first.")
+        if choice.error:
+            raise UserError(choice.error)
+        return choice
+
+    def _current_key(self) -> tuple[Hashable, dict[str, int] | None]:
+        """The key of kept probabilities for the current image, model and plane or stack, and
+        the plane's index (``None`` for the whole stack)."""
+        image = self._image_layer()
+        if image is None:
+            raise UserError("Choose an image layer first (open an image, or File > Open Sample).")
+        choice = self._model_choice()
+        data = full_resolution(image)
+        axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+        index = None
+        if self.scope.value == THIS_PLANE and leading_axes(axes):
+            position = image.world_to_data(self.viewer.dims.point)
+            index = plane_index(axes, data.shape, position)
+        scope = ("plane", tuple(sorted(index.items()))) if index else ("stack",)
+        return (image.unique_id, id(data), choice.key(), scope), index
+
+    def _make_plan(self) -> layers.RunPlan | None:
+        """What to run, or ``None`` when the user declined to replace an edited layer."""
+        key, index = self._current_key()
+        image, choice = self._image_layer(), self._model_choice()
+        full = full_resolution(image)
+        axes = image_axes(image.metadata, full.ndim, image.rgb)
+        problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
+        if problem:
+            raise UserError(problem)
+        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
+        shape = labels_shape(full.shape, axes)
+        target = self._target(shape, bool(index))
+        if target is False:
+            return None
+        return layers.RunPlan(
+            image_id=image.unique_id, image_name=image.name, data=data,
+            data_axes=data_axes, label_shape=shape,
+            region=plane_region(label_axes(axes), index) if index else None,
+            geometry=layers.geometry_of(image, axes, label_axes(axes)),
+            target_id=target.unique_id if target is not None else None,
+            target_fingerprint=fingerprint(target.data) if target is not None else None,
+            key=key, choice=choice,
+        )  # fmt: skip
+
+    def _target(self, shape: tuple[int, ...], plane: bool) -> Any:
+        """The Labels layer to write into: ``None`` for a new layer, ``False`` when the user
+        does not want an edited layer replaced."""
+        value = self.output.value
+        if value in (None, NEW_LAYER):
+            return None
+        layer = layers.find_layer(self.viewer, value)
+        if layer is None:
+            raise UserError("The output layer no longer exists; choose another output.")
+        if tuple(layer.data.shape) != shape:
+            raise UserError(f"'{layer.name}' has shape {layer.data.shape}; labels need {shape}.")
+        if not written_by_us(layer.metadata, layer.data):
+            what = "this plane of " if plane else ""
+            question = (
+                f"'{layer.name}' holds labels that Segment did not write (edits). Replace "
+                f"{what}'{layer.name}' with the new result? Those labels will be lost."
+            )
+            if not self.confirm(question):
+                return False
+        return layer
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _settings(self, task: str) -> Any:
+        return build_postprocess(
+            task, self.interior_threshold.value, self.foreground_threshold.value,
+            self.min_size.value, self.min_seed_size.value, self.seed_sigma.value,
+        )  # fmt: skip
+
+    def _start_segmentation(self, plan: layers.RunPlan) -> Job:
+        from ._segment_job import segment_job
+        from ._workers import start_job
+
+        choice = plan.choice
+        base = model_tiling(choice, self._device_type)
+        request = SegmentRequest(
+            image=plan.data, axes=plan.data_axes, model_path=choice.path,
+            model=self._models.loaded(choice),
+            tiling=build_tiling(base, self.tile_size.value, self.batch_size.value),
+            postprocess=self._settings(choice.task), precision=self.precision.value,
+        )  # fmt: skip
+        self._plan = plan
+        self.status.value = f"Segmenting '{plan.image_name}' with {choice.name}..."
+        self.run_button.text = "Cancel"
+        self.job = start_job(
+            segment_job(request), f"Segmenting {plan.image_name}",
+            on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
+            on_cancelled=self._on_cancelled, on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+    def _on_progress(self, event: Any) -> None:
+        plan = self._plan
+        if plan is None or not isinstance(event.payload, PlaneLabels):
+            return
+        if plan.target_id is None and plan.region is None and len(plan.label_shape) > 2:
+            layers.show_plane(self.viewer, plan, event.payload)
+
+    def _on_result(self, result: Any) -> None:
+        plan = self._plan
+        if plan is None:
+            return
+        self._models.remember(plan.choice, result.model)
+        layer = layers.write_result(self.viewer, plan, result.labels)
+        kept = Kept(result.probabilities, result.model.task, layer.unique_id, plan.region,
+                    result.model.name, plan.label_shape)  # fmt: skip
+        self._kept.put(plan.key, kept)
+        count = count_text(result.labels, result.model.task)
+        self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
+
+    def _on_error(self, exc: BaseException) -> None:
+        layers.remove_live(self.viewer, self._plan)
+        _report(exc, "Segmentation")
+        self.status.value = "Failed; no labels were changed."
+
+    def _on_cancelled(self) -> None:
+        layers.remove_live(self.viewer, self._plan)
+        show_info("Segmentation cancelled; no labels were changed.")
+        self.status.value = "Cancelled."
+
+    def _on_finished(self) -> None:
+        self.job = None
+        self._plan = None
+        self.run_button.text = "Run"
+
+    # --- re-thresholding ---------------------------------------------------------------------
+
+    def _start_rethreshold(self, key: Hashable, kept: Kept, target: Any) -> Job:
+        from ._segment_job import rethreshold_job
+        from ._workers import start_job
+
+        start = fingerprint(target.data) if target is not None else None
+
+        def write(labels: np.ndarray) -> None:
+            image = layers.find_layer(self.viewer, key[0])
+            axes = self._axes_of(image)
+            geometry = layers.geometry_of(image, axes, label_axes(axes)) if axes else None
+            layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels)
+            if layer is not None:
+                count = count_text(labels, kept.task)
+                self.status.value = f"{count} in '{layer.name}' (thresholds applied)."
+
+        self.status.value = "Applying thresholds..."
+        self.run_button.text = "Cancel"
+        job = rethreshold_job(kept.probabilities, kept.task, self._settings(kept.task))
+        self.job = start_job(
+            job, "Applying thresholds", on_result=write,
+            on_error=lambda exc: _report(exc, "Applying thresholds"),
+            on_cancelled=lambda: show_info("Applying thresholds cancelled; nothing was changed."),
+            on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+
+def _single_shot(delay_ms: int, callback: Any) -> Any:
+    """A restartable single-shot Qt timer that calls ``callback``."""
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.setInterval(delay_ms)
+    timer.timeout.connect(callback)
+    return timer
+
+
+def _report(exc: BaseException, what: str) -> None:
+    """Tell the user that a job failed; log the traceback of anything but a user error."""
+    if not isinstance(exc, UserError):
+        logger.error("%s failed", what, exc_info=exc)
+    show_error(error_message(exc, what))
