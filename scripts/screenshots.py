@@ -1,52 +1,108 @@
 """Take the documentation screenshots in a real napari viewer (run under Xvfb).
 
-    xvfb-run -a python scripts/screenshots.py
+    xvfb-run -a -s "-screen 0 1400x1000x24" python scripts/screenshots.py
 
-Segments the shipped sample with the starter model and saves ``docs/images/predict_sample.png``:
-the sample image with the predicted labels on top, as napari shows them.
+Everything goes through the plugin as a user would use it: the shipped sample opened from
+File > Open Sample, the widgets docked from the Plugins menu's entries. Saves in ``docs/images/``:
+
+- ``predict_sample.png`` and ``predict_sample_zoom.png``: the sample with the starter model's
+  labels (whole window, and a close-up of touching nuclei drawn as contours);
+- ``segment_widget.png``: the Segment widget after a run;
+- ``finetune_widget.png``: the Fine-tune widget during a short training run, with its live plot;
+- ``export_widget.png``: the Export widget.
 """
 
 from __future__ import annotations
 
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLES = ROOT / "src" / "napari_unet" / "samples"
 IMAGES = ROOT / "docs" / "images"
 
 
-def main() -> int:
-    import napari
-    import numpy as np
+def wait(condition: Callable[[], bool], seconds: float) -> None:
+    """Process Qt events until ``condition()`` holds (or ``seconds`` pass)."""
+    from qtpy.QtWidgets import QApplication
 
-    from napari_unet.core.io import read_image
-    from napari_unet.core.predict import predict_labels
-    from napari_unet.core.progress import drain
-    from napari_unet.core.weights import get_model
+    deadline = time.monotonic() + seconds
+    while not condition() and time.monotonic() < deadline:
+        QApplication.processEvents()
+        time.sleep(0.02)
+    QApplication.processEvents()
 
-    image = read_image(SAMPLES / "nuclei.tif")
-    _, labels = drain(predict_labels(image.data, image.axes, get_model(None), device="cpu"))
-    viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1200, 900)
-    scale = image.pixel_size or (1.0, 1.0)
-    low, high = np.percentile(image.data, (1, 99.8))
-    viewer.add_image(image.data, name="nuclei", scale=scale, colormap="gray",
-                     contrast_limits=(float(low), float(high)), units=("um", "um"))
-    layer = viewer.add_labels(labels, name="nuclei labels (starter model)", scale=scale,
-                              opacity=0.45, units=("um", "um"))
-    layer.contour = 0
+
+def segment(viewer) -> None:
+    """Segment the sample with the starter model; screenshots of the result and the widget."""
+    image = viewer.layers["nuclei"]
+    truth = viewer.layers["nuclei ground truth"] if "nuclei ground truth" in viewer.layers else None
+    if truth is not None:
+        truth.visible = False
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget.select_image(image)
+    widget.run()
+    wait(lambda: not widget.busy, 600)
+    labels = [layer for layer in viewer.layers if layer.name.startswith("nuclei labels")][-1]
+    labels.opacity = 0.45
+    labels.contour = 0
     viewer.scale_bar.visible = True
     viewer.reset_view()
-    IMAGES.mkdir(parents=True, exist_ok=True)
-    viewer.screenshot(str(IMAGES / "predict_sample.png"), canvas_only=False)
-    # a close-up of touching nuclei, labels drawn as contours
-    layer.contour = 2
-    layer.opacity = 1.0
+    wait(lambda: False, 0.5)
+    viewer.screenshot(str(IMAGES / "segment_widget.png"), canvas_only=False)
+    viewer.screenshot(str(IMAGES / "predict_sample.png"), canvas_only=True)
+    labels.contour = 2
+    labels.opacity = 1.0
+    scale = image.scale[-2:]
     viewer.camera.center = (0.0, 128 * scale[0], 128 * scale[1])
     viewer.camera.zoom = viewer.camera.zoom * 2.5
     viewer.screenshot(str(IMAGES / "predict_sample_zoom.png"), canvas_only=True)
-    viewer.close()
+    viewer.reset_view()
+    labels.contour = 0
+    labels.opacity = 0.45
+
+
+def finetune(viewer, models: Path) -> None:
+    """A short fine-tuning run on the sample's labels, screenshot while it trains."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=False)
+    if hasattr(widget, "screenshot_setup"):
+        widget.screenshot_setup()
+    widget.start_training()
+    wait(lambda: len(widget.plot.steps) > 40 if hasattr(widget, "plot") else False, 600)
+    wait(lambda: False, 1.0)
+    viewer.screenshot(str(IMAGES / "finetune_widget.png"), canvas_only=False)
+    widget.stop_training()
+    wait(lambda: not widget.busy, 300)
+
+
+def export(viewer) -> None:
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
+    widget.folder.value = tempfile.gettempdir()
+    wait(lambda: False, 0.5)
+    viewer.screenshot(str(IMAGES / "export_widget.png"), canvas_only=False)
+
+
+def main() -> int:
+    import os
+    import warnings
+
+    # a deprecation notice of the Qt binding would sit on top of the canvas in every picture
+    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
+    import napari
+
+    with tempfile.TemporaryDirectory() as models:
+        os.environ["NAPARI_UNET_MODELS"] = models  # the user's own models stay untouched
+        viewer = napari.Viewer(show=True)
+        viewer.window._qt_window.resize(1400, 950)
+        viewer.open_sample("napari-unet", "nuclei")
+        IMAGES.mkdir(parents=True, exist_ok=True)
+        segment(viewer)
+        if "--no-finetune" not in sys.argv:
+            finetune(viewer, Path(models))
+        export(viewer)
+        viewer.close()
     return 0
 
 

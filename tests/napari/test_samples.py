@@ -21,6 +21,9 @@ def test_open_sample_in_viewer(make_napari_viewer, key, shape, axes):
     np.testing.assert_allclose(image.scale[-2:], [0.5, 0.5])
     np.testing.assert_allclose(labels.scale, image.scale)
     assert image.scale[0] == 1.0 or len(shape) == 2  # T is not scaled
+    # the scale bar reads micrometres where the file gave a pixel size
+    assert [str(u) for u in image.units[-2:]] == ["micrometer", "micrometer"]
+    assert [str(u) for u in labels.units] == [str(u) for u in image.units]
     assert image.metadata["axes"] == labels.metadata["axes"] == axes
     assert image.metadata["pixel_size"] == pytest.approx((0.5, 0.5))
     assert labels.metadata["source_path"] is None  # never offer to write into the package

@@ -112,7 +112,8 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
     The data is passed on as read (a memory map stays one). RGB images (axes ending ``"S"``) get
     ``rgb=True``; a channel axis ``"C"`` of an image is split with ``channel_axis`` into one layer
     per channel (napari takes views, not copies). ``scale`` is the pixel size for Y and X, the Z
-    spacing for Z (1 when unknown) and 1 for T. ``metadata`` holds ``"axes"`` (of each layer's
+    spacing for Z (1 when unknown) and 1 for T; ``units`` is ``"um"`` where the file gave a size,
+    else ``"pixel"``. ``metadata`` holds ``"axes"`` (of each layer's
     data after the split), ``"pixel_size"``, ``"z_spacing"`` and ``"source_path"``.
 
     Args:
@@ -126,13 +127,16 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
     pixel = image.pixel_size or (1.0, 1.0)
     sizes = {"Y": pixel[0], "X": pixel[1], "Z": image.z_spacing or 1.0}
     scale = [float(sizes.get(a, 1.0)) for a in layer_axes_ if a != "S"]
+    known = {"Y": image.pixel_size, "X": image.pixel_size, "Z": image.z_spacing}
+    units = ["um" if known.get(a) else "pixel" for a in layer_axes_ if a != "S"]
     metadata = {
         "axes": layer_axes_,
         "pixel_size": tuple(image.pixel_size) if image.pixel_size else None,
         "z_spacing": image.z_spacing,
         "source_path": str(image.path) if image.path is not None else None,
     }
-    kwargs: dict[str, Any] = {"name": name, "scale": scale, "metadata": metadata}
+    kwargs: dict[str, Any] = {"name": name, "scale": scale, "units": units,
+                              "metadata": metadata}
     if "S" in axes:
         kwargs["rgb"] = True
     if channel_axis is not None:
@@ -141,6 +145,7 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
             channel_axis=channel_axis,
             name=[f"{name} [ch{i}]" for i in range(n)],
             scale=[list(scale) for _ in range(n)],
+            units=[list(units) for _ in range(n)],
             metadata=[dict(metadata) for _ in range(n)],
         )
     return image.data, kwargs, layer_type
