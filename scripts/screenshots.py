@@ -56,25 +56,31 @@ def segment(viewer) -> None:
     labels.contour = 2
     labels.opacity = 1.0
     scale = image.scale[-2:]
-    viewer.camera.center = (0.0, 128 * scale[0], 128 * scale[1])
-    viewer.camera.zoom = viewer.camera.zoom * 2.5
+    viewer.scene.camera.center = (0.0, 128 * scale[0], 128 * scale[1])
+    viewer.scene.camera.zoom = viewer.scene.camera.zoom * 2.5
     viewer.screenshot(str(IMAGES / "predict_sample_zoom.png"), canvas_only=True)
     viewer.reset_view()
     labels.contour = 0
     labels.opacity = 0.45
 
 
-def finetune(viewer, models: Path) -> None:
-    """A short fine-tuning run on the sample's labels, screenshot while it trains."""
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune", tabify=False)
-    if hasattr(widget, "screenshot_setup"):
-        widget.screenshot_setup()
-    widget.start_training()
-    wait(lambda: len(widget.plot.steps) > 40 if hasattr(widget, "plot") else False, 600)
+def finetune(viewer) -> None:
+    """Fine-tune the starter on the predicted labels (as if corrected) for a minute; screenshot
+    while it trains, then Stop."""
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    row = next(iter(widget.pair_rows))
+    row.image.value = viewer.layers["nuclei"]
+    row.labels_layer.value = [layer for layer in viewer.layers
+                              if layer.name.startswith("nuclei labels")][-1]
+    widget.model_name.value = "my nuclei"
+    widget.budget.value = "minutes"
+    widget.minutes.value = 5.0
+    widget.train()
+    wait(lambda: len(widget.plot.scores) >= 3 or not widget.running, 900)
     wait(lambda: False, 1.0)
     viewer.screenshot(str(IMAGES / "finetune_widget.png"), canvas_only=False)
-    widget.stop_training()
-    wait(lambda: not widget.busy, 300)
+    widget.stop()
+    wait(lambda: not widget.running, 300)
 
 
 def export(viewer) -> None:
@@ -86,11 +92,12 @@ def export(viewer) -> None:
 
 def main() -> int:
     import os
-    import warnings
 
-    # a deprecation notice of the Qt binding would sit on top of the canvas in every picture
-    warnings.filterwarnings("ignore", message=".*PyQt5 backend is deprecated.*")
     import napari
+    import napari._qt.qt_main_window as main_window
+
+    # napari's notice that PyQt5 support is deprecated would sit on the canvas in every picture
+    main_window.SHOW_QT_WARNING = False
 
     with tempfile.TemporaryDirectory() as models:
         os.environ["NAPARI_UNET_MODELS"] = models  # the user's own models stay untouched
@@ -100,7 +107,7 @@ def main() -> int:
         IMAGES.mkdir(parents=True, exist_ok=True)
         segment(viewer)
         if "--no-finetune" not in sys.argv:
-            finetune(viewer, Path(models))
+            finetune(viewer)
         export(viewer)
         viewer.close()
     return 0
