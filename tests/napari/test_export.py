@@ -167,3 +167,12 @@ def test_painting_during_a_background_export_does_not_reach_the_file(export, qtb
     painted.set()
     qtbot.waitUntil(lambda: widget.job is not None and not widget.job.running, timeout=60000)
     np.testing.assert_array_equal(tifffile.imread(out / "live.tif"), labels)
+
+
+def test_the_selected_labels_layer_is_the_one_offered(export):
+    viewer, widget, _ = export
+    first = viewer.add_labels(_labels((8, 8)), name="first")
+    second = viewer.add_labels(_labels((8, 8)), name="corrected")
+    assert widget.labels_layer.value is second  # the newest layer is the active one
+    viewer.layers.selection.active = first
+    assert widget.labels_layer.value is first and widget.file_name.value == "first.tif"

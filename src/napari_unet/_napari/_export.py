@@ -221,6 +221,8 @@ class ExportWidget(Container):
         self.all_layers.changed.connect(self._on_all_layers_changed)
         self.with_image.changed.connect(self._on_with_image_changed)
         self.export_button.changed.connect(self.start_export)
+        viewer.layers.selection.events.active.connect(self._on_active_layer)
+        self._on_active_layer()
         self._on_labels_changed(self.labels_layer.value)
 
     # ---- choices and defaults ------------------------------------------------------------
@@ -230,6 +232,13 @@ class ExportWidget(Container):
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    def _on_active_layer(self, _event: Any = None) -> None:
+        """Follow the layer list: the selected Labels layer is the one to export."""
+        active = self._viewer.layers.selection.active
+        if isinstance(active, Labels) and active in self._viewer.layers:
+            self.labels_layer.reset_choices()
+            self.labels_layer.value = active
 
     def _on_labels_changed(self, layer: Labels | None) -> None:
         if layer is None:
