@@ -56,8 +56,10 @@ class TrainConfig:
         patience: epochs without a better validation score before stopping early (0: never).
         seed: seed of the patch sampler, the augmentation and a new network.
         amp: mixed precision (autocast) on CUDA.
-        cpu_bf16: bfloat16 autocast when training on the CPU (off by default; measured in
-            ``benchmarks/finetune.py``). Ignored on other devices and on CPUs without bf16.
+        cpu_bf16: bfloat16 autocast when training on a CPU with native bfloat16 instructions
+            (AVX-512-BF16 or AMX); other CPUs train in float32. On by default: in
+            ``benchmarks/finetune.py`` it took 1.35x the steps per minute with AP as good as
+            float32 (+0.015, better in 2 of 3 seeds).
         freeze_batchnorm: keep BatchNorm statistics fixed while training (the layers' weights
             still learn). ``None`` (default): frozen when fine-tuning a model, updated when
             training from scratch. Measured in ``benchmarks/normalization.py``: fine-tuning at
@@ -80,7 +82,7 @@ class TrainConfig:
     patience: int = 10
     seed: int = 0
     amp: bool = True
-    cpu_bf16: bool = False
+    cpu_bf16: bool = True
     freeze_batchnorm: bool | None = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     targets: TargetConfig = field(default_factory=TargetConfig)
@@ -149,7 +151,7 @@ def _autocast(config: TrainConfig, device: torch.device) -> tuple[bool, torch.dt
 
         if cpu_supports_bf16():
             return True, torch.bfloat16
-        logger.warning("this CPU has no bfloat16 instructions: training in float32")
+        logger.info("this CPU has no bfloat16 instructions: training in float32")
     return False, torch.float32
 
 
