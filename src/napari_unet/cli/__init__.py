@@ -4,6 +4,8 @@ Commands::
 
     napari-unet predict INPUT... -o OUT [--model NAME|PATH] [--tile-size PX] [--overlap PX]
                         [--batch-size N] [--device auto|cpu|cuda|mps] [--probabilities PATH]
+                        [--blockwise] [--block-size PX] [--block-overlap PX] [--bigtiff]
+                        [--scheduler ADDRESS]
     napari-unet train --image IMG --labels LAB [--mask MASK] [--image ... --labels ...]
                       [--model BASE|scratch] [--epochs N] [--max-minutes M] -o MODEL.safetensors
     napari-unet evaluate PRED GT [--mask MASK]
@@ -16,6 +18,10 @@ class axis first). Labels keep the input's axes (without its channel axis) and p
 existing output file is replaced. All outputs and the existence of all inputs are checked before
 any work starts; inputs then run one after the other, and a problem with one stops the run (the
 outputs of the inputs before it are complete and stay).
+
+Zarr / OME-Zarr inputs, a ``.zarr`` output, images over 64 megapixels and ``--blockwise`` run
+block by block into zarr (or a tiled BigTIFF), on a dask cluster with ``--scheduler``
+(``_blockwise``; see docs/large-images.md).
 
 ``train`` fine-tunes a model (default: the starter model; ``--model scratch`` trains a new network)
 on one or more image/labels pairs: the k-th ``--image`` goes with the k-th ``--labels``, and a
@@ -32,8 +38,8 @@ Heavy modules (torch, the engine) are imported inside the commands, so ``--help`
 
 Modules: ``_main`` (parser, dispatch, exit codes), ``_common`` (argument types, shared options,
 messages, JSON), ``_paths`` (output names and path checks), ``_readers`` (label and mask files),
-``_progress`` (progress reporters), and one module per command: ``_predict``, ``_evaluate``,
-``_models``, ``_train_options`` and ``_train``.
+``_progress`` (progress reporters), ``_blockwise`` (large images, clusters), and one module per
+command: ``_predict``, ``_evaluate``, ``_models``, ``_train_options`` and ``_train``.
 """
 
 from napari_unet.cli._main import build_parser, main

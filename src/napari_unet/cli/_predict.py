@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from napari_unet.cli._blockwise import add_blockwise_options, route
 from napari_unet.cli._common import (
     PROG,
     add_command,
@@ -37,7 +38,8 @@ _DESCRIPTION = (
 def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command to ``sub`` and return its parser."""
     p = add_command(sub, common, "predict", "segment images and write label TIFFs", _DESCRIPTION)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files (TIFF, PNG, JPEG)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files (TIFF, PNG, JPEG) or zarr / OME-Zarr stores")
     p.add_argument(
         "-o",
         "--output",
@@ -108,6 +110,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         metavar="P",
         help="probability of foreground within which objects grow (default 0.5)",
     )
+    add_blockwise_options(p)
     return p
 
 
@@ -147,6 +150,9 @@ def _output_axes(axes: str) -> str:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
+    special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
+    if special is not None:
+        return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
     prob_outputs: list[Path | None] = [None] * len(inputs)

@@ -1,0 +1,320 @@
+"""Reading blocks of a lazy image and writing blockwise results: zarr stores and tiled BigTIFF.
+
+- :func:`arrange` orders a lazy image's axes as (*leading, [channel], Y, X) without reading it;
+  :class:`ArrayReader` and :class:`PathReader` read one block of one plane from it (the latter
+  reopens the file, so that it can travel to a dask worker on another machine).
+- :func:`create_label_zarr` makes an OME-Zarr (NGFF 0.4, zarr v2) label image: a group holding
+  one full-resolution array ``"0"`` with axes, pixel size (``scale``) and ``image-label``
+  metadata, which napari and other OME-Zarr readers open as labels.
+- :func:`create_probability_zarr` makes a plain zarr array (classes first) with xarray-style
+  dimension names.
+- :func:`atomic_dir` writes a store under a temporary name beside its destination and renames it
+  when complete, like :func:`~.io.atomic_path` does for files.
+- :func:`write_tiled_tiff` writes a tiled, zlib-compressed (Big)TIFF from an iterator of tiles,
+  never holding the image.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+from .io import PixelSize, _ome_kwargs
+from .lazy import is_zarr_path, open_lazy
+
+logger = logging.getLogger(__name__)
+
+_NGFF_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+_CHANNEL_AXES = "CS"
+
+
+@dataclass(frozen=True)
+class Arrangement:
+    """How a lazy image's axes map to planes.
+
+    Attributes:
+        order: the transposition taking the image to (*leading, [channel], Y, X).
+        leading: the sizes of the leading (non-channel, non-YX) axes.
+        leading_axes: their letters.
+        block_axes: the axes of one block read from a plane: channel letter (if any) + ``"YX"``.
+    """
+
+    order: tuple[int, ...]
+    leading: tuple[int, ...]
+    leading_axes: str
+    block_axes: str
+
+    @property
+    def n_planes(self) -> int:
+        """Number of 2D planes."""
+        return int(math.prod(self.leading))
+
+    @property
+    def label_axes(self) -> str:
+        """Axes of the labels: the leading axes then ``"YX"``."""
+        return self.leading_axes + "YX"
+
+    def index(self, plane: int) -> tuple[int, ...]:
+        """The leading index of plane number ``plane``."""
+        return tuple(int(i) for i in np.unravel_index(plane, self.leading)) if self.leading else ()
+
+
+def arrange(shape: tuple[int, ...], axes: str) -> Arrangement:
+    """The :class:`Arrangement` of an image of ``shape`` with ``axes`` (letters of "TZCYXS")."""
+    axes = axes.upper()
+    if len(axes) != len(shape) or "Y" not in axes or "X" not in axes:
+        raise UserError(f"Axes {axes!r} do not fit an image of shape {tuple(shape)}.")
+    channel = next((a for a in axes if a in _CHANNEL_AXES), None)
+    leading_axes = "".join(a for a in axes if a not in "YX" and a != channel)
+    order = [axes.index(a) for a in leading_axes]
+    if channel is not None:
+        order.append(axes.index(channel))
+    order += [axes.index("Y"), axes.index("X")]
+    leading = tuple(int(shape[axes.index(a)]) for a in leading_axes)
+    return Arrangement(tuple(order), leading, leading_axes, (channel or "") + "YX")
+
+
+def _read(data: Any, arrangement: Arrangement, plane: int, region: tuple[slice, slice]) -> Any:
+    """One block (channel?, h, w) of ``data`` (the image, not yet arranged) as numpy."""
+    arranged = data.transpose(arrangement.order)
+    key = (*arrangement.index(plane), Ellipsis, *region)
+    block = arranged[key]
+    if hasattr(block, "compute"):
+        return np.asarray(block.compute(scheduler="synchronous"))
+    return np.asarray(block)
+
+
+@dataclass
+class ArrayReader:
+    """Reads blocks from an array at hand (numpy, memmap, zarr or dask; image axes order)."""
+
+    data: Any
+    arrangement: Arrangement
+
+    def read(self, plane: int, region: tuple[slice, slice]) -> np.ndarray:
+        """The pixels of ``region`` of ``plane``: (h, w) or (channels, h, w), stored dtype."""
+        return _read(self.data, self.arrangement, plane, region)
+
+
+@dataclass
+class PathReader:
+    """Reads blocks from an image file, opened lazily where the block runs (a dask worker)."""
+
+    path: str
+    arrangement: Arrangement
+
+    def read(self, plane: int, region: tuple[slice, slice]) -> np.ndarray:
+        """The pixels of ``region`` of ``plane``: (h, w) or (channels, h, w), stored dtype."""
+        return _read(open_lazy(self.path).data, self.arrangement, plane, region)
+
+
+# --------------------------------------------------------------------------------------------
+# zarr stores
+
+
+def check_store_path(path: str | os.PathLike[str]) -> Path:
+    """Check that a zarr store can be written at ``path`` (replacing only a zarr store).
+
+    Raises:
+        UserError: the folder above does not exist, or ``path`` is a file or a folder that is
+            not a zarr store.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not is_zarr_path(path):
+        raise UserError(f"Cannot write '{path}': it exists and is not a zarr store.")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"Cannot write '{path}': the output folder '{parent}' does not exist.")
+    if not os.access(parent, os.W_OK):
+        raise UserError(f"Cannot write '{path}': the output folder '{parent}' is not writable.")
+    return path
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; it replaces ``path`` when the block succeeds.
+
+    On any error (and on cancellation) the temporary folder is removed and ``path`` is left as
+    it was. An existing zarr store at ``path`` is replaced; anything else there is refused.
+    """
+    path = check_store_path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary store '{tmp}'")
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.debug("wrote %s", path)
+
+
+def store_exists(array: Any) -> bool:
+    """False when the folder of a zarr array on disk has been removed (a cancelled run cleaned
+    up while a worker still held a block); then nothing may be written, or it would come back."""
+    root = getattr(getattr(array, "store", None), "root", None)
+    return root is None or Path(root).exists()
+
+
+def _compressor() -> Any:
+    import numcodecs
+
+    return numcodecs.Blosc(cname="zstd", clevel=3, shuffle=numcodecs.Blosc.SHUFFLE)
+
+
+def _ngff_axes(axes: str) -> list[dict[str, str]]:
+    result = []
+    for letter in axes:
+        axis = {"name": letter.lower()}
+        if letter in _NGFF_TYPES:
+            axis["type"] = _NGFF_TYPES[letter]
+        if letter in "ZYX":
+            axis["unit"] = "micrometer"
+        result.append(axis)
+    return result
+
+
+def _scale(axes: str, pixel_size: PixelSize | None, z_spacing: float | None) -> list[float]:
+    sizes = {"Y": pixel_size[0], "X": pixel_size[1]} if pixel_size is not None else {}
+    if z_spacing is not None:
+        sizes["Z"] = z_spacing
+    return [float(sizes.get(a, 1.0)) for a in axes]
+
+
+def create_label_zarr(
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    z_spacing: float | None = None,
+    name: str = "labels",
+) -> Any:
+    """Create an empty OME-Zarr (NGFF 0.4) label image at ``path`` and return its array.
+
+    Args:
+        path: the store's folder (created; must not exist).
+        shape: (*leading, Y, X); ``axes`` names each dimension (letters of "TZCYX").
+        dtype: an unsigned integer dtype.
+        chunks: the array's chunks.
+        pixel_size: (y, x) µm, written as the dataset's ``scale``; ``z_spacing`` likewise.
+
+    Returns:
+        The :class:`zarr.Array` ``"0"`` (filled with 0 where never written).
+    """
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+    array = group.create_array(
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=np.dtype(dtype),
+        fill_value=0,
+        compressors=_compressor(),
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    group.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": _ngff_axes(axes),
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": _scale(axes, pixel_size, z_spacing)}
+                    ],
+                }
+            ],
+        }
+    ]
+    group.attrs["image-label"] = {"version": "0.4"}
+    return array
+
+
+def create_probability_zarr(
+    path: str | os.PathLike[str], shape: tuple[int, ...], chunks: tuple[int, ...], axes: str
+) -> Any:
+    """Create an empty float32 zarr array (classes first, ``axes`` e.g. ``"CZYX"``) at ``path``."""
+    import zarr
+
+    array = zarr.create_array(
+        str(path),
+        shape=shape,
+        chunks=chunks,
+        dtype=np.float32,
+        fill_value=0.0,
+        zarr_format=2,
+        compressors=_compressor(),
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    array.attrs["_ARRAY_DIMENSIONS"] = [a.lower() for a in axes]
+    return array
+
+
+def create_work_zarr(path: str | os.PathLike[str], shape: tuple[int, ...],
+                     chunks: tuple[int, ...]) -> Any:
+    """Create the scratch array of block-local ids: uint32 (planes, Y, X)."""
+    import zarr
+
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=np.uint32,
+                             fill_value=0)
+
+
+# --------------------------------------------------------------------------------------------
+# tiled TIFF
+
+
+def write_tiled_tiff(
+    path: Path,
+    tiles: Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: Any,
+    tile: int,
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    z_spacing: float | None = None,
+) -> None:
+    """Write a tiled, zlib-compressed BigTIFF (OME metadata: axes, pixel size) from ``tiles``.
+
+    Args:
+        path: the file (written as is; wrap the call in :func:`~.io.atomic_path`).
+        tiles: (tile, tile) arrays of ``dtype``, plane after plane, row-major within a plane;
+            tiles at the right and bottom edges may be smaller (they are padded with 0).
+        shape: (*leading, Y, X) of the image; ``axes`` names each dimension.
+        tile: tile side, a multiple of 16.
+    """
+    import tifffile
+
+    kwargs = _ome_kwargs(axes, pixel_size, z_spacing, 0)
+    kwargs["bigtiff"] = True
+    tifffile.imwrite(
+        path,
+        tiles,
+        shape=shape,
+        dtype=np.dtype(dtype),
+        tile=(tile, tile),
+        compression="zlib",
+        photometric="minisblack",
+        **kwargs,
+    )
