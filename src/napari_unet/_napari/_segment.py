@@ -22,6 +22,10 @@ The probabilities of the last runs are kept per (image layer, model, plane or st
 threshold makes the labels again from them without running the network (by itself after a short
 pause when the labels were not edited, or with "Apply thresholds", which asks before replacing
 edited labels).
+
+A large image (a dask or zarr array, as the reader gives for zarr folders and large TIFFs, or more
+than 64 megapixels) is segmented block by block into a new zarr-backed Labels layer instead
+(:mod:`._segment_blockwise`); no probabilities are kept for those runs.
 """
 
 from __future__ import annotations
@@ -76,11 +80,14 @@ class SegmentWidget(SegmentForm):
     Attributes:
         viewer: the viewer.
         job: the running background job (a segmentation or a re-thresholding), else ``None``.
+        block_size: core side in pixels of the blocks of blockwise runs (``None``: the
+            engine's default, about 4096 pixels with the context).
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.job: Job | None = None
+        self.block_size: int | None = None
         self._plan: layers.RunPlan | None = None
         self._models = ModelList()
         self._kept = ProbabilityStore()
@@ -159,6 +166,8 @@ class SegmentWidget(SegmentForm):
         if self.busy:
             show_info("A job is already running; cancel it first.")
             return None
+        if self._blockwise():
+            return self._start_blockwise()
         try:
             plan = self._make_plan()
         except UserError as exc:
@@ -278,6 +287,17 @@ class SegmentWidget(SegmentForm):
         self.output.reset_choices()
         axes = self._axes_of(self._image_layer())
         self.scope.enabled = bool(axes and leading_axes(axes))
+        self._update_apply()
+
+    def _update_apply(self) -> None:
+        """"Apply thresholds" works for instance models on images segmented in memory."""
+        from ._segment_blockwise import NO_RETHRESHOLD
+
+        blockwise = self._blockwise()
+        choice = self.model.value
+        semantic = isinstance(choice, ModelChoice) and choice.task == "semantic"
+        self.apply_button.enabled = not (blockwise or semantic)
+        self.apply_button.tooltip = NO_RETHRESHOLD if blockwise else None
 
     def _on_model_changed(self, value: Any) -> None:
         if value == LOAD_FROM_FILE:
@@ -298,8 +318,9 @@ class SegmentWidget(SegmentForm):
         tiling = model_tiling(choice, self._device_type)
         self.tile_size.value = min(max(tiling.tile_size, self.tile_size.min), self.tile_size.max)
         self.batch_size.value = min(max(tiling.batch_size, 1), self.batch_size.max)
-        for widget in [*self.threshold_widgets(), self.apply_button]:
+        for widget in self.threshold_widgets():
             widget.enabled = choice.task != "semantic"
+        self._update_apply()
 
     def _on_run_clicked(self, *_: Any) -> None:
         if self.busy:
@@ -335,6 +356,17 @@ class SegmentWidget(SegmentForm):
             return image_axes(image.metadata, np.ndim(full_resolution(image)), image.rgb)
         except UserError:
             return None
+
+    def _blockwise(self) -> bool:
+        """Whether the selected image is segmented blockwise (a large or lazy image)."""
+        from ._segment_blockwise import needs_blockwise
+
+        image = self._image_layer()
+        axes = self._axes_of(image)
+        if axes is None:
+            return False
+        full = full_resolution(image)
+        return needs_blockwise(full, labels_shape(full.shape, axes))
 
     def _model_choice(self) -> ModelChoice:
         choice = self.model.value
@@ -432,6 +464,55 @@ class SegmentWidget(SegmentForm):
             segment_job(request), f"Segmenting {plan.image_name}",
             on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
             on_cancelled=self._on_cancelled, on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+    def _start_blockwise(self) -> Job | None:
+        """Segment the selected (large or lazy) image block by block into a new Labels layer
+        backed by a zarr array (see :mod:`._segment_blockwise`)."""
+        from ._segment_blockwise import BlockwiseRequest, BlockwiseRun, blockwise_job
+        from ._workers import start_job
+
+        try:
+            _, index = self._current_key()
+            image, choice = self._image_layer(), self._model_choice()
+            full = full_resolution(image)
+            axes = image_axes(image.metadata, full.ndim, image.rgb)
+            problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
+            if problem:
+                raise UserError(problem)
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        if self.output.value not in (None, NEW_LAYER):
+            show_info(f"'{image.name}' is segmented blockwise, into a new zarr-backed layer.")
+        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
+        run = BlockwiseRun(
+            self.viewer, image.name, choice, layers.geometry_of(image, axes, label_axes(axes)),
+            labels_shape(full.shape, axes),
+            plane_region(label_axes(axes), index) if index else None,
+        )  # fmt: skip
+        request = BlockwiseRequest(
+            image=data, axes=data_axes, output=run.output, model_path=choice.path,
+            model=self._models.loaded(choice),
+            tiling=build_tiling(model_tiling(choice, self._device_type), self.tile_size.value,
+                                self.batch_size.value),
+            postprocess=self._settings(choice.task), precision=self.precision.value,
+            block_size=self.block_size,
+        )  # fmt: skip
+
+        def done(result: Any) -> None:
+            self._models.remember(choice, result.model)
+            self.status.value = run.finish(result)
+
+        self.status.value = f"Segmenting '{image.name}' blockwise with {choice.name}..."
+        self.run_button.text = "Cancel"
+        self.job = start_job(
+            blockwise_job(request), f"Segmenting {image.name} (blockwise)",
+            on_progress=run.on_progress, on_result=done,
+            on_error=lambda exc: setattr(self.status, "value", run.failed(exc)),
+            on_cancelled=lambda: setattr(self.status, "value", run.cancelled()),
+            on_finished=self._on_finished,
         )  # fmt: skip
         return self.job
 
