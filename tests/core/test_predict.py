@@ -22,7 +22,6 @@ GAIN = 5.0
 ATOL = 1e-2  # leaves room for a reduced-precision CPU path; plane mix-ups differ by > 0.1
 
 
-
 def known_net(channel_weights: tuple[float, ...] = (1.0,)) -> UNet:
     """A U-Net computing logits ``[GAIN * sum_c w_c x_c, 0]`` per pixel (for sums > -10)."""
     config = ModelConfig(
@@ -66,7 +65,11 @@ SMALL_TILES = TilingConfig(tile_size=16, batch_size=4)
 
 def test_stack_runs_plane_by_plane_with_whole_stack_normalisation():
     data = _stack((2, 3, 20, 24))
-    probs = drain(predict_probabilities(data, "TZYX", known_net(), SMALL_TILES, device="cpu", precision="fp32"))
+    probs = drain(
+        predict_probabilities(
+            data, "TZYX", known_net(), SMALL_TILES, device="cpu", precision="fp32"
+        )
+    )
     assert probs.shape == (2, 2, 3, 20, 24) and probs.dtype == np.float32
     expected = expected_foreground(percentile_normalize(data, channel_axis=None))
     np.testing.assert_allclose(probs[0], expected, atol=ATOL)
@@ -76,7 +79,9 @@ def test_stack_runs_plane_by_plane_with_whole_stack_normalisation():
 def test_channels_reach_the_network_in_order():
     data = np.stack([_stack((3, 18, 21), seed=1), _stack((3, 18, 21), seed=2)[::-1]], axis=1)
     net = known_net((1.0, -2.0))
-    probs = drain(predict_probabilities(data, "ZCYX", net, SMALL_TILES, device="cpu", precision="fp32"))
+    probs = drain(
+        predict_probabilities(data, "ZCYX", net, SMALL_TILES, device="cpu", precision="fp32")
+    )
     assert probs.shape == (2, 3, 18, 21)
     norm = percentile_normalize(data, channel_axis=1)
     expected = expected_foreground(norm[:, 0] - 2.0 * norm[:, 1])
@@ -85,7 +90,9 @@ def test_channels_reach_the_network_in_order():
 
 def test_rgb_is_converted_to_gray_for_a_one_channel_model():
     rgb = np.random.default_rng(3).integers(0, 256, size=(30, 25, 3)).astype(np.uint8)
-    probs = drain(predict_probabilities(rgb, "YXS", known_net(), SMALL_TILES, device="cpu", precision="fp32"))
+    probs = drain(
+        predict_probabilities(rgb, "YXS", known_net(), SMALL_TILES, device="cpu", precision="fp32")
+    )
     assert probs.shape == (2, 30, 25)
     gray = rgb.astype(np.float64) @ np.array([0.2125, 0.7154, 0.0721])
     expected = expected_foreground(percentile_normalize(gray, channel_axis=None))
@@ -95,7 +102,9 @@ def test_rgb_is_converted_to_gray_for_a_one_channel_model():
 def test_rgb_is_kept_for_a_three_channel_model():
     rgb = np.random.default_rng(4).integers(0, 256, size=(12, 14, 3)).astype(np.uint8)
     net = known_net((1.0, 0.0, -1.0))
-    probs = drain(predict_probabilities(rgb, "YXS", net, SMALL_TILES, device="cpu", precision="fp32"))
+    probs = drain(
+        predict_probabilities(rgb, "YXS", net, SMALL_TILES, device="cpu", precision="fp32")
+    )
     norm = percentile_normalize(rgb, channel_axis=2)
     np.testing.assert_allclose(
         probs[0], expected_foreground(norm[..., 0] - norm[..., 2]), atol=ATOL
@@ -120,7 +129,9 @@ def test_channel_mismatch_fails_before_any_work():
     ids=["uint8", "uint16", "float32-nan"],
 )
 def test_dtypes_give_finite_probabilities(image):
-    probs = drain(predict_probabilities(image, "YX", tiny_unet(), SMALL_TILES, device="cpu", precision="fp32"))
+    probs = drain(
+        predict_probabilities(image, "YX", tiny_unet(), SMALL_TILES, device="cpu", precision="fp32")
+    )
     assert probs.shape == (3, 41, 37) and probs.dtype == np.float32
     assert np.isfinite(probs).all()
     np.testing.assert_allclose(probs.sum(axis=0), 1.0, atol=1e-4)
@@ -132,9 +143,13 @@ def test_tiny_images_tiled_equal_one_pass(shape):
     gives the result of one whole-image pass."""
     image = np.random.default_rng(5).random(shape).astype(np.float32)
     net = tiny_unet()
-    whole = drain(predict_probabilities(image, "YX", net, TilingConfig(tile_size=4096), "cpu", "fp32"))
+    whole = drain(
+        predict_probabilities(image, "YX", net, TilingConfig(tile_size=4096), "cpu", "fp32")
+    )
     tiled = drain(
-        predict_probabilities(image, "YX", net, TilingConfig(tile_size=4, exact=True), "cpu", "fp32")
+        predict_probabilities(
+            image, "YX", net, TilingConfig(tile_size=4, exact=True), "cpu", "fp32"
+        )
     )
     assert whole.shape == (3, *shape) and np.isfinite(whole).all()
     np.testing.assert_allclose(tiled, whole, atol=1e-3)
@@ -143,7 +158,10 @@ def test_tiny_images_tiled_equal_one_pass(shape):
 def test_progress_counts_over_all_planes():
     data = _stack((3, 40, 40))
     events: list[Progress] = []
-    drain(predict_probabilities(data, "ZYX", known_net(), SMALL_TILES, "cpu", precision="fp32"), events.append)
+    drain(
+        predict_probabilities(data, "ZYX", known_net(), SMALL_TILES, "cpu", precision="fp32"),
+        events.append,
+    )
     assert len(events) == 9  # 3 planes x (9 tiles in batches of 4)
     assert [e.done for e in events] == list(range(1, 10))
     assert {e.total for e in events} == {9} and {e.stage for e in events} == {"predict"}
@@ -152,7 +170,9 @@ def test_progress_counts_over_all_planes():
 
 
 def test_closing_the_generator_stops_the_prediction():
-    gen = predict_probabilities(_stack((4, 40, 40)), "ZYX", known_net(), SMALL_TILES, "cpu", precision="fp32")
+    gen = predict_probabilities(
+        _stack((4, 40, 40)), "ZYX", known_net(), SMALL_TILES, "cpu", precision="fp32"
+    )
     first = next(gen)
     assert first.done == 1 and first.total == 12
     gen.close()
@@ -170,7 +190,9 @@ def test_loaded_model_normalisation_and_tiling_are_used():
     )
     image = np.random.default_rng(6).normal(0.0, 0.5, (40, 40)).astype(np.float32)
     events: list[Progress] = []
-    probs = drain(predict_probabilities(image, "YX", loaded, device="cpu", precision="fp32"), events.append)
+    probs = drain(
+        predict_probabilities(image, "YX", loaded, device="cpu", precision="fp32"), events.append
+    )
     np.testing.assert_allclose(probs[0], expected_foreground(image), atol=ATOL)
     assert len(events) == 4  # 2 x 2 tiles of 20 px, one per batch
 
@@ -182,7 +204,9 @@ def test_predict_labels_semantic_gives_class_ids():
     loaded = LoadedModel.from_model(known_net(), task="semantic", class_names=["fg", "bg"])
     data = _stack((2, 30, 30))
     events: list[Progress] = []
-    probs, labels = drain(predict_labels(data, "ZYX", loaded, SMALL_TILES, "cpu", precision="fp32"), events.append)
+    probs, labels = drain(
+        predict_labels(data, "ZYX", loaded, SMALL_TILES, "cpu", precision="fp32"), events.append
+    )
     assert probs.shape == (2, 2, 30, 30) and labels.shape == (2, 30, 30)
     assert labels.dtype in (np.uint8, np.uint16)
     np.testing.assert_array_equal(labels, probs.argmax(axis=0))
@@ -192,6 +216,8 @@ def test_predict_labels_semantic_gives_class_ids():
 
 def test_predict_labels_instances_from_a_bare_unet():
     image = np.random.default_rng(7).random((2, 33, 35)).astype(np.float32)
-    probs, labels = drain(predict_labels(image, "ZYX", tiny_unet(), SMALL_TILES, "cpu", precision="fp32"))
+    probs, labels = drain(
+        predict_labels(image, "ZYX", tiny_unet(), SMALL_TILES, "cpu", precision="fp32")
+    )
     assert probs.shape == (3, 2, 33, 35)
     assert labels.shape == (2, 33, 35) and labels.dtype in (np.uint16, np.uint32)
