@@ -214,3 +214,13 @@ def test_large_tiffs_open_lazily(tmp_path, stack, monkeypatch):
     [(data, _, _)] = get_reader(str(plain))(str(plain))
     assert isinstance(data, np.memmap)
     assert kwargs["metadata"]["source_path"] == str(packed)
+
+
+def test_block_size_is_a_setting_in_the_advanced_section(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert widget.block_size is None  # automatic by default
+    widget.block_pixels.value = 1024
+    assert widget.block_size == 1024
+    widget.block_size = None
+    assert widget.block_pixels.value == 0 and widget.block_pixels in list(widget.advanced)

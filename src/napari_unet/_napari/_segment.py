@@ -80,14 +80,21 @@ class SegmentWidget(SegmentForm):
     Attributes:
         viewer: the viewer.
         job: the running background job (a segmentation or a re-thresholding), else ``None``.
-        block_size: core side in pixels of the blocks of blockwise runs (``None``: the
-            engine's default, about 4096 pixels with the context).
     """
+
+    @property
+    def block_size(self) -> int | None:
+        """Core side in pixels of the blocks of blockwise runs (``None``: the engine's default,
+        about 4096 pixels with the context); the "Block (px)" field, 0 meaning automatic."""
+        return int(self.block_pixels.value) or None
+
+    @block_size.setter
+    def block_size(self, value: int | None) -> None:
+        self.block_pixels.value = int(value or 0)
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.viewer = viewer
         self.job: Job | None = None
-        self.block_size: int | None = None
         self._plan: layers.RunPlan | None = None
         self._models = ModelList()
         self._kept = ProbabilityStore()

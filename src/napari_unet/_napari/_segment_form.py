@@ -94,10 +94,15 @@ class SegmentForm(Container):
             label="Seed smoothing (px)", value=0.0, min=0.0, max=20.0, step=0.5,
             tooltip="Gaussian smoothing of p(interior) before seeding",
         )  # fmt: skip
+        self.block_pixels = SpinBox(
+            label="Block (px)", value=0, min=0, max=65536, step=256,
+            tooltip="large and lazy images are predicted block by block: the side of a block; "
+            "0: automatic (about 4096 px)",
+        )  # fmt: skip
         self.advanced = Container(
             widgets=[
                 self.tile_size, self.batch_size, self.precision, self.min_seed_size,
-                self.seed_sigma,
+                self.seed_sigma, self.block_pixels,
             ],
         )  # fmt: skip
         self.run_button = PushButton(text="Run")
