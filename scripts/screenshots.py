@@ -86,7 +86,7 @@ def finetune(viewer) -> None:
 def export(viewer) -> None:
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
     widget.folder.value = tempfile.gettempdir()
-    wait(lambda: False, 0.5)
+    wait(lambda: False, 6.0)  # napari's notifications fade after a few seconds
     viewer.screenshot(str(IMAGES / "export_widget.png"), canvas_only=False)
 
 

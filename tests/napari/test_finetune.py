@@ -150,6 +150,8 @@ def test_stop_keeps_the_best_checkpoint(finetune, qtbot, isolated_models, backen
     assert load_model(output).name == "tiny-tuned"
     assert widget.last_status.step < 1000 * 2
     assert widget.trained_model == "tiny-tuned"
+    # the status line tells the outcome instead of keeping the last step's "time left"
+    assert widget.status.value.startswith("Stopped: the best model so far is saved as")
 
 
 def test_painting_during_training_does_not_reach_the_run(finetune, qtbot, isolated_models):

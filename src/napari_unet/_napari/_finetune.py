@@ -236,17 +236,18 @@ class FinetuneWidget(FinetuneForm):
     def _on_result(self, path: Any) -> None:
         if self._closed:
             return
-        show_info(f"Model {self._run_name!r} saved: {path}")
+        self._tell(f"Finished: model {self._run_name!r} saved{self._best_text()}.", show_info)
         self._publish(self._run_name)
 
     def _on_cancelled(self) -> None:
         if self._closed:
             return
         if self._saved():
-            show_info(f"Training stopped; the best model so far is saved as {self._run_name!r}.")
+            self._tell(f"Stopped: the best model so far is saved as {self._run_name!r}"
+                       f"{self._best_text()}.", show_info)
             self._publish(self._run_name)
         else:
-            show_info("Training stopped before a model was saved.")
+            self._tell("Stopped before a model was saved.", show_info)
 
     def _on_error(self, exc: BaseException) -> None:
         if self._closed:
@@ -256,9 +257,19 @@ class FinetuneWidget(FinetuneForm):
             logger.error("training failed", exc_info=exc)
         if self._saved():
             message += f" The best model so far is saved as {self._run_name!r}."
-        show_error(message)
+        self._tell(message, show_error)
         if self._saved():
             self._publish(self._run_name)
+
+    def _tell(self, message: str, notify: Any) -> None:
+        """The run's outcome, in the status line (which would otherwise keep the last step's
+        text) and as a notification."""
+        self.status.value = message
+        notify(message)
+
+    def _best_text(self) -> str:
+        best = getattr(self.last_status, "best", None) or {}
+        return f" (validation score {best['score']:.3f})" if "score" in best else ""
 
     def _on_finished(self) -> None:
         if self._closed:
