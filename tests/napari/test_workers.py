@@ -49,7 +49,7 @@ def counting(n, result=42, pause=0.0):
 
 def start(job, calls):
     handle = start_job(job, "testing", **calls.kwargs())
-    bar = handle._bar
+    bar = handle.progress.bar
     assert bar in progress._all_instances and handle.running
     return handle, bar
 

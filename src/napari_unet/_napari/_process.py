@@ -18,12 +18,12 @@ import queue
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
-from napari.utils import progress as progress_bar
 from qtpy.QtCore import QTimer
 
 from napari_unet.core.progress import Progress
 
 from ._background import ErrorReport, child_main
+from ._workers import ProgressMirror
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ class ProcessJob:
                                        daemon=True, name="napari-unet job")
         self.cancelled = False
         self._callbacks = callbacks
-        self._bar: progress_bar | None = progress_bar(total=0, desc=description)
-        self._stage = ""
-        self._done = 0
+        self.progress = ProgressMirror(description)
         self._timer = QTimer()
         self._timer.setInterval(POLL_MS)
         self._timer.timeout.connect(self._poll)
@@ -90,7 +88,7 @@ class ProcessJob:
     @property
     def running(self) -> bool:
         """True until the job has ended (returned, failed or been cancelled)."""
-        return self._bar is not None
+        return self.progress.open
 
     def cancel(self) -> None:
         """Ask the job to stop at its next progress event."""
@@ -109,20 +107,6 @@ class ProcessJob:
         if callback is not None:
             callback(*args)
 
-    def _update(self, event: Progress) -> None:
-        bar = self._bar
-        if bar is None:
-            return
-        if event.stage != self._stage or (event.total and bar.total != event.total):
-            self._stage, self._done = event.stage, 0
-            bar.total = event.total or 0
-            bar.n = 0
-        if event.total and event.done > self._done:
-            bar.update(event.done - self._done)
-            self._done = event.done
-        if event.message:
-            bar.set_description(event.message[:80])
-
     def _poll(self) -> None:
         for _ in range(EVENTS_PER_POLL):
             try:
@@ -130,7 +114,7 @@ class ProcessJob:
             except queue.Empty:
                 break
             if kind == "progress":
-                self._update(value)
+                self.progress.update(value)
                 self._call("on_progress", value)
                 continue
             self._end(kind, value)
@@ -158,9 +142,7 @@ class ProcessJob:
         self._call("on_finished")
 
     def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self.progress.close()
 
 
 def start_process_job(

@@ -33,35 +33,27 @@ class _JobFailed(Exception):
         self.original = original
 
 
-class Job:
-    """A running background job.
+class ProgressMirror:
+    """A napari progress bar that follows a job's :class:`Progress` events (a new stage or a new
+    total restarts it); used by thread and process jobs alike.
 
     Attributes:
-        worker: the napari/superqt generator worker (signals ``yielded``, ``returned``,
-            ``errored``, ``aborted``, ``finished``).
-        cancelled: True once :meth:`cancel` was called.
+        bar: the napari progress bar, ``None`` once closed.
     """
 
-    def __init__(self, worker: GeneratorWorker, bar: progress_bar) -> None:
-        self.worker = worker
-        self.cancelled = False
-        self._bar = bar
-        self._done = 0
+    def __init__(self, description: str) -> None:
+        self.bar: progress_bar | None = progress_bar(total=0, desc=description)
         self._stage = ""
-        self._outcome = False  # returned, errored or aborted was emitted
+        self._done = 0
 
     @property
-    def running(self) -> bool:
-        """True until the worker has finished (returned, failed or been cancelled)."""
-        return self._bar is not None
+    def open(self) -> bool:
+        """True until :meth:`close`."""
+        return self.bar is not None
 
-    def cancel(self) -> None:
-        """Ask the job to stop at its next progress event."""
-        self.cancelled = True
-        self.worker.quit()
-
-    def _update(self, event: Progress) -> None:
-        bar = self._bar
+    def update(self, event: Progress) -> None:
+        """Show ``event`` (ignored once closed)."""
+        bar = self.bar
         if bar is None:
             return
         if event.stage != self._stage or (event.total and bar.total != event.total):
@@ -74,10 +66,41 @@ class Job:
         if event.message:
             bar.set_description(event.message[:80])
 
+    def close(self) -> None:
+        """Close the bar (once)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class Job:
+    """A running background job.
+
+    Attributes:
+        worker: the napari/superqt generator worker (signals ``yielded``, ``returned``,
+            ``errored``, ``aborted``, ``finished``).
+        cancelled: True once :meth:`cancel` was called.
+        progress: the napari progress bar that follows the job.
+    """
+
+    def __init__(self, worker: GeneratorWorker, progress: ProgressMirror) -> None:
+        self.worker = worker
+        self.cancelled = False
+        self.progress = progress
+        self._outcome = False  # returned, errored or aborted was emitted
+
+    @property
+    def running(self) -> bool:
+        """True until the worker has finished (returned, failed or been cancelled)."""
+        return self.progress.open
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next progress event."""
+        self.cancelled = True
+        self.worker.quit()
+
     def _close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+        self.progress.close()
 
     def _mark_outcome(self, *_: object) -> None:
         self._outcome = True
@@ -115,8 +138,8 @@ def start_job(
 
     # with an error callback, errors go to it instead of being re-raised in the main thread
     worker = create_worker(run, _start_thread=False, _ignore_errors=on_error is not None)
-    handle = Job(worker, progress_bar(total=0, desc=description))
-    worker.yielded.connect(handle._update)
+    handle = Job(worker, ProgressMirror(description))
+    worker.yielded.connect(handle.progress.update)
     for signal in (worker.returned, worker.errored, worker.aborted):
         signal.connect(handle._mark_outcome)
     if on_progress is not None:
