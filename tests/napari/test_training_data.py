@@ -27,13 +27,13 @@ from napari_unet._napari._training_job import (
     TrainingInput,
     TrainRequest,
     augment_config,
-    build_pairs,
     check_model_name,
     free_name,
     preview_samples,
     training_job,
 )
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.data import training_pairs
 from napari_unet.core.errors import InputMismatchError, UserError
 from napari_unet.core.model import build_model
 from napari_unet.core.progress import Progress, drain
@@ -106,11 +106,11 @@ def test_planes_with_labels_rule_on_a_stack(sample):
     stack_labels[1], stack_labels[3] = labels, labels
     inputs, _ = collect_inputs([(Image(stack), Labels(stack_labels))], PLANES)
     assert inputs[0].mask is None and inputs[0].axes == "ZYX"
-    pairs = build_pairs(inputs, None, TINY)
+    pairs = training_pairs(inputs, None, TINY)
     assert [p.name.split(", ")[-1] for p in pairs] == ["plane 2", "plane 4"]
     # "whole layer": the unlabelled planes count as annotated background
     inputs, _ = collect_inputs([(Image(stack), Labels(stack_labels))], WHOLE)
-    assert inputs[0].mask.all() and len(build_pairs(inputs, None, TINY)) == 4
+    assert inputs[0].mask.all() and len(training_pairs(inputs, None, TINY)) == 4
 
 
 def test_shapes_mask_2d_with_scale():
@@ -157,7 +157,7 @@ def test_shapes_rule_trains_only_inside_the_shapes(sample):
     expected = np.zeros(labels.shape, bool)
     expected[10:61, 10:51] = True
     assert np.array_equal(inputs[0].mask, expected)
-    pairs = build_pairs(inputs[:1], None, TINY)
+    pairs = training_pairs(inputs[:1], None, TINY)
     assert np.array_equal(pairs[0].targets.mask, expected)
     assert not pairs[0].targets.weights[~expected].any()
     with pytest.raises(UserError, match="covers the labels"):

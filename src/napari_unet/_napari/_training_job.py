@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.data import AnnotatedImage, training_pairs
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 
@@ -36,24 +37,8 @@ _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+ -]*")
 _SUFFIX = ".safetensors"
 
 
-@dataclass(frozen=True, eq=False)
-class TrainingInput:
-    """One annotated image, copied out of the viewer.
-
-    Attributes:
-        image: the image, one axis per letter of ``axes``, any numeric dtype.
-        labels: integer labels, the image's shape without its channel axis (a copy).
-        axes: the image's axes, e.g. ``"YX"``, ``"ZYX"``, ``"YXS"``.
-        mask: bool, labels' shape: the annotated pixels; ``None`` for the default rule (a 2D
-            image is annotated everywhere, in a stack the planes that have labels are).
-        name: used in messages, e.g. the layer's name.
-    """
-
-    image: np.ndarray
-    labels: np.ndarray
-    axes: str
-    mask: np.ndarray | None = None
-    name: str = "image"
+#: One annotated image copied out of the viewer (labels copied, so painting goes on safely).
+TrainingInput = AnnotatedImage
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,36 +127,6 @@ def scratch_channels(item: TrainingInput) -> int:
     return 3 if axes.endswith("S") else 1
 
 
-def build_pairs(inputs: Sequence[TrainingInput], base: Any, model_config: Any) -> list:
-    """Training pairs (:func:`napari_unet.core.data.make_pairs`) of every input.
-
-    Args:
-        inputs: the annotated images.
-        base: the :class:`~napari_unet.core.weights.LoadedModel` to fine-tune, or ``None``.
-        model_config: the architecture of a new network (when ``base`` is ``None``).
-
-    Raises:
-        UserError: see ``make_pairs``; also when no annotated pixel belongs to an object.
-    """
-    from napari_unet.core.data import make_pairs
-    from napari_unet.core.normalize import NormalizeConfig
-
-    if base is not None:
-        in_channels, task = base.config.in_channels, base.task
-        n_classes, normalize = base.config.out_classes, base.normalize
-    else:
-        in_channels, task = model_config.in_channels, "instances"
-        n_classes, normalize = model_config.out_classes, NormalizeConfig()
-    pairs: list = []
-    for item in inputs:
-        pairs += make_pairs(item.image, item.labels, item.axes, in_channels, normalize,
-                            task=task, n_classes=n_classes, mask=item.mask, name=item.name)
-    if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
-        raise UserError("None of the annotated pixels belongs to an object (the labels are 0 "
-                        "wherever the annotated regions are): paint some objects.")
-    return pairs
-
-
 def _bar_event(event: Progress, started: float, done: int) -> Progress:
     """``event`` with ``done``/``total`` as a share of the budget (steps or time), in
     :data:`BAR_STEPS`; never below ``done``."""
@@ -209,7 +164,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path]:
         model_config = None
         if base is None:
             model_config = ModelConfig(in_channels=scratch_channels(request.inputs[0]))
-        pairs = build_pairs(request.inputs, base, model_config)
+        pairs = training_pairs(request.inputs, base, model_config, request.config.targets)
         started = time.perf_counter()
         gen = train(pairs, request.output, base=base, config=request.config,
                     device=request.device, name=request.name, model_config=model_config)

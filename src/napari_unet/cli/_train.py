@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,39 +52,16 @@ def _read_training_data(
 ) -> list:
     """Read every file and build the training pairs (all checks happen here)."""
     from napari_unet.core import io
-    from napari_unet.core.data import make_pairs
-    from napari_unet.core.errors import UserError
-    from napari_unet.core.normalize import NormalizeConfig
+    from napari_unet.core.data import AnnotatedImage, training_pairs
 
-    if base is not None:
-        in_channels, task = base.config.in_channels, base.task
-        n_classes, normalize = base.config.out_classes, base.normalize
-    else:
-        in_channels, task = model_config.in_channels, "instances"
-        n_classes, normalize = model_config.out_classes, NormalizeConfig()
-    pairs: list = []
-    for item in inputs:
-        image = io.read_image(item.image)
-        labels = read_labels(item.labels, "labels")
-        mask = read_mask(item.mask) if item.mask is not None else None
-        pairs += make_pairs(
-            image.data,
-            labels,
-            image.axes,
-            in_channels,
-            normalize,
-            task=task,
-            n_classes=n_classes,
-            mask=mask,
-            target_config=target_config,
-            name=str(item.image),
-        )
-    if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
-        raise UserError(
-            "none of the annotated pixels belongs to an object (the labels are 0 wherever the "
-            "masks are set); paint some objects"
-        )
-    return pairs
+    def annotated() -> Iterator[AnnotatedImage]:  # one file at a time, checked in order
+        for item in inputs:
+            image = io.read_image(item.image)
+            labels = read_labels(item.labels, "labels")
+            mask = read_mask(item.mask) if item.mask is not None else None
+            yield AnnotatedImage(image.data, labels, image.axes, mask, str(item.image))
+
+    return training_pairs(annotated(), base, model_config, target_config)
 
 
 def _file_state(path: Path) -> tuple[int, int] | None:

@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .errors import InputMismatchError, UserError
 from .normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
 from .targets import TargetConfig, Targets, check_labels, instance_targets, semantic_targets
+
+if TYPE_CHECKING:
+    from .config import ModelConfig
+    from .weights import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +166,65 @@ def make_pairs(
     if not pairs:
         raise UserError(f"{name} has no annotated pixel: its labels are all zero. Paint some "
                         "objects (or mark reviewed regions) before training.")
+    return pairs
+
+
+@dataclass(frozen=True, eq=False)
+class AnnotatedImage:
+    """One image with its (corrected) labels, as :func:`training_pairs` takes it.
+
+    Attributes:
+        image: the image, one axis per letter of ``axes``, any numeric dtype.
+        labels: integer labels, the image's shape without its channel axis.
+        axes: the image's axes, e.g. ``"YX"``, ``"ZYX"``, ``"YXS"``.
+        mask: bool, labels' shape: the annotated pixels; ``None`` for the default rule (see
+            :func:`make_pairs`).
+        name: used in messages.
+    """
+
+    image: np.ndarray
+    labels: np.ndarray
+    axes: str
+    mask: np.ndarray | None = None
+    name: str = "image"
+
+
+def training_pairs(
+    annotated: Iterable[AnnotatedImage],
+    base: LoadedModel | None,
+    model_config: ModelConfig | None = None,
+    target_config: TargetConfig | None = None,
+) -> list[TrainingPair]:
+    """Training pairs of every annotated image, made the way the model to train expects them.
+
+    Args:
+        annotated: the images and their labels (may be a generator: each item is made into pairs
+            before the next is taken).
+        base: the model to fine-tune (its input channels, task, classes and normalisation), or
+            ``None`` for a new instance-segmentation network of ``model_config``.
+        model_config: the architecture of a new network (when ``base`` is ``None``).
+        target_config: how labels become targets (``TrainConfig.targets``).
+
+    Raises:
+        UserError: see :func:`make_pairs`; also when, for instances, no annotated pixel belongs
+            to an object.
+    """
+    if base is not None:
+        in_channels, task = base.config.in_channels, base.task
+        n_classes, normalize = base.config.out_classes, base.normalize
+    elif model_config is not None:
+        in_channels, task = model_config.in_channels, "instances"
+        n_classes, normalize = model_config.out_classes, NormalizeConfig()
+    else:
+        raise ValueError("give the base model or the configuration of a new one")
+    pairs: list[TrainingPair] = []
+    for item in annotated:
+        pairs += make_pairs(item.image, item.labels, item.axes, in_channels, normalize,
+                            task=task, n_classes=n_classes, mask=item.mask,
+                            target_config=target_config, name=item.name)
+    if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
+        raise UserError("None of the annotated pixels belongs to an object (the labels are 0 "
+                        "wherever the annotated regions are): paint some objects.")
     return pairs
 
 
