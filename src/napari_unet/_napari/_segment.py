@@ -399,15 +399,24 @@ class SegmentWidget(SegmentForm):
         scope = ("plane", tuple(sorted(index.items()))) if index else ("stack",)
         return (image.unique_id, id(data), choice.key(), scope), index
 
-    def _make_plan(self) -> layers.RunPlan | None:
-        """What to run, or ``None`` when the user declined to replace an edited layer."""
-        key, index = self._current_key()
+    def _source(self) -> tuple[Any, ModelChoice, Any, str]:
+        """The image layer, the model, the image's full-resolution data and its axes.
+
+        Raises:
+            UserError: the model does not take the image's channels.
+        """
         image, choice = self._image_layer(), self._model_choice()
         full = full_resolution(image)
         axes = image_axes(image.metadata, full.ndim, image.rgb)
         problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
         if problem:
             raise UserError(problem)
+        return image, choice, full, axes
+
+    def _make_plan(self) -> layers.RunPlan | None:
+        """What to run, or ``None`` when the user declined to replace an edited layer."""
+        key, index = self._current_key()
+        image, choice, full, axes = self._source()
         data, data_axes = select_plane(full, axes, index) if index else (full, axes)
         shape = labels_shape(full.shape, axes)
         target = self._target(shape, bool(index))
@@ -482,12 +491,7 @@ class SegmentWidget(SegmentForm):
 
         try:
             _, index = self._current_key()
-            image, choice = self._image_layer(), self._model_choice()
-            full = full_resolution(image)
-            axes = image_axes(image.metadata, full.ndim, image.rgb)
-            problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
-            if problem:
-                raise UserError(problem)
+            image, choice, full, axes = self._source()
         except UserError as exc:
             show_warning(str(exc))
             return None
