@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_unet.core.errors import UserError
+from napari_unet.core.io import file_state
 
 from ._finetune_form import FinetuneForm
 from ._training_data import collect_inputs
@@ -36,14 +37,6 @@ def _training_threads() -> int:
     except AttributeError:
         cores = os.cpu_count() or 1
     return max(1, cores - 1)
-
-
-def _file_state(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
 
 
 class FinetuneWidget(FinetuneForm):
@@ -189,7 +182,7 @@ class FinetuneWidget(FinetuneForm):
         self.plot.clear()
         self.last_status = None
         self._run_name, self._run_output = request.name, request.output
-        self._before = _file_state(request.output)
+        self._before = file_state(request.output)
         callbacks = {"on_progress": self._on_progress, "on_result": self._on_result,
                      "on_error": self._on_error, "on_cancelled": self._on_cancelled,
                      "on_finished": self._on_finished}
@@ -230,7 +223,7 @@ class FinetuneWidget(FinetuneForm):
 
     def _saved(self) -> bool:
         """Whether this run wrote its model file."""
-        state = _file_state(self._run_output) if self._run_output is not None else None
+        state = file_state(self._run_output) if self._run_output is not None else None
         return state is not None and state != self._before
 
     def _on_result(self, path: Any) -> None:

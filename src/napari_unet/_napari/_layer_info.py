@@ -7,12 +7,11 @@ and ``"source_path"``. Layers without that metadata get axes inferred from their
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_unet.core.io import ImageData
+from napari_unet.core.io import ImageData, positive_number
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -59,19 +58,11 @@ def layer_axes(
     return infer_axes(ndim, rgb)
 
 
-def _positive(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) and number > 0 else None
-
-
 def _metadata_pixel_size(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
     size = metadata.get("pixel_size")
     if not isinstance(size, Sequence) or len(size) != 2:
         return None
-    y, x = _positive(size[0]), _positive(size[1])
+    y, x = positive_number(size[0]), positive_number(size[1])
     return (y, x) if y is not None and x is not None else None
 
 
@@ -93,7 +84,7 @@ def physical_sizes(
     spatial = axes.replace("S", "")
     values = {}
     if scale is not None and len(scale) == len(spatial):
-        values = {a: _positive(v) for a, v in zip(spatial, scale, strict=True)}
+        values = {a: positive_number(v) for a, v in zip(spatial, scale, strict=True)}
     y, x = values.get("Y"), values.get("X")
     if y is not None and x is not None and (y, x) != (1.0, 1.0):
         pixel_size = (y, x)
@@ -102,7 +93,7 @@ def physical_sizes(
     z_spacing = None
     if "Z" in spatial:
         z = values.get("Z")
-        z_spacing = z if z is not None and z != 1.0 else _positive(metadata.get("z_spacing"))
+        z_spacing = z if z is not None and z != 1.0 else positive_number(metadata.get("z_spacing"))
     return pixel_size, z_spacing
 
 

@@ -64,14 +64,6 @@ def _read_training_data(
     return training_pairs(annotated(), base, model_config, target_config)
 
 
-def _file_state(path: Path) -> tuple[int, int] | None:
-    try:
-        stat = path.stat()
-    except OSError:
-        return None
-    return stat.st_ino, stat.st_mtime_ns
-
-
 def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
     """The closing report: the model file, what was trained, validation before and after."""
     provenance = result.metadata.get("provenance") or {}
@@ -106,6 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Run ``napari-unet train``; returns the exit code (130 when interrupted)."""
     from napari_unet.core.device import describe_device
     from napari_unet.core.errors import UserError
+    from napari_unet.core.io import file_state
     from napari_unet.core.progress import drain
     from napari_unet.core.train import train
 
@@ -126,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         len(pairs),
         sum(p.annotated_pixels for p in pairs),
     )
-    before = _file_state(output)
+    before = file_state(output)
     time_only = args.max_minutes is not None and args.epochs is None
     reporter = TrainReporter(sys.stderr, None if time_only else config.epochs, not args.quiet)
     start = time.monotonic()
@@ -144,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         gen.close()
         reporter.close()
-        saved = _file_state(output)
+        saved = file_state(output)
         if saved is not None and saved != before:
             sys.stderr.write(f"\n{PROG}: interrupted; the best model so far is in {output}\n")
         else:

@@ -209,6 +209,16 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 # --------------------------------------------------------------------------------------------
 
 
+def file_state(path: str | os.PathLike[str]) -> tuple[int, int] | None:
+    """(inode, modification time in ns) of ``path``, or ``None`` when it does not exist: tells
+    whether a file was (re)written since an earlier look."""
+    try:
+        stat = Path(path).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def read_image(path: str | os.PathLike[str], memmap: bool = True) -> ImageData:
     """Read an image file with its axes and pixel size.
 
@@ -427,7 +437,8 @@ def _unit_scale(unit: Any) -> float | None:
     return _UNIT_TO_UM.get(name)
 
 
-def _positive(value: Any) -> float | None:
+def positive_number(value: Any) -> float | None:
+    """``value`` as a finite float above 0 (a pixel size, a spacing), else ``None``."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -458,7 +469,7 @@ def _ome_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | None]:
     pixels = image.get("Pixels", {}) if isinstance(image, dict) else {}
 
     def size(axis: str) -> float | None:
-        value = _positive(pixels.get(f"PhysicalSize{axis}"))
+        value = positive_number(pixels.get(f"PhysicalSize{axis}"))
         scale = _unit_scale(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
         return value * scale if value is not None and scale is not None else None
 
@@ -475,7 +486,7 @@ def _imagej_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | Non
     scale = _unit_scale(meta.get("unit"))
     pixel_size = _resolution_sizes(tif.pages.first, scale)
     z_scale = _unit_scale(meta.get("zunit", meta.get("unit")))
-    spacing = _positive(meta.get("spacing"))
+    spacing = positive_number(meta.get("spacing"))
     z_spacing = spacing * z_scale if spacing is not None and z_scale is not None else None
     return pixel_size, z_spacing
 
@@ -493,7 +504,7 @@ def _resolution_sizes(page: Any, unit_um: float | None) -> PixelSize | None:
         unit_um = _RESUNIT_TO_UM.get(int(page.resolutionunit))
         if unit_um is None:
             return None
-    xres, yres = (_positive(r) for r in page.resolution)
+    xres, yres = (positive_number(r) for r in page.resolution)
     if xres is None:
         return None
     yres = yres if yres is not None else xres
@@ -557,13 +568,13 @@ def _check_pixel_size(pixel_size: Any, z_spacing: Any) -> tuple[PixelSize | None
     size = None
     if pixel_size is not None:
         values = tuple(pixel_size) if np.ndim(pixel_size) else (pixel_size, pixel_size)
-        parsed = [_positive(v) for v in values]
+        parsed = [positive_number(v) for v in values]
         if len(parsed) != 2 or None in parsed:
             raise UserError(f"Pixel size {pixel_size!r} must be two positive numbers (y, x) in µm.")
         size = (parsed[0], parsed[1])
     spacing = None
     if z_spacing is not None:
-        spacing = _positive(z_spacing)
+        spacing = positive_number(z_spacing)
         if spacing is None:
             raise UserError(f"Z spacing {z_spacing!r} must be a positive number in µm.")
     return size, spacing

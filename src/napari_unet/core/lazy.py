@@ -44,8 +44,8 @@ from .io import (
     _is_rgb,
     _normalize_axes,
     _physical_sizes,
-    _positive,
     _unit_scale,
+    positive_number,
     read_image,
 )
 
@@ -322,7 +322,8 @@ def _scale(transforms: Any, ndim: int) -> list[float]:
         if isinstance(transform, dict) and transform.get("type") == "scale":
             values = transform.get("scale")
             if isinstance(values, list) and len(values) == ndim:
-                scale = [s * (_positive(v) or 1.0) for s, v in zip(scale, values, strict=True)]
+                scale = [s * (positive_number(v) or 1.0)
+                         for s, v in zip(scale, values, strict=True)]
     return scale
 
 
