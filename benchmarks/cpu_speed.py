@@ -87,9 +87,12 @@ def tiled(
     return run
 
 
-def end_to_end(net: UNet, raw: np.ndarray, device: torch.device) -> tuple[float, float] | None:
+def end_to_end(
+    net: UNet, raw: np.ndarray, device: torch.device, precision: str = "auto"
+) -> tuple[float, float] | None:
     """(seconds for normalisation + tiled network, seconds for instance post-processing) of the
-    raw (H, W) image, or ``None`` when the engine's predict/post-process modules are missing."""
+    raw (H, W) image at ``precision``, or ``None`` when the engine's predict/post-process modules
+    are missing."""
     import time
 
     try:
@@ -99,17 +102,17 @@ def end_to_end(net: UNet, raw: np.ndarray, device: torch.device) -> tuple[float,
         logging.warning("end to end skipped: %s", exc)
         return None
     start = time.perf_counter()
-    probs = drain(predict_probabilities(raw, "YX", net, device=device))
+    probs = drain(predict_probabilities(raw, "YX", net, device=device, precision=precision))
     middle = time.perf_counter()
     labels_from_probabilities(probs, "instances")
     return middle - start, time.perf_counter() - middle
 
 
 def best_end_to_end(
-    net: UNet, raw: np.ndarray, device: torch.device, rounds: int
+    net: UNet, raw: np.ndarray, device: torch.device, rounds: int, precision: str = "auto"
 ) -> tuple[float, float] | None:
     """Best (network, post-processing) seconds over ``rounds`` (plus one warm-up)."""
-    results = [end_to_end(net, raw, device) for _ in range(rounds + 1)][1:]
+    results = [end_to_end(net, raw, device, precision) for _ in range(rounds + 1)][1:]
     if any(r is None for r in results):
         return None
     network = min(r[0] for r in results if r is not None)
@@ -165,15 +168,17 @@ def cpu_rows(
         )
     if "bf16" not in seconds:
         notes.append("bf16: this CPU has no native bfloat16 support; not measured.")
-    e2e = best_end_to_end(net, raw, CPU, rounds)
-    if e2e is None:
-        notes.append("end to end: core.predict / core.postprocess not available; not measured.")
-    else:
+    precisions = ["fp32", "bf16"] if cpu_supports_bf16() else ["fp32"]
+    for precision in precisions:
+        e2e = best_end_to_end(net, raw, CPU, rounds, precision)
+        if e2e is None:
+            notes.append("end to end: core.predict / core.postprocess not available; not measured.")
+            break
         network, post = e2e
         total = network + post
         rows.append(
             [
-                "end to end: normalise + tiled network (fp32) + instances",
+                f"end to end: normalise + tiled network ({precision}) + instances",
                 f"{mp / total:.2f}",
                 f"{eager / total:.2f}x",
                 f"post-processing {post:.2f} s = {100 * post / total:.0f}% of {total:.2f} s",

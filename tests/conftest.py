@@ -46,3 +46,11 @@ class _Terminal(io.StringIO):
 def terminal() -> io.StringIO:
     """A text stream that says it is an interactive terminal (what it got: ``getvalue()``)."""
     return _Terminal()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests under ``tests/napari`` open a real viewer: mark them ``gui`` (``-m "not gui"``
+    runs everything that needs no screen)."""
+    for item in items:
+        if "napari" in item.path.parts[-2:-1]:
+            item.add_marker(pytest.mark.gui)

@@ -6,10 +6,11 @@ for inference on one device: BatchNorm folded into the convolutions, channels-la
 ``torch.inference_mode`` and, on CUDA, autocast (bfloat16 where the card supports it, else
 float16) with cuDNN autotuning.
 
-Precision on the CPU defaults to float32: bfloat16 autocast is about twice as fast on CPUs with
-AMX/AVX-512-BF16, but its class probabilities differ from float32 by up to about 0.01 (measured on
-a trained default network), more than the 0.001 that tiled inference promises, so it is opt-in
-(``precision="bf16"``). See ``docs/benchmarks.md``.
+Precision ``"auto"`` on the CPU is bfloat16 autocast on CPUs with native bfloat16 instructions
+(AMX/AVX-512-BF16), where it runs about twice as fast as float32 with the same AP on the shipped
+sample and synthetic images, and float32 on every other CPU. Its class probabilities differ from
+float32 by up to about 0.01, so tests and comparisons that need exact values ask for
+``precision="fp32"``. See ``docs/benchmarks.md`` (precision).
 """
 
 from __future__ import annotations

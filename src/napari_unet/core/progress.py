@@ -35,7 +35,8 @@ class Progress:
         done: units finished so far (tiles, planes, steps).
         total: units in all (0 when unknown).
         message: a short human-readable line.
-        payload: optional extra data (e.g. the tile just written), never required by consumers.
+        payload: extra data for consumers that need it (e.g. the plane or block just finished, so
+            a viewer can redraw it); ``None`` when there is none.
     """
 
     stage: str
