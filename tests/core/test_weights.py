@@ -311,8 +311,11 @@ def test_missing_path(tmp_path):
 def test_default_model_missing_says_so(models_dir, monkeypatch, tmp_path):
     monkeypatch.setattr(weights, "builtin_models_dir", lambda: tmp_path / "no-builtin")
     for value in (None, "", DEFAULT_MODEL):
-        with pytest.raises(ModelNotFoundError, match=r"starter.*not installed.*--model PATH"):
+        with pytest.raises(ModelNotFoundError, match=r"starter.*not installed") as caught:
             resolve_model(value)
+        # core names no command-line flag; the interface words the hint
+        assert "--" not in str(caught.value)
+        assert caught.value.hint is not None and caught.value.hint.setting == "model"
 
 
 def test_default_model_found_in_user_folder(models_dir, monkeypatch, tmp_path):

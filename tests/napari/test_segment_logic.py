@@ -36,7 +36,7 @@ from napari_unet._napari._segment_logic import (
 from napari_unet._napari._segment_models import ModelList, model_summary, model_tiling
 from napari_unet.core import io
 from napari_unet.core.config import ModelConfig, TilingConfig
-from napari_unet.core.errors import InputMismatchError, ModelFileError, UserError
+from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, UserError
 from napari_unet.core.model import build_model
 from napari_unet.core.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.predict import predict_probabilities
@@ -133,6 +133,11 @@ def test_messages_for_counts_and_errors():
     assert count_text(np.array([[0, 1]]), "instances") == "1 object"
     assert count_text(np.array([[0, 2], [2, 0]]), "semantic") == "1 class"
     assert error_message(ModelFileError("m.safetensors: corrupt"), "X") == "m.safetensors: corrupt"
+    # a hint is worded for the widget, not with a command-line flag
+    no_gpu = UserError("Device 'cuda' is not available: no GPU.", hint=Hint("device", "cpu"))
+    assert error_message(no_gpu, "X") == (
+        "Device 'cuda' is not available: no GPU; choose the cpu device under Advanced settings"
+    )
     assert "ran out of memory" in error_message(MemoryError(), "Segmentation")
     assert error_message(KeyError("k"), "Segmentation") == (
         "Segmentation failed (KeyError: 'k'). Details are in the log."

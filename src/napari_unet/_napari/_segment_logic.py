@@ -248,6 +248,13 @@ def count_text(labels: np.ndarray, task: str) -> str:
     return f"{classes} class{'es' if classes != 1 else ''}"
 
 
+#: How the widgets word a :class:`~napari_unet.core.errors.Hint`, by setting.
+_GUI_HINTS = {
+    "device": "choose the {value} device under Advanced settings",
+    "model": "choose 'Load from file...' in the model list",
+}
+
+
 def error_message(exc: BaseException, what: str) -> str:
     """The notification for a failed job: a :class:`UserError`'s message as it is; out of memory
     with advice; anything else in short (the caller logs its traceback).
@@ -260,7 +267,8 @@ def error_message(exc: BaseException, what: str) -> str:
     from napari_unet.core.errors import UserError
 
     if isinstance(exc, UserError):
-        return str(exc)
+        hint = _GUI_HINTS.get(exc.hint.setting) if exc.hint is not None else None
+        return f"{str(exc).rstrip('.')}; {hint.format(value=exc.hint.value)}" if hint else str(exc)
     if isinstance(exc, MemoryError) or is_out_of_memory(exc):
         return (
             f"{what} ran out of memory: choose a smaller tile size or batch under Advanced "

@@ -60,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except UsageError as exc:
-        error(str(exc))
+        error(cli_message(exc))
         return 2
     except SystemExit as exc:  # --help and --version
         return exc.code if isinstance(exc.code, int) else 0
@@ -80,6 +80,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         package_logger.setLevel(old_level)
 
 
+#: How the command line words a :class:`~napari_unet.core.errors.Hint`, by setting.
+_CLI_HINTS = {"device": "use --device {value}", "model": "pass a model file with --model PATH"}
+
+
+def cli_message(exc: Exception) -> str:
+    """A user error's message with its hint in command-line words (``...; use --device cpu``)."""
+    message = str(exc).rstrip(".")
+    hint = getattr(exc, "hint", None)
+    wording = _CLI_HINTS.get(hint.setting) if hint is not None else None
+    if wording is None:
+        return str(exc)
+    return f"{message}; {wording.format(value=hint.value)}"
+
+
 def _run(args: argparse.Namespace, debug: bool) -> int:
     from napari_unet.core.errors import UserError
 
@@ -88,7 +102,7 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
     except UserError as exc:
         if debug:
             traceback.print_exc()
-        error(str(exc))
+        error(cli_message(exc))
         return 2
     except KeyboardInterrupt:
         sys.stderr.write(f"\n{PROG}: interrupted\n")

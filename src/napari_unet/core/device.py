@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import UserError
+from .errors import Hint, UserError
 from .model import UNet, fuse_for_inference
 
 logger = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         if not _mps_available():
             raise UserError(
                 f"Device {text!r} is not available: MPS needs an Apple-silicon Mac with a PyTorch "
-                "build that supports it; use --device cpu."
+                "build that supports it.",
+                hint=Hint("device", "cpu"),
             )
         return torch.device("mps")
     return _resolve_cuda(text, None if index is None else int(index))
@@ -86,7 +87,7 @@ def _resolve_cuda(text: str, index: int | None) -> torch.device:
                 reason += f" ({hint})"
         else:
             reason = "no CUDA GPU was found (check the NVIDIA driver)"
-        raise UserError(f"Device {text!r} is not available: {reason}; use --device cpu.")
+        raise UserError(f"Device {text!r} is not available: {reason}.", hint=Hint("device", "cpu"))
     if index is not None and index >= torch.cuda.device_count():
         raise UserError(
             f"Device {text!r} is not available: this machine has "

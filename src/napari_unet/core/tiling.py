@@ -28,7 +28,7 @@ import torch
 
 from .config import ModelConfig, TilingConfig
 from .device import is_out_of_memory
-from .errors import UserError
+from .errors import Hint, UserError
 from .model import receptive_radius
 from .progress import Progress
 
@@ -331,7 +331,8 @@ def predict_tiled(
             if smaller is None:
                 raise UserError(
                     f"The device ran out of memory even with one {core} px tile per batch; "
-                    "use a smaller network or --device cpu."
+                    "use a smaller network or the CPU.",
+                    hint=Hint("device", "cpu"),
                 ) from oom.__cause__
             logger.warning(
                 "out of device memory with %d tile(s) of %d px per batch; "

@@ -44,7 +44,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import ModelConfig, TilingConfig, from_dict, to_dict
-from .errors import ModelFileError, ModelNotFoundError, UserError
+from .errors import Hint, ModelFileError, ModelNotFoundError, UserError
 from .io import atomic_path
 from .model import UNet
 
@@ -556,7 +556,8 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     if text == DEFAULT_MODEL:
         raise ModelNotFoundError(
             f"the built-in '{DEFAULT_MODEL}' model is not installed in this version of "
-            "napari-unet; pass a model file with --model PATH"
+            "napari-unet",
+            hint=Hint("model"),
         )
     names = sorted({entry.name for entry in list_models()})
     available = ", ".join(names) if names else "none"
