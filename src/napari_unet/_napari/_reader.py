@@ -35,7 +35,7 @@ import numpy as np
 import tifffile
 
 from napari_unet._napari._layer_info import LayerData, display_name, layer_data
-from napari_unet.core.io import LABELS_SOFTWARE, ImageData, read_image
+from napari_unet.core.io import LABELS_SOFTWARE, ImageData, available_memory, read_image
 from napari_unet.core.lazy import is_zarr_path, open_lazy
 
 logger = logging.getLogger(__name__)
@@ -119,12 +119,8 @@ def opens_lazily(path: PathLike, available: int | None = None) -> bool:
 
 
 def _available_memory() -> int:
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except (ImportError, OSError):
-        return 8 * 1024**3
+    """Bytes of memory available now (:func:`core.io.available_memory`), 8 GiB when unknown."""
+    return available_memory() or 8 * 1024**3
 
 
 def _zarr_labels(path: PathLike) -> bool:

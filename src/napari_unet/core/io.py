@@ -327,7 +327,7 @@ def _check_size(path: Path, series: tifffile.TiffPageSeries, in_memory: bool) ->
             f"Cannot read image '{path}': the file is corrupt (its header claims "
             f"{_gib(nbytes)} of pixels, more than its {_gib(file_size)} can hold)."
         )
-    available = _available_memory()
+    available = available_memory()
     if in_memory and available is not None and nbytes > available:
         raise ImageReadError(
             f"Cannot read image '{path}': its pixels need {_gib(nbytes)} of memory but only "
@@ -343,7 +343,7 @@ def _gib(nbytes: float) -> str:
     return f"{int(nbytes)} bytes"
 
 
-def _available_memory() -> int | None:
+def available_memory() -> int | None:
     """Bytes of memory available now (Linux: MemAvailable), or None when unknown."""
     try:
         with open("/proc/meminfo") as fh:
