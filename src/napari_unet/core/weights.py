@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +97,8 @@ def new_metadata(
     data_hashes: list[str] | None = None,
     settings: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    pixel_size: Sequence[float] | None = None,
+    object_diameter: float | None = None,
 ) -> dict[str, Any]:
     """Metadata for a new model file (see the module docstring for the layout).
 
@@ -112,6 +114,10 @@ def new_metadata(
         data_hashes: hashes of the training images and labels.
         settings: training settings (JSON-ready).
         metrics: validation metrics (JSON-ready).
+        pixel_size: pixel size of the training data in µm, ``[y, x]`` (``[z, y, x]`` in 3D),
+            stored as ``"pixel_size_um"``; ``None`` when unknown.
+        object_diameter: median object diameter in the training data, in its pixels, stored as
+            ``"object_diameter_px"``; ``None`` when unknown.
 
     Returns:
         A JSON-ready dict, validated as :func:`load_model` would.
@@ -137,6 +143,10 @@ def new_metadata(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+    if pixel_size is not None:
+        metadata["pixel_size_um"] = [float(v) for v in pixel_size]
+    if object_diameter is not None:
+        metadata["object_diameter_px"] = float(object_diameter)
     validate_metadata(metadata, "new model")
     return metadata
 
@@ -270,6 +280,30 @@ class LoadedModel:
         except (TypeError, ValueError):
             logger.warning("%s: invalid default tiling %r, ignored", self.name, raw)
             return None
+
+    @property
+    def pixel_size(self) -> tuple[float, ...] | None:
+        """Pixel size of the training data in µm, ``(y, x)`` (``(z, y, x)`` for 3D models), or
+        ``None`` when the model does not record it."""
+        raw = self.metadata.get("pixel_size_um")
+        if raw is None:
+            return None
+        try:
+            values = tuple(float(v) for v in raw)
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) not in (2, 3) or not all(np.isfinite(v) and v > 0 for v in values):
+            logger.warning("%s: invalid pixel_size_um %r, ignored", self.name, raw)
+            return None
+        return values
+
+    @property
+    def object_diameter(self) -> float | None:
+        """Median object diameter of the training data in its pixels, or ``None``."""
+        raw = self.metadata.get("object_diameter_px")
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and np.isfinite(raw):
+            return float(raw) if raw > 0 else None
+        return None
 
     @classmethod
     def from_model(cls, model: UNet, **metadata_kwargs: Any) -> LoadedModel:
@@ -492,6 +526,7 @@ class ModelEntry:
                 },
                 "normalize": meta.get("normalize"),
                 "tiling": meta.get("tiling"),
+                "pixel_size_um": meta.get("pixel_size_um"),
                 "parent": prov.get("parent"),
                 "metrics": prov.get("metrics"),
                 "version": prov.get("version"),
