@@ -210,7 +210,7 @@ def _predict_one(
     from napari_unet.core.postprocess import postprocess
     from napari_unet.core.predict import predict_probabilities
     from napari_unet.core.progress import drain
-    from napari_unet.core.rescale import choose_scale
+    from napari_unet.core.rescale import choose_scale, scaled_postprocess
 
     start = time.monotonic()
     image = io.read_image(source)
@@ -228,6 +228,7 @@ def _predict_one(
                                   args.precision, scale=scale),
             reporter,
         )
+        post = scaled_postprocess(post, scale)
         labels = drain(postprocess(probs, loaded.task, post), reporter)
     finally:
         reporter.close()

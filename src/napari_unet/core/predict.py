@@ -200,5 +200,6 @@ def predict_labels(
     probs = yield from predict_probabilities(
         image, axes, model, tiling, device, precision, scale=scale
     )
+    postprocess = rescale.scaled_postprocess(postprocess, scale)
     labels = yield from labels_generator(probs, task, postprocess)
     return probs, labels

@@ -29,6 +29,7 @@ from .errors import UserError
 from .progress import Progress
 
 if TYPE_CHECKING:
+    from .postprocess import PostprocessConfig
     from .weights import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -125,6 +126,32 @@ def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
         out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False,
                             antialias=shrinking)  # fmt: skip
     return out[0].numpy()
+
+
+def scaled_postprocess(config: PostprocessConfig | None, scale: Sequence[float] | None) -> Any:
+    """``config`` with its object and seed sizes counted in the network's pixels, for labels
+    made from probabilities mapped back by ``scale``; a size is never below the one given.
+
+    An image enlarged 2x holds objects 4x the area the network saw, so the noise that
+    ``min_size`` removes is 4x larger too; on a shrunk image the sizes given are kept (smaller
+    ones keep fragments of the interpolation as objects).
+    """
+    from dataclasses import replace
+
+    from .postprocess import PostprocessConfig
+
+    config = config or PostprocessConfig()
+    if is_identity(scale):
+        return config
+    area = 1.0 / (float(scale[0]) * float(scale[1]))  # image pixels per network pixel
+    if area <= 1.0:
+        return config
+    return replace(
+        config,
+        min_size=max(config.min_size, round(config.min_size * area)),
+        min_seed_size=max(config.min_seed_size, round(config.min_seed_size * area)),
+        seed_sigma=config.seed_sigma * math.sqrt(area),
+    )
 
 
 def predict_plane_rescaled(
