@@ -25,14 +25,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, machine_description, markdown_table, update_section  # noqa: E402
-
-from napari_unet.core import io  # noqa: E402
-from napari_unet.core.metrics import evaluate  # noqa: E402
-from napari_unet.core.predict import predict_labels  # noqa: E402
-from napari_unet.core.progress import drain  # noqa: E402
-from napari_unet.core.rescale import RescaleConfig, choose_scale  # noqa: E402
-from napari_unet.core.weights import get_model  # noqa: E402
+from _common import command_line, machine_description, markdown_table, update_section
+from napari_unet.core import io
+from napari_unet.core.metrics import evaluate
+from napari_unet.core.predict import predict_labels
+from napari_unet.core.progress import drain
+from napari_unet.core.rescale import RescaleConfig, choose_scale
+from napari_unet.core.weights import get_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "src" / "napari_unet" / "samples"
 
@@ -111,7 +110,8 @@ without a pixel size, rescaled from the object diameter a first pass estimates
 
 Rescaled from the pixel size, the AP50 differs from the original's by {gaps}.
 
-Machine: {machine_description()}.  
+Machine: {machine_description()}.
+
 Command: `{command_line()}`
 """
     print(body)
