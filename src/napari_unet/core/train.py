@@ -261,6 +261,11 @@ def train(
         The best model (as saved in ``output``).
     """
     config = config or TrainConfig()
+    if base is not None and base.metadata.get("trainable") is False:
+        from .errors import UserError
+
+        raise UserError(f"{base.name} is a bioimage.io package of another architecture: it can "
+                        "only predict; fine-tuning needs a napari-unet model")  # fmt: skip
     output = Path(output).expanduser()
     if output.suffix != ".safetensors":  # as save_model names it, so the result can be read back
         output = output.with_name(output.name + ".safetensors")

@@ -54,6 +54,7 @@ FORMAT = "napari-unet"
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_unet"
 SUFFIX = ".safetensors"
+PACKAGE_SUFFIX = ".zip"  # bioimage.io packages put in the model folder by import-model
 DEFAULT_MODEL = "starter"
 MODELS_ENV = "NAPARI_UNET_MODELS"
 TASKS = ("instances", "semantic")
@@ -440,6 +441,12 @@ def load_model(path: str | Path) -> LoadedModel:
             napari-unet metadata, or its tensors do not match its architecture.
     """
     path = Path(path).expanduser()
+    from .bioimageio import is_package
+
+    if is_package(path):  # a bioimage.io package (.zip or rdf.yaml)
+        from .bioimageio.load import load_package
+
+        return load_package(path)
     metadata = read_metadata(path)
     config = validate_metadata(metadata, path)
     try:
@@ -547,6 +554,13 @@ def _entries(folder: Path, builtin: bool) -> list[ModelEntry]:
             entries.append(ModelEntry(path.stem, path, builtin, read_metadata(path)))
         except (ModelFileError, ModelNotFoundError, OSError) as exc:
             entries.append(ModelEntry(path.stem, path, builtin, None, str(exc)))
+    for path in sorted(folder.glob(f"[!.]*{PACKAGE_SUFFIX}")):
+        from .bioimageio.load import package_summary
+
+        try:
+            entries.append(ModelEntry(path.stem, path, builtin, package_summary(path)))
+        except (UserError, OSError) as exc:
+            entries.append(ModelEntry(path.stem, path, builtin, None, str(exc)))
     return entries
 
 
@@ -559,7 +573,8 @@ def list_models() -> list[ModelEntry]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith(SUFFIX) or "/" in text or os.sep in text or text.startswith((".", "~"))
+    suffixes = (SUFFIX, PACKAGE_SUFFIX, ".yaml")
+    return text.endswith(suffixes) or "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:
@@ -585,9 +600,10 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
             raise ModelNotFoundError(f"{candidate} is a folder, not a model file")
         raise ModelNotFoundError(f"model file {candidate} does not exist")
     for folder in (builtin_models_dir(), user_models_dir()):
-        path = folder / f"{text}{SUFFIX}"
-        if path.is_file():
-            return path
+        for suffix in (SUFFIX, PACKAGE_SUFFIX):  # a model file, else an imported package
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return path
     if text == DEFAULT_MODEL:
         raise ModelNotFoundError(
             f"the built-in '{DEFAULT_MODEL}' model is not installed in this version of "
