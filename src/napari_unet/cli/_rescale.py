@@ -64,3 +64,26 @@ def rescale_config(args: argparse.Namespace) -> Any:
         diameter=getattr(args, "diameter", None),
         pixel_size=getattr(args, "pixel_size", None),
     )
+
+
+def training_pixel_size(sizes: list[Any]) -> tuple[float, float] | None:
+    """The pixel size a model trained on images of ``sizes`` ((y, x) in µm, or ``None``)
+    records: theirs when all the images that have one agree, else their median (with a
+    warning); ``None`` when none has one (the base model's is kept)."""
+    from napari_unet.cli._common import logger
+
+    known = [tuple(float(v) for v in s) for s in sizes if s is not None]
+    if not known:
+        return None
+    if len(set(known)) > 1:
+        values = sorted(known)
+        chosen = values[len(values) // 2]
+        logger.warning(
+            "the training images have different pixel sizes (%s); the model records %s µm",
+            ", ".join(f"{y:g} x {x:g}" for y, x in values),
+            f"{chosen[0]:g} x {chosen[1]:g}",
+        )
+        return chosen
+    if len(known) < len(sizes):
+        logger.warning("some training images have no pixel size; the model records the others'")
+    return known[0]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -242,7 +243,9 @@ class PackageNet(nn.Module):
         super().__init__()
         if isinstance(module, torch.jit.ScriptModule):
             # weights become constants: nothing to train, and no parameters for callers to touch
-            module = torch.jit.freeze(module.eval())
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.freeze(module.eval())
         self.module = module
         self.layout = layout
 

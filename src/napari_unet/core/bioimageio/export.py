@@ -118,6 +118,8 @@ def _write_weights(loaded: LoadedModel, folder: Path, example: np.ndarray, onnx:
     with torch.inference_mode(), warnings.catch_warnings():
         # sizes are multiples of the stride: the padding branch that tracing fixes is never taken
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # torch 2.13 deprecates TorchScript, which is what deepImageJ and QuPath run
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(net, torch.from_numpy(example), check_trace=False)
     traced.save(str(files["torchscript"]))
     if onnx:

@@ -26,6 +26,7 @@ import io
 import logging
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,9 @@ def _foreign(descr: Any, path: Path) -> Any | None:
     weights = descr.weights
     if weights.torchscript is not None:
         try:
-            module = torch.jit.load(io.BytesIO(_read(weights.torchscript)), map_location="cpu")
+            with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = torch.jit.load(io.BytesIO(_read(weights.torchscript)), map_location="cpu")
         except Exception as exc:
             raise ModelFileError(f"{path}: the TorchScript weights cannot be read ({exc})") from exc
         kind = "torchscript"
