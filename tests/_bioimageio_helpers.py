@@ -76,7 +76,7 @@ def foreign_package(folder: Path, weights: str = "torchscript") -> Path:
     """A package made as another tool would make it: the :class:`Blob` network, input ``image``
     (scale_range 0-100 %), output ``cells`` with a sigmoid, written to ``folder/foreign.zip``.
 
-    ``weights``: ``"torchscript"``, or ``"file_architecture"`` (a state dict whose network is a
+    ``weights``: ``"torchscript"``, ``"onnx"``, or ``"file_architecture"`` (a state dict whose network is a
     Python file in the package), or ``"pickle"`` (a whole pickled network as a state dict of
     napari-unet's own architecture).
     """
@@ -93,7 +93,19 @@ def foreign_package(folder: Path, weights: str = "torchscript") -> Path:
     np.save(folder / "out.npy", test_output)
     (folder / "README.md").write_text("# Blob\n\nA test network.\n")
     version = v0_5.Version(torch.__version__.split("+")[0])
-    if weights == "torchscript":
+    if weights == "onnx":
+        torch.onnx.export(
+            net,
+            (torch.from_numpy(test_input),),
+            str(folder / "blob.onnx"),
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h", 3: "w"}},
+        )
+        entry = {"onnx": v0_5.OnnxWeightsDescr(source=folder / "blob.onnx", opset_version=17)}
+    elif weights == "torchscript":
         torch.jit.script(net).save(str(folder / "blob.pt"))
         entry = {
             "torchscript": v0_5.TorchscriptWeightsDescr(

@@ -161,6 +161,18 @@ def test_a_foreign_torchscript_package_predicts_semantic_labels(tmp_path, capsys
     assert "blob" in capsys.readouterr().out
 
 
+def test_a_foreign_onnx_package_runs_through_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    ts = get_model(str(foreign_package(tmp_path / "ts", "torchscript")))
+    onnx = get_model(str(foreign_package(tmp_path / "onnx", "onnx")))
+    assert onnx.metadata["source"]["weights"] == "onnx"
+    image = np.random.default_rng(1).random((40, 56)).astype(np.float32)
+    a, _ = drain(predict_labels(image, "YX", ts, device="cpu"))
+    b, _ = drain(predict_labels(image, "YX", onnx, device="cpu"))
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     ("weights", "reason"),
     [("file_architecture", "run that file's code"), ("pickle", "pickled")],

@@ -154,6 +154,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
     if special is not None:
+        if args.diameter is not None or args.pixel_size is not None:
+            logger.warning("blockwise and cluster runs do not rescale: --diameter and "
+                           "--pixel-size are ignored")  # fmt: skip
         return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")

@@ -134,6 +134,13 @@ def _export_onnx(net: torch.nn.Module, example: np.ndarray, path: Path) -> None:
     except ImportError as exc:
         raise UserError("ONNX weights need the onnx package: pip install onnx onnxscript") from exc
     dynamic = {"input": {0: "batch", 2: "y", 3: "x"}, "output": {0: "batch", 2: "y", 3: "x"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _onnx_export(net, example, path, dynamic)
+
+
+def _onnx_export(net: torch.nn.Module, example: np.ndarray, path: Path, dynamic: dict) -> None:
     torch.onnx.export(
         net, (torch.from_numpy(example),), str(path), input_names=["input"],
         output_names=["output"], opset_version=ONNX_OPSET, dynamic_axes=dynamic, dynamo=False,
