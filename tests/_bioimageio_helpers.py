@@ -74,11 +74,12 @@ def _axes(v0_5, channel_names: list[str], output: bool, halo: int = 0) -> list:
 
 def foreign_package(folder: Path, weights: str = "torchscript") -> Path:
     """A package made as another tool would make it: the :class:`Blob` network, input ``image``
-    (scale_range 0-100 %), output ``cells`` with a sigmoid, written to ``folder/foreign.zip``.
+    (scale_range 0-100 %), output ``cells`` with a sigmoid, written to
+    ``folder/foreign_WEIGHTS.zip``.
 
-    ``weights``: ``"torchscript"``, ``"onnx"``, or ``"file_architecture"`` (a state dict whose network is a
-    Python file in the package), or ``"pickle"`` (a whole pickled network as a state dict of
-    napari-unet's own architecture).
+    ``weights``: ``"torchscript"``, ``"onnx"``, ``"file_architecture"`` (a state dict whose
+    network is a Python file in the package), or ``"pickle"`` (a whole pickled network as a
+    state dict of napari-unet's own architecture).
     """
     from bioimageio.spec import save_bioimageio_package
 

@@ -11,18 +11,17 @@ import pytest
 
 pytest.importorskip("bioimageio.core")
 
-from _bioimageio_helpers import foreign_package, tiny_model  # noqa: E402
-
-from napari_unet.cli import main  # noqa: E402
-from napari_unet.core.bioimageio.export import export_model  # noqa: E402
-from napari_unet.core.data import make_pairs  # noqa: E402
-from napari_unet.core.errors import ModelFileError, UserError  # noqa: E402
-from napari_unet.core.io import read_image, write_image  # noqa: E402
-from napari_unet.core.predict import predict_labels  # noqa: E402
-from napari_unet.core.progress import drain  # noqa: E402
-from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image  # noqa: E402
-from napari_unet.core.train import TrainConfig, train  # noqa: E402
-from napari_unet.core.weights import get_model, list_models, save_model  # noqa: E402
+from _bioimageio_helpers import foreign_package, tiny_model
+from napari_unet.cli import main
+from napari_unet.core.bioimageio.export import export_model
+from napari_unet.core.data import make_pairs
+from napari_unet.core.errors import ModelFileError, UserError
+from napari_unet.core.io import read_image, write_image
+from napari_unet.core.predict import predict_labels
+from napari_unet.core.progress import drain
+from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
+from napari_unet.core.train import TrainConfig, train
+from napari_unet.core.weights import get_model, list_models, save_model
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -192,4 +191,3 @@ def test_a_package_that_is_not_one_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"not a zip")
     assert main(["import-model", str(bad)]) == 2
     assert "not a valid bioimage.io model package" in capsys.readouterr().err
-
