@@ -152,6 +152,8 @@ def test_a_foreign_torchscript_package_predicts_semantic_labels(tmp_path, capsys
     assert main(["predict", str(tmp_path / "img.tif"), "-o", str(out), "--model", str(package),
                  "-q"]) == 0  # fmt: skip
     assert read_image(out).data.max() == 1
+    assert main(["export-model", str(package), "-o", str(tmp_path / "again.zip"), "-q"]) == 2
+    assert "only napari-unet's own networks" in capsys.readouterr().err
     assert main(["import-model", str(package), "--name", "blob", "-q"]) == 0
     listed = {entry.name: entry for entry in list_models()}
     assert listed["blob"].path.suffix == ".zip" and listed["blob"].error is None
@@ -191,3 +193,17 @@ def test_a_package_that_is_not_one_is_a_clear_error(tmp_path, capsys):
     bad.write_bytes(b"not a zip")
     assert main(["import-model", str(bad)]) == 2
     assert "not a valid bioimage.io model package" in capsys.readouterr().err
+
+
+def test_without_the_extra_the_message_says_what_to_install(tmp_path, monkeypatch, capsys):
+    import sys
+
+    for name in ("bioimageio.spec", "bioimageio.spec.model", "bioimageio.core"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    out = tmp_path / "s.zip"
+    assert main(["export-model", "starter", "-o", str(out), "--author", "A"]) == 2
+    assert "napari-unet[bioimageio]" in capsys.readouterr().err
+    assert not out.exists()
+    (tmp_path / "p.zip").write_bytes(b"PK")
+    assert main(["import-model", str(tmp_path / "p.zip")]) == 2
+    assert "napari-unet[bioimageio]" in capsys.readouterr().err

@@ -470,9 +470,10 @@ def export_model(
         UserError: the extra is not installed, no author, or the package fails the test (then
             nothing is written).
     """
-    from bioimageio.spec import save_bioimageio_package
-
     from ..io import atomic_path
+
+    _spec()  # a clear message when the extra is missing
+    from bioimageio.spec import save_bioimageio_package
 
     output = Path(output).expanduser()
     if output.suffix.lower() != ".zip":
