@@ -26,6 +26,10 @@ from napari_unet.core.synthetic import make_image, random_config
 from napari_unet.core.train import TrainConfig, train
 from napari_unet.core.weights import load_model, new_metadata, save_model
 
+#: The pixel size (µm) the starter's data stands for: the synthetic nuclei are drawn at the size
+#: of nuclei at 0.5 µm/px, as in the shipped sample images.
+PIXEL_SIZE = (0.5, 0.5)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                          val_fraction=0.1, seed=args.seed, freeze_batchnorm=False)
     base = load_model(args.resume) if args.resume else None
     gen = train(pairs, args.output, base=base, config=config, device=args.device,
-                name="starter", model_config=ModelConfig(), normalize=normalize)
+                name="starter", model_config=ModelConfig(), normalize=normalize,
+                pixel_size=PIXEL_SIZE)
     drain(gen, lambda e: logging.info(e.message) if e.payload.kind != "step" else None)
 
     # record the recipe (every stage, when resumed) in the shipped file
@@ -73,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                   "recipe": recipe,
                   "data": "synthetic nuclei and cells (napari_unet.core.synthetic.random_config)"},
         metrics=provenance["metrics"],
+        pixel_size=PIXEL_SIZE, object_diameter=model.object_diameter,
     )
     metadata["description"] = ("Starter model for fluorescence nuclei and cells, trained from "
                                "scratch on synthetic images; fine-tune it on your own data.")

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from napari_unet import __version__
 from napari_unet.cli._common import DEBUG_ENV, PROG, Parser, UsageError, error, one_line
 from napari_unet.cli._evaluate import add_evaluate, cmd_evaluate
+from napari_unet.cli._export_model import add_export_model, cmd_export_model
+from napari_unet.cli._import_model import add_import_model, cmd_import_model
 from napari_unet.cli._models import add_models, cmd_models
 from napari_unet.cli._predict import add_predict, cmd_predict
 from napari_unet.cli._train import cmd_train
@@ -39,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub, common).set_defaults(func=cmd_evaluate)
     add_train(sub, common).set_defaults(func=cmd_train)
     add_models(sub, common).set_defaults(func=cmd_models)
+    add_export_model(sub, common).set_defaults(func=cmd_export_model)
+    add_import_model(sub, common).set_defaults(func=cmd_import_model)
     return parser
 
 

@@ -28,6 +28,7 @@ from napari_unet.cli._paths import (
     output_paths,
 )
 from napari_unet.cli._progress import ProgressReporter
+from napari_unet.cli._rescale import add_rescale_options, rescale_config
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -110,6 +111,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         metavar="P",
         help="probability of foreground within which objects grow (default 0.5)",
     )
+    add_rescale_options(p)
     add_blockwise_options(p)
     return p
 
@@ -152,6 +154,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
     if special is not None:
+        if args.diameter is not None or args.pixel_size is not None:
+            logger.warning("blockwise and cluster runs do not rescale: --diameter and "
+                           "--pixel-size are ignored")  # fmt: skip
         return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
@@ -208,17 +213,25 @@ def _predict_one(
     from napari_unet.core.postprocess import postprocess
     from napari_unet.core.predict import predict_probabilities
     from napari_unet.core.progress import drain
+    from napari_unet.core.rescale import choose_scale, scaled_postprocess
 
     start = time.monotonic()
     image = io.read_image(source)
     axes = _output_axes(image.axes)
     reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
     try:
+        scale = drain(
+            choose_scale(image.data, image.axes, loaded, image.pixel_size, rescale_config(args),
+                         tiling=tiling, device=device, precision=args.precision,
+                         postprocess=post),
+            reporter,
+        )  # fmt: skip
         probs = drain(
             predict_probabilities(image.data, image.axes, loaded, tiling, device,
-                                  args.precision),
+                                  args.precision, scale=scale),
             reporter,
         )
+        post = scaled_postprocess(post, scale)
         labels = drain(postprocess(probs, loaded.task, post), reporter)
     finally:
         reporter.close()

@@ -13,6 +13,7 @@ from napari_unet.cli._common import PROG, chosen_device, format_metrics, given, 
 from napari_unet.cli._paths import check_not_an_input, model_output
 from napari_unet.cli._progress import TrainReporter
 from napari_unet.cli._readers import read_labels, read_mask
+from napari_unet.cli._rescale import training_pixel_size
 from napari_unet.cli._train_options import SCRATCH, TrainingInput, train_config, training_inputs
 
 
@@ -49,19 +50,23 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
 
 def _read_training_data(
     inputs: Sequence[TrainingInput], base: Any, model_config: Any, target_config: Any
-) -> list:
-    """Read every file and build the training pairs (all checks happen here)."""
+) -> tuple[list, Any]:
+    """Read every file and build the training pairs (all checks happen here); also the pixel
+    size of the images (see :func:`training_pixel_size`)."""
     from napari_unet.core import io
     from napari_unet.core.data import AnnotatedImage, training_pairs
 
     def annotated() -> Iterator[AnnotatedImage]:  # one file at a time, checked in order
         for item in inputs:
             image = io.read_image(item.image)
+            pixel_sizes.append(image.pixel_size)
             labels = read_labels(item.labels, "labels")
             mask = read_mask(item.mask) if item.mask is not None else None
             yield AnnotatedImage(image.data, labels, image.axes, mask, str(item.image))
 
-    return training_pairs(annotated(), base, model_config, target_config)
+    pixel_sizes: list = []
+    pairs = training_pairs(annotated(), base, model_config, target_config)
+    return pairs, training_pixel_size(pixel_sizes)
 
 
 def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
@@ -112,7 +117,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
-    pairs = _read_training_data(inputs, base, model_config, config.targets)
+    pairs, pixel_size = _read_training_data(inputs, base, model_config, config.targets)
     logger.info(
         "training on %s: %d annotated plane(s), %d pixels",
         describe_device(device),
@@ -131,6 +136,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=device,
         name=args.name,
         model_config=model_config,
+        pixel_size=pixel_size,
     )
     try:
         result = drain(gen, reporter)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from . import rescale
 from .config import ModelConfig, TilingConfig
 from .device import Predictor as DevicePredictor
 from .device import resolve_device
@@ -77,6 +78,7 @@ def predict_probabilities(
     device: str | torch.device = "auto",
     precision: str = "auto",
     out: np.ndarray | None = None,
+    scale: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Class probabilities for every pixel of ``image``.
 
@@ -95,6 +97,9 @@ def predict_probabilities(
         out: optional float32 array (K, N, Y, X) to write into, N the number of planes (the
             product of the non-channel axes before Y, X; 1 for a 2D image); a caller can read
             each plane from it as soon as its last tile batch has been reported.
+        scale: (y, x) factors that resize each plane to the model's pixel size before the
+            network (see :mod:`~.rescale`); the probabilities are resized back, so the output
+            keeps the image's shape. ``None`` runs the network on the image as it is.
 
     Yields:
         :class:`Progress` per tile batch, ``done``/``total`` over all planes, message like
@@ -130,9 +135,15 @@ def predict_probabilities(
         raise ValueError(f"out must be float32 of shape {expected}, got {out.dtype} {out.shape}")
     for n in range(n_planes):
         plane = normalize_plane(planes[n], bounds)
-        gen = predict_tiled(
-            predictor, plane, config.out_classes, tiling, halo, config.stride, out=out[:, n]
-        )
+        if rescale.is_identity(scale):
+            gen = predict_tiled(
+                predictor, plane, config.out_classes, tiling, halo, config.stride, out=out[:, n]
+            )
+        else:
+            gen = rescale.predict_plane_rescaled(
+                predict_tiled, scale, predictor, plane, config.out_classes, tiling, halo,
+                config.stride, out[:, n],
+            )  # fmt: skip
         try:
             for event in gen:
                 per_plane = event.total
@@ -167,11 +178,13 @@ def predict_labels(
     device: str | torch.device = "auto",
     postprocess: PostprocessConfig | None = None,
     precision: str = "auto",
+    scale: tuple[float, float] | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
     """Probabilities and labels for ``image`` (see :func:`predict_probabilities`).
 
     Args:
         postprocess: thresholds and minimum size for instance labels; defaults when ``None``.
+        scale: as for :func:`predict_probabilities`.
 
     Yields:
         The prediction's events (stage ``"predict"``), then one per plane post-processed (stage
@@ -184,6 +197,9 @@ def predict_labels(
     from .postprocess import postprocess as labels_generator
 
     task = _source(model).task
-    probs = yield from predict_probabilities(image, axes, model, tiling, device, precision)
+    probs = yield from predict_probabilities(
+        image, axes, model, tiling, device, precision, scale=scale
+    )
+    postprocess = rescale.scaled_postprocess(postprocess, scale)
     labels = yield from labels_generator(probs, task, postprocess)
     return probs, labels

@@ -32,6 +32,7 @@ from .model import UNet, build_model
 from .normalize import NormalizeConfig
 from .postprocess import PostprocessConfig, labels_from_probabilities
 from .progress import Progress, drain
+from .rescale import training_scale
 from .targets import TargetConfig
 from .tiling import default_halo, predict_tiled
 from .weights import LoadedModel, new_metadata, save_model
@@ -232,6 +233,7 @@ def train(
     task: str = "instances",
     normalize: NormalizeConfig | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    pixel_size: Sequence[float] | None = None,
 ) -> Generator[Progress, None, LoadedModel]:
     """Train on ``pairs`` and keep the best model in ``output``.
 
@@ -248,6 +250,9 @@ def train(
         clock: seconds for ``config.max_minutes`` and the time left (default wall-clock time;
             ``time.process_time`` counts this process's CPU time, which other programs on a busy
             machine do not eat into).
+        pixel_size: pixel size of the training images in µm (``(y, x)``), recorded in the model
+            file; ``None`` keeps the base model's. The median object diameter of the training
+            labels (in pixels) is recorded too.
 
     Yields:
         :class:`~.progress.Progress` events with a :class:`TrainStatus` payload.
@@ -256,6 +261,11 @@ def train(
         The best model (as saved in ``output``).
     """
     config = config or TrainConfig()
+    if base is not None and base.metadata.get("trainable") is False:
+        from .errors import UserError
+
+        raise UserError(f"{base.name} is a bioimage.io package of another architecture: it can "
+                        "only predict; fine-tuning needs a napari-unet model")  # fmt: skip
     output = Path(output).expanduser()
     if output.suffix != ".safetensors":  # as save_model names it, so the result can be read back
         output = output.with_name(output.name + ".safetensors")
@@ -272,6 +282,7 @@ def train(
     use_amp, amp_dtype = _autocast(config, dev)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
     hashes = [data_hash(p.image, p.labels, p.targets.mask) for p in pairs]
+    scale_info = training_scale(pairs, task, base, pixel_size)
     total_steps = config.epochs * config.steps_per_epoch
     budget = config.max_minutes * 60.0 if config.max_minutes else None
     started = clock()
@@ -298,6 +309,7 @@ def train(
                       "training_pixels": sum(p.annotated_pixels for p in training),
                       "validation_crops": len(crops)},
             metrics={**metrics, "baseline": baseline},
+            **scale_info,
         )
         save_model(output, model, metadata)
 

@@ -33,7 +33,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +54,7 @@ FORMAT = "napari-unet"
 FORMAT_VERSION = 1
 METADATA_KEY = "napari_unet"
 SUFFIX = ".safetensors"
+PACKAGE_SUFFIX = ".zip"  # bioimage.io packages put in the model folder by import-model
 DEFAULT_MODEL = "starter"
 MODELS_ENV = "NAPARI_UNET_MODELS"
 TASKS = ("instances", "semantic")
@@ -97,6 +98,8 @@ def new_metadata(
     data_hashes: list[str] | None = None,
     settings: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    pixel_size: Sequence[float] | None = None,
+    object_diameter: float | None = None,
 ) -> dict[str, Any]:
     """Metadata for a new model file (see the module docstring for the layout).
 
@@ -112,6 +115,10 @@ def new_metadata(
         data_hashes: hashes of the training images and labels.
         settings: training settings (JSON-ready).
         metrics: validation metrics (JSON-ready).
+        pixel_size: pixel size of the training data in µm, ``[y, x]`` (``[z, y, x]`` in 3D),
+            stored as ``"pixel_size_um"``; ``None`` when unknown.
+        object_diameter: median object diameter in the training data, in its pixels, stored as
+            ``"object_diameter_px"``; ``None`` when unknown.
 
     Returns:
         A JSON-ready dict, validated as :func:`load_model` would.
@@ -137,6 +144,10 @@ def new_metadata(
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+    if pixel_size is not None:
+        metadata["pixel_size_um"] = [float(v) for v in pixel_size]
+    if object_diameter is not None:
+        metadata["object_diameter_px"] = float(object_diameter)
     validate_metadata(metadata, "new model")
     return metadata
 
@@ -270,6 +281,30 @@ class LoadedModel:
         except (TypeError, ValueError):
             logger.warning("%s: invalid default tiling %r, ignored", self.name, raw)
             return None
+
+    @property
+    def pixel_size(self) -> tuple[float, ...] | None:
+        """Pixel size of the training data in µm, ``(y, x)`` (``(z, y, x)`` for 3D models), or
+        ``None`` when the model does not record it."""
+        raw = self.metadata.get("pixel_size_um")
+        if raw is None:
+            return None
+        try:
+            values = tuple(float(v) for v in raw)
+        except (TypeError, ValueError):
+            values = ()
+        if len(values) not in (2, 3) or not all(np.isfinite(v) and v > 0 for v in values):
+            logger.warning("%s: invalid pixel_size_um %r, ignored", self.name, raw)
+            return None
+        return values
+
+    @property
+    def object_diameter(self) -> float | None:
+        """Median object diameter of the training data in its pixels, or ``None``."""
+        raw = self.metadata.get("object_diameter_px")
+        if isinstance(raw, int | float) and not isinstance(raw, bool) and np.isfinite(raw):
+            return float(raw) if raw > 0 else None
+        return None
 
     @classmethod
     def from_model(cls, model: UNet, **metadata_kwargs: Any) -> LoadedModel:
@@ -406,6 +441,12 @@ def load_model(path: str | Path) -> LoadedModel:
             napari-unet metadata, or its tensors do not match its architecture.
     """
     path = Path(path).expanduser()
+    from .bioimageio import is_package
+
+    if is_package(path):  # a bioimage.io package (.zip or rdf.yaml)
+        from .bioimageio.load import load_package
+
+        return load_package(path)
     metadata = read_metadata(path)
     config = validate_metadata(metadata, path)
     try:
@@ -492,6 +533,7 @@ class ModelEntry:
                 },
                 "normalize": meta.get("normalize"),
                 "tiling": meta.get("tiling"),
+                "pixel_size_um": meta.get("pixel_size_um"),
                 "parent": prov.get("parent"),
                 "metrics": prov.get("metrics"),
                 "version": prov.get("version"),
@@ -512,6 +554,13 @@ def _entries(folder: Path, builtin: bool) -> list[ModelEntry]:
             entries.append(ModelEntry(path.stem, path, builtin, read_metadata(path)))
         except (ModelFileError, ModelNotFoundError, OSError) as exc:
             entries.append(ModelEntry(path.stem, path, builtin, None, str(exc)))
+    for path in sorted(folder.glob(f"[!.]*{PACKAGE_SUFFIX}")):
+        from .bioimageio.load import package_summary
+
+        try:
+            entries.append(ModelEntry(path.stem, path, builtin, package_summary(path)))
+        except (UserError, OSError) as exc:
+            entries.append(ModelEntry(path.stem, path, builtin, None, str(exc)))
     return entries
 
 
@@ -524,7 +573,8 @@ def list_models() -> list[ModelEntry]:
 
 
 def _looks_like_path(text: str) -> bool:
-    return text.endswith(SUFFIX) or "/" in text or os.sep in text or text.startswith((".", "~"))
+    suffixes = (SUFFIX, PACKAGE_SUFFIX, ".yaml")
+    return text.endswith(suffixes) or "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
 def resolve_model(name_or_path: str | Path | None) -> Path:
@@ -550,9 +600,10 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
             raise ModelNotFoundError(f"{candidate} is a folder, not a model file")
         raise ModelNotFoundError(f"model file {candidate} does not exist")
     for folder in (builtin_models_dir(), user_models_dir()):
-        path = folder / f"{text}{SUFFIX}"
-        if path.is_file():
-            return path
+        for suffix in (SUFFIX, PACKAGE_SUFFIX):  # a model file, else an imported package
+            path = folder / f"{text}{suffix}"
+            if path.is_file():
+                return path
     if text == DEFAULT_MODEL:
         raise ModelNotFoundError(
             f"the built-in '{DEFAULT_MODEL}' model is not installed in this version of "
