@@ -28,6 +28,7 @@ from napari_unet.cli._paths import (
     output_paths,
 )
 from napari_unet.cli._progress import ProgressReporter
+from napari_unet.cli._stacks import add_stack_options, predict_image
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -110,6 +111,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         metavar="P",
         help="probability of foreground within which objects grow (default 0.5)",
     )
+    add_stack_options(p)
     add_blockwise_options(p)
     return p
 
@@ -205,21 +207,15 @@ def _predict_one(
 ) -> None:
     """Read one image, predict, post-process and write its labels (and probabilities)."""
     from napari_unet.core import io
-    from napari_unet.core.postprocess import postprocess
-    from napari_unet.core.predict import predict_probabilities
-    from napari_unet.core.progress import drain
 
     start = time.monotonic()
     image = io.read_image(source)
     axes = _output_axes(image.axes)
     reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
     try:
-        probs = drain(
-            predict_probabilities(image.data, image.axes, loaded, tiling, device,
-                                  args.precision),
-            reporter,
+        probs, labels, pixel_size, z_spacing = predict_image(
+            args, image, loaded, tiling, device, post, reporter
         )
-        labels = drain(postprocess(probs, loaded.task, post), reporter)
     finally:
         reporter.close()
     if labels.ndim != len(axes):  # should not happen; keep the output readable anyway
@@ -228,11 +224,9 @@ def _predict_one(
     written: list[Path] = []
     try:
         if prob_target is not None:
-            io.write_probabilities(
-                prob_target, probs, "C" + axes, image.pixel_size, image.z_spacing
-            )
+            io.write_probabilities(prob_target, probs, "C" + axes, pixel_size, z_spacing)
             written.append(prob_target)
-        io.write_labels(target, labels, axes, image.pixel_size, image.z_spacing)
+        io.write_labels(target, labels, axes, pixel_size, z_spacing)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

@@ -96,8 +96,19 @@ class Synthetic3DConfig:
                 raise ValueError(f"{name} must be between 0 and 1, got {getattr(self, name)}")
         if not 0.0 < self.coverage <= 0.7:
             raise ValueError(f"coverage must be in (0, 0.7], got {self.coverage}")
-        for name in ("irregularity", "texture", "brightness_variation", "blur_xy", "blur_z",
-                     "haze", "haze_z", "background", "read_noise", "offset", "min_size"):
+        for name in (
+            "irregularity",
+            "texture",
+            "brightness_variation",
+            "blur_xy",
+            "blur_z",
+            "haze",
+            "haze_z",
+            "background",
+            "read_noise",
+            "offset",
+            "min_size",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
         if self.photons <= 0 or self.gain <= 0 or self.pixel_size <= 0:
@@ -160,8 +171,10 @@ def _box(n: _Nucleus, shape: tuple[int, ...]) -> tuple[slice, ...] | None:
 
 def _rho(n: _Nucleus, box: tuple[slice, ...], bumps: np.ndarray) -> np.ndarray:
     """Normalised radius (h, w, d) float32 of ``n`` in ``box``; inside is rho <= 1."""
-    grids = [np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c)
-             for s, c in zip(box, n.centre, strict=True)]
+    grids = [
+        np.arange(s.start, s.stop, dtype=np.float32) - np.float32(c)
+        for s, c in zip(box, n.centre, strict=True)
+    ]
     zz, yy, xx = np.meshgrid(*grids, indexing="ij", sparse=True)
     rho2 = np.zeros(np.broadcast_shapes(zz.shape, yy.shape, xx.shape), np.float32)
     for row, a in zip(n.rotation.astype(np.float32), n.axes, strict=True):
@@ -187,12 +200,14 @@ def _target_count(cfg: Synthetic3DConfig) -> int:
     if cfg.n_objects is not None:
         return cfg.n_objects
     mean_r = 0.5 * sum(cfg.radius)
-    return max(1, round(cfg.coverage * float(np.prod(cfg.iso_shape)) / (4 / 3 * math.pi
-                                                                           * mean_r**3)))
+    return max(
+        1, round(cfg.coverage * float(np.prod(cfg.iso_shape)) / (4 / 3 * math.pi * mean_r**3))
+    )
 
 
-def _place(cfg: Synthetic3DConfig, rng: np.random.Generator, bumps: np.ndarray
-           ) -> tuple[list[_Nucleus], _Canvas]:
+def _place(
+    cfg: Synthetic3DConfig, rng: np.random.Generator, bumps: np.ndarray
+) -> tuple[list[_Nucleus], _Canvas]:
     shape = cfg.iso_shape
     canvas = _Canvas(shape)
     nuclei: list[_Nucleus] = []
@@ -230,8 +245,13 @@ def _place(cfg: Synthetic3DConfig, rng: np.random.Generator, bumps: np.ndarray
     return nuclei, canvas
 
 
-def _signal(cfg: Synthetic3DConfig, rng: np.random.Generator, nuclei: list[_Nucleus],
-            canvas: _Canvas, bumps: np.ndarray) -> np.ndarray:
+def _signal(
+    cfg: Synthetic3DConfig,
+    rng: np.random.Generator,
+    nuclei: list[_Nucleus],
+    canvas: _Canvas,
+    bumps: np.ndarray,
+) -> np.ndarray:
     """Fluorescence (Z', Y, X) float32 on the isotropic grid, before blur."""
     shape = cfg.iso_shape
     r = 0.5 * sum(cfg.radius)
@@ -294,12 +314,14 @@ def _clean_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
 
 
 def _camera_config(cfg: Synthetic3DConfig) -> SyntheticConfig:
-    return SyntheticConfig(photons=cfg.photons, gain=cfg.gain, read_noise=cfg.read_noise,
-                           offset=cfg.offset)
+    return SyntheticConfig(
+        photons=cfg.photons, gain=cfg.gain, read_noise=cfg.read_noise, offset=cfg.offset
+    )
 
 
-def make_volume(config: Synthetic3DConfig, seed: Seed = None, *,
-                dtype: np.dtype | type = np.float32) -> tuple[np.ndarray, np.ndarray]:
+def make_volume(
+    config: Synthetic3DConfig, seed: Seed = None, *, dtype: np.dtype | type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic Z-stack of nuclei and its exact 3D instance labels.
 
     Args:
@@ -314,8 +336,11 @@ def make_volume(config: Synthetic3DConfig, seed: Seed = None, *,
     rng = np.random.default_rng(seed)
     shape = config.iso_shape
     r = 0.5 * sum(config.radius)
-    bumps = (np.float32(config.irregularity) * _unit_noise(rng, shape, max(2.0, 0.6 * r))
-             if config.irregularity > 0 else np.zeros(shape, np.float32))
+    bumps = (
+        np.float32(config.irregularity) * _unit_noise(rng, shape, max(2.0, 0.6 * r))
+        if config.irregularity > 0
+        else np.zeros(shape, np.float32)
+    )
     nuclei, canvas = _place(config, rng, bumps)
     clean = _optics(config, _signal(config, rng, nuclei, canvas, bumps))
     planes = _plane_indices(config)
