@@ -94,3 +94,68 @@ def predict_image(
         reporter,
     )
     return probs, labels, pixel_size, z_spacing
+
+
+def add_voxel_size_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--voxel-size`` to the ``train`` parser."""
+    p.add_argument(
+        "--voxel-size",
+        type=voxel_size_type,
+        metavar="Z,Y,X",
+        help=(
+            "voxel size of the Z-stacks given, in µm (default: from each file; without a Z "
+            "step isotropic voxels are assumed, with a note)"
+        ),
+    )
+
+
+def _is_volume(axes: str) -> bool:
+    return "Z" in axes and "T" not in axes
+
+
+def read_stack_training_data(
+    args: argparse.Namespace,
+    inputs: Any,
+    base: Any,
+    model_config: Any,
+    target_config: Any,
+    read_planar: Any,
+) -> tuple[list, Any]:
+    """Training pairs for ``train``: Z-stacks (axes with Z, without T) as volumes cut in three
+    orientations (:mod:`napari_unet.core.data3d`), other images by ``read_planar(inputs, base,
+    model_config, target_config)``. Returns the pairs and the voxel size (z, y, x) of the first
+    volume in µm, or None when no input is a volume."""
+    from napari_unet.cli._readers import read_labels, read_mask
+    from napari_unet.core import io
+    from napari_unet.core.data3d import AnnotatedVolume, volume_training_pairs
+    from napari_unet.core.voxels import resolve_voxel_size
+
+    planar = [item for item in inputs if not _is_volume(io.read_image(item.image).axes)]
+    pairs = read_planar(planar, base, model_config, target_config) if planar else []
+    first_voxel = None
+
+    def volumes() -> Any:
+        nonlocal first_voxel
+        for item in inputs:
+            if item in planar:
+                continue
+            image = io.read_image(item.image)
+            voxel = resolve_voxel_size(
+                image.pixel_size,
+                image.z_spacing,
+                getattr(args, "voxel_size", None),
+                str(item.image),
+            )
+            if voxel.note and not args.quiet:
+                sys.stderr.write(f"note: {voxel.note}\n")
+            if first_voxel is None and voxel.unit == "um":
+                first_voxel = voxel.size
+            yield AnnotatedVolume(
+                image.data, read_labels(item.labels, "labels"), voxel.size,
+                read_mask(item.mask) if item.mask is not None else None,
+                channel_axis="C" in image.axes, name=str(item.image),
+            )  # fmt: skip
+
+    if len(planar) < len(inputs):
+        pairs += volume_training_pairs(volumes(), base, model_config, target_config)
+    return pairs, first_voxel

@@ -13,6 +13,7 @@ from napari_unet.cli._common import PROG, chosen_device, format_metrics, given, 
 from napari_unet.cli._paths import check_not_an_input, model_output
 from napari_unet.cli._progress import TrainReporter
 from napari_unet.cli._readers import read_labels, read_mask
+from napari_unet.cli._stacks import read_stack_training_data
 from napari_unet.cli._train_options import SCRATCH, TrainingInput, train_config, training_inputs
 
 
@@ -112,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
-    pairs = _read_training_data(inputs, base, model_config, config.targets)
+    pairs, voxel_size = read_stack_training_data(
+        args, inputs, base, model_config, config.targets, _read_training_data
+    )
     logger.info(
         "training on %s: %d annotated plane(s), %d pixels",
         describe_device(device),
@@ -144,5 +147,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
         return 130
     reporter.close()
+    if voxel_size is not None:
+        from napari_unet.core.data3d import record_voxel_size
+
+        result = record_voxel_size(result, voxel_size)
     sys.stdout.write(_summary(result, base, time.monotonic() - start, reporter.last))
     return 0
