@@ -157,7 +157,7 @@ def test_linking_merges_planes_but_not_neighbours():
     assert len(np.unique(linked[:, 15, 10])) == 1  # left disc: one id in all planes
     assert set(np.unique(linked[:, 15, 10])) != set(np.unique(linked[:, 15, 25]))
     # no overlap threshold reached: nothing linked
-    assert link_planes(stack, min_iou=1.0).max() == next_id
+    assert link_planes(stack, min_overlap=1.0).max() == next_id
     # T volumes get ids unique over T
     two = link_stack(np.stack([stack, stack]))
     assert two.shape == (2, 4, *shape) and two.max() == 6

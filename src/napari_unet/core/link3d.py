@@ -2,7 +2,8 @@
 
 The cheap way to 3D ids for large stacks: each plane is labelled on its own (one network pass per
 plane), then an object in plane z and one in plane z + 1 become the same 3D object when each is
-the other's best match and their intersection over union reaches a threshold. Mutual best matches
+the other's best match and their overlap (the shared pixels as a fraction of the smaller of the
+two, so that the small caps at a nucleus's top and bottom still link) reaches a threshold. Mutual best matches
 keep a nucleus from swallowing its neighbour through one merged plane.
 """
 
@@ -13,12 +14,12 @@ import numpy as np
 from .postprocess import labels_dtype
 
 
-def _plane_links(a: np.ndarray, b: np.ndarray, min_iou: float) -> np.ndarray:
+def _plane_links(a: np.ndarray, b: np.ndarray, min_overlap: float) -> np.ndarray:
     """Mutual best matches between the ids of two planes.
 
     Args:
         a, b: integer labels (Y, X) of neighbouring planes (ids unique across the stack).
-        min_iou: the least intersection over union of a link.
+        min_overlap: the least overlap of a link (shared pixels over the smaller area).
 
     Returns:
         int64 (L, 2): pairs (id in a, id in b).
@@ -30,19 +31,17 @@ def _plane_links(a: np.ndarray, b: np.ndarray, min_iou: float) -> np.ndarray:
     pairs, inter = np.unique(np.stack([pa, pb], 1), axis=0, return_counts=True)
     ids_a, area_a = np.unique(a[a > 0], return_counts=True)
     ids_b, area_b = np.unique(b[b > 0], return_counts=True)
-    union = (
-        area_a[np.searchsorted(ids_a, pairs[:, 0])]
-        + area_b[np.searchsorted(ids_b, pairs[:, 1])]
-        - inter
+    smaller = np.minimum(
+        area_a[np.searchsorted(ids_a, pairs[:, 0])], area_b[np.searchsorted(ids_b, pairs[:, 1])]
     )
-    iou = inter / union
+    iou = inter / smaller  # overlap as a fraction of the smaller object
     order = np.argsort(-iou, kind="stable")
     pairs, iou = pairs[order], iou[order]
-    # First occurrence in descending IoU is each id's best match.
+    # First occurrence in descending overlap is each id's best match.
     best_a = np.unique(pairs[:, 0], return_index=True)[1]
     best_b = np.unique(pairs[:, 1], return_index=True)[1]
     mutual = np.intersect1d(best_a, best_b)
-    mutual = mutual[iou[mutual] >= min_iou]
+    mutual = mutual[iou[mutual] >= min_overlap]
     return pairs[mutual]
 
 
@@ -55,14 +54,14 @@ def _find(parent: np.ndarray, i: int) -> int:
     return root
 
 
-def link_planes(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+def link_planes(labels: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
     """3D ids for a (Z, Y, X) stack of per-plane labels.
 
     Args:
         labels: integer (Z, Y, X) labels with ids unique across the stack (as
             :func:`~.postprocess.postprocess` gives them); 0 is background.
-        min_iou: the least overlap (intersection over union) that links two objects of
-            neighbouring planes.
+        min_overlap: the least overlap (shared pixels over the smaller object's area) that links
+            two objects of neighbouring planes.
 
     Returns:
         (Z, Y, X) labels, one id per linked chain, ids 1..N in order of first appearance,
@@ -74,7 +73,7 @@ def link_planes(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
     n_ids = int(labels.max()) if labels.size else 0
     parent = np.arange(n_ids + 1, dtype=np.int64)
     for z in range(labels.shape[0] - 1):
-        for i, j in _plane_links(labels[z], labels[z + 1], min_iou):
+        for i, j in _plane_links(labels[z], labels[z + 1], min_overlap):
             ri, rj = _find(parent, int(i)), _find(parent, int(j))
             if ri != rj:
                 parent[max(ri, rj)] = min(ri, rj)
@@ -88,12 +87,12 @@ def link_planes(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
     return lut[labels].astype(labels_dtype(len(root_ids)))
 
 
-def link_stack(labels: np.ndarray, min_iou: float = 0.3) -> np.ndarray:
+def link_stack(labels: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
     """:func:`link_planes` for each volume of (T?, Z, Y, X) labels; ids unique over T."""
     volumes = labels.reshape(-1, *labels.shape[-3:])
     parts, offset = [], 0
     for volume in volumes:
-        linked = link_planes(volume, min_iou).astype(np.int64)
+        linked = link_planes(volume, min_overlap).astype(np.int64)
         count = int(linked.max()) if linked.size else 0
         linked[linked > 0] += offset
         offset += count

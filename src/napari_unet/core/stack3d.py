@@ -56,20 +56,20 @@ class Stack3DConfig:
         min_seed_size: seeds smaller than this many voxels are ignored.
         seed_sigma: Gaussian smoothing (voxels of the isotropic grid) of the interior
             probability before seeding; 0 turns it off.
-        link_iou: ``"link"``: two objects in neighbouring planes are one when their overlap
-            (intersection over union) is at least this.
+        link_overlap: ``"link"``: two objects in neighbouring planes are one when their overlap
+            (shared pixels over the smaller object's area) is at least this.
     """
 
     min_size: int = 40
     min_seed_size: int = 8
     seed_sigma: float = 1.0
-    link_iou: float = 0.3
+    link_overlap: float = 0.5
 
     def __post_init__(self) -> None:
         if self.min_size < 0 or self.min_seed_size < 0 or self.seed_sigma < 0:
             raise ValueError("min_size, min_seed_size and seed_sigma must not be negative")
-        if not 0.0 < self.link_iou <= 1.0:
-            raise ValueError(f"link_iou must be in (0, 1], got {self.link_iou}")
+        if not 0.0 < self.link_overlap <= 1.0:
+            raise ValueError(f"link_overlap must be in (0, 1], got {self.link_overlap}")
 
 
 def default_mode(axes: str) -> str:
@@ -366,5 +366,5 @@ def predict_stack(
     probs = yield from predict_probabilities(image, axes, model, tiling, device, precision)
     labels = yield from postprocess(probs, task, post)
     if mode == "link" and task == "instances":
-        labels = link_stack(labels, config.link_iou)
+        labels = link_stack(labels, config.link_overlap)
     return probs, labels
