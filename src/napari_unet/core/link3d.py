@@ -3,8 +3,8 @@
 The cheap way to 3D ids for large stacks: each plane is labelled on its own (one network pass per
 plane), then an object in plane z and one in plane z + 1 become the same 3D object when each is
 the other's best match and their overlap (the shared pixels as a fraction of the smaller of the
-two, so that the small caps at a nucleus's top and bottom still link) reaches a threshold. Mutual best matches
-keep a nucleus from swallowing its neighbour through one merged plane.
+two, so that the small caps at a nucleus's top and bottom still link) reaches a threshold.
+Mutual best matches keep a nucleus from swallowing its neighbour through one merged plane.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ StackMode = Literal["planes", "link", "ortho"]
 STACK_MODES: tuple[str, ...] = ("planes", "link", "ortho")
 _VIEWS = ("xy", "xz", "yz")
 _SWAP = {"xy": {}, "xz": {"Z": "Y", "Y": "Z"}, "yz": {"Z": "X", "X": "Z"}}
+_PER_VIEW = 1000  # progress units per view
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,17 @@ def _view_probabilities(
 def _tagged(
     gen: Generator[Progress, None, np.ndarray], view: str
 ) -> Generator[Progress, None, np.ndarray]:
-    """Pass ``gen``'s events on, their message prefixed with the view (``"XZ planes, ..."``)."""
+    """Pass ``gen``'s events on, counted over the three views (``done`` of 3000) and their
+    message prefixed with the view (``"XZ planes, ..."``)."""
+    first = _VIEWS.index(view) * _PER_VIEW
     try:
         while True:
             event = next(gen)
+            share = round(_PER_VIEW * event.done / event.total) if event.total else 0
             yield Progress(
-                f"predict {view}",
-                event.done,
-                event.total,
+                "predict",
+                first + share,
+                len(_VIEWS) * _PER_VIEW,
                 f"{view.upper()} planes, {event.message}",
                 payload=event.payload,
             )
@@ -194,8 +198,8 @@ def ortho_probabilities(
         tiling, device, precision: as for :func:`~.predict.predict_probabilities`.
 
     Yields:
-        The tiled inference's events for each view (stage ``"predict xy"``, ``"predict xz"``,
-        ``"predict yz"``).
+        The tiled inference's events (stage ``"predict"``), counted over the three views as
+        ``done`` of 3000, with messages like ``"XZ planes, plane 3/48, tile batch 1/1"``.
 
     Returns:
         float32 (K, T?, Z, Y, X), the mean of the three views, summing to 1 over K.
