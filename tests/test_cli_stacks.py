@@ -109,3 +109,14 @@ def test_time_series_of_frames_stays_per_plane(capsys, tmp_path, volume):
     labels = read_image(tmp_path / "movie_labels.tif", memmap=False)
     assert labels.axes == "TYX"
     np.testing.assert_array_equal(labels.data, _per_plane(frames, "TYX"))
+
+
+def test_blockwise_zstack_says_it_is_labelled_plane_by_plane(capsys, tmp_path, volume):
+    src = _write(tmp_path / "stack.tif", volume[0][:3])
+    code, err = _predict(capsys, src, "-o", tmp_path / "out.tif", "--blockwise")
+    assert code == 0, err
+    assert "plane by plane" in err
+    code, err = _predict(capsys, src, "-o", tmp_path / "out2.tif", "--blockwise",
+                         "--stack", "planes")  # fmt: skip
+    assert code == 0, err
+    assert "plane by plane" not in err

@@ -28,7 +28,7 @@ from napari_unet.cli._paths import (
     output_paths,
 )
 from napari_unet.cli._progress import ProgressReporter
-from napari_unet.cli._stacks import add_stack_options, predict_image
+from napari_unet.cli._stacks import add_stack_options, predict_image, warn_blockwise_stacks
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -154,6 +154,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
     if special is not None:
+        warn_blockwise_stacks(args)
         return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")

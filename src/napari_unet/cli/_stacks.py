@@ -71,7 +71,7 @@ def predict_image(
 ) -> tuple[Any, Any, Any, Any]:
     """Probabilities, labels, pixel size and Z step to write, for one image (``io.ImageData``)."""
     from napari_unet.core.progress import drain
-    from napari_unet.core.stack3d import predict_stack
+    from napari_unet.core.stack3d import Stack3DConfig, predict_stack
     from napari_unet.core.voxels import resolve_voxel_size
 
     mode = stack_mode(args, image.axes)
@@ -87,9 +87,20 @@ def predict_image(
         if given is not None:
             z_spacing, pixel_size = given[0], (given[1], given[2])
     size = voxel.size if voxel is not None else (1.0, 1.0, 1.0)
+    min_size = getattr(args, "min_size", None)  # with ortho: in voxels
+    config = Stack3DConfig(min_size=min_size) if min_size is not None else None
     probs, labels = drain(
         predict_stack(
-            image.data, image.axes, loaded, mode, size, tiling, device, args.precision, post
+            image.data,
+            image.axes,
+            loaded,
+            mode,
+            size,
+            tiling,
+            device,
+            args.precision,
+            post,
+            config,
         ),
         reporter,
     )
@@ -159,3 +170,26 @@ def read_stack_training_data(
     if len(planar) < len(inputs):
         pairs += volume_training_pairs(volumes(), base, model_config, target_config)
     return pairs, first_voxel
+
+
+def warn_blockwise_stacks(args: argparse.Namespace) -> None:
+    """Say, on stderr, that Z-stacks predicted blockwise are labelled plane by plane (3D labels
+    need the whole stack in memory for now)."""
+    from pathlib import Path
+
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.lazy import open_lazy
+
+    if getattr(args, "stack", "auto") == "planes" or args.quiet:
+        return
+    for name in args.inputs:
+        try:
+            axes = open_lazy(Path(name).expanduser()).axes
+        except (UserError, OSError, ValueError):
+            continue  # the blockwise command reports unreadable inputs itself
+        if "Z" in axes:
+            sys.stderr.write(
+                f"note: {name} is predicted blockwise, where a Z-stack is labelled plane by "
+                "plane (ids unique across planes, not 3D objects); 3D labels (--stack ortho or "
+                "link) need a stack that fits in memory\n"
+            )
