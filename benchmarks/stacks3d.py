@@ -180,7 +180,8 @@ twice the XY pixel, axial blur and out-of-focus haze, touching clusters; ground 
 the shipped starter model at fp32 on the CPU ({args.threads} torch thread(s)), zero-shot: it was
 never trained on volumes. 3D AP at IoU 0.5 pooled over all nuclei; speed in megavoxels per CPU
 second of the method alone; peak memory is the rise of the process's high-water mark during the
-method (Python, torch, the model and the volume already loaded).
+method (Python, torch, the model and the volume already loaded; 0 when the method stays below
+that mark).
 
 {table}
 

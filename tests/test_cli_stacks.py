@@ -120,3 +120,13 @@ def test_blockwise_zstack_says_it_is_labelled_plane_by_plane(capsys, tmp_path, v
                          "--stack", "planes")  # fmt: skip
     assert code == 0, err
     assert "plane by plane" not in err
+
+
+def test_min_size_counts_voxels_with_ortho(capsys, tmp_path, volume):
+    src = _write(tmp_path / "stack.tif", volume[0][:6])
+    code, err = _predict(capsys, src, "-o", tmp_path / "all.tif")
+    assert code == 0, err
+    assert read_image(tmp_path / "all.tif", memmap=False).data.max() > 0
+    code, err = _predict(capsys, src, "-o", tmp_path / "none.tif", "--min-size", "100000")
+    assert code == 0, err
+    assert read_image(tmp_path / "none.tif", memmap=False).data.max() == 0
