@@ -248,3 +248,13 @@ def test_link_mode_and_time_series_of_volumes(starter):
     assert probs.shape == (3, 2, 6, 32, 32) and labels.shape == (2, 6, 32, 32)
     n = int(labels[0].max())
     assert n > 0 and set(np.unique(labels[1])[1:]) == set(range(n + 1, 2 * n + 1))
+
+
+def test_ortho_with_a_channel_axis_matches_without(starter):
+    image, _ = make_volume(Synthetic3DConfig(shape=(5, 24, 28)), 0)
+    plain = drain(predict_stack(image, "ZYX", starter, "ortho", (2.0, 1.0, 1.0), device="cpu",
+                                precision="fp32"))  # fmt: skip
+    channel = drain(predict_stack(image[:, None], "ZCYX", starter, "ortho", (2.0, 1.0, 1.0),
+                                  device="cpu", precision="fp32"))  # fmt: skip
+    np.testing.assert_allclose(channel[0], plain[0], atol=1e-6)
+    np.testing.assert_array_equal(channel[1], plain[1])
