@@ -185,7 +185,7 @@ def test_rethresholding_asks_before_replacing_edits(segment, qtbot, crop, calls)
 
 def test_cancel_leaves_no_half_layer_and_other_labels_untouched(segment, qtbot, stack, calls):
     viewer, widget = segment
-    viewer.add_image(stack, name="movie")
+    viewer.add_image(stack, name="movie", metadata={"axes": "TYX"})  # a time-lapse
     mine = viewer.add_labels(np.zeros((5, 160, 160), np.uint16), name="mine")
     mine.paint((2, 40, 40), 7)
     before = mine.data.copy()
@@ -243,7 +243,7 @@ def test_edited_labels_go_to_a_new_layer_and_replace_asks(segment, qtbot, crop):
 
 def test_replacing_one_plane_keeps_the_other_planes(segment, qtbot, stack):
     viewer, widget = segment
-    viewer.add_image(stack, name="movie")
+    viewer.add_image(stack, name="movie", metadata={"axes": "TYX"})  # a time-lapse
     mine = viewer.add_labels(np.zeros((5, 160, 160), np.uint16), name="mine")
     mine.paint((0, 40, 40), 3)
     widget.confirm = lambda message: True

@@ -62,6 +62,7 @@ from ._segment_logic import (
     written_by_us,
 )
 from ._segment_models import ModelChoice, ModelList, model_summary, model_tiling
+from ._segment_stack import stack_settings
 
 if TYPE_CHECKING:
     import napari
@@ -467,11 +468,13 @@ class SegmentWidget(SegmentForm):
 
         choice = plan.choice
         base = model_tiling(choice, self._device_type)
+        stack, voxel_size = stack_settings(self._image_layer(), plan.data_axes)
         request = SegmentRequest(
             image=plan.data, axes=plan.data_axes, model_path=choice.path,
             model=self._models.loaded(choice),
             tiling=build_tiling(base, self.tile_size.value, self.batch_size.value),
             postprocess=self._settings(choice.task), precision=self.precision.value,
+            stack=stack, voxel_size=voxel_size,
         )  # fmt: skip
         self._plan = plan
         self.status.value = f"Segmenting '{plan.image_name}' with {choice.name}..."
@@ -541,9 +544,11 @@ class SegmentWidget(SegmentForm):
         self._models.remember(plan.choice, result.model)
         layer = layers.write_result(self.viewer, plan, result.labels)
         kept = Kept(result.probabilities, result.model.task, layer.unique_id, plan.region,
-                    result.model.name, plan.label_shape)  # fmt: skip
+                    result.model.name, plan.label_shape, result.stack,
+                    result.voxel_size)  # fmt: skip
         self._kept.put(plan.key, kept)
         count = count_text(result.labels, result.model.task)
+        count += " (3D)" if result.stack != "planes" else ""
         self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
 
     def _on_error(self, exc: BaseException) -> None:
@@ -580,7 +585,8 @@ class SegmentWidget(SegmentForm):
 
         self.status.value = "Applying thresholds..."
         self.run_button.text = "Cancel"
-        job = rethreshold_job(kept.probabilities, kept.task, self._settings(kept.task))
+        job = rethreshold_job(kept.probabilities, kept.task, self._settings(kept.task),
+                              kept.stack, kept.voxel_size)  # fmt: skip
         self.job = start_job(
             job, "Applying thresholds", on_result=write,
             on_error=lambda exc: _report(exc, "Applying thresholds"),

@@ -63,6 +63,8 @@ class SegmentRequest:
     postprocess: PostprocessConfig
     precision: str = "auto"
     device: str = "auto"
+    stack: str = "planes"
+    voxel_size: tuple[float, float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,8 @@ class SegmentResult:
     labels: np.ndarray
     model: LoadedModel
     seconds: float
+    stack: str = "planes"
+    voxel_size: tuple[float, float, float] | None = None
 
 
 def _leading_shape(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
@@ -146,6 +150,10 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     image = request.image
     if not isinstance(image, np.ndarray):  # dask, zarr...: read here, not in the viewer's thread
         image = np.asarray(image)
+    if request.stack != "planes":  # a volume: 3D labels (no plane-by-plane display)
+        from ._segment_stack import volume_job
+
+        return (yield from volume_job(request, model, image, start))
     shape = tuple(image.shape)
     leading = _leading_shape(shape, request.axes)
     height, width = _plane_size(shape, request.axes)
@@ -186,7 +194,11 @@ def _plane_event(planes: _Planes, probs: np.ndarray, event: Progress, n_planes: 
 
 
 def rethreshold_job(
-    probabilities: np.ndarray, task: str, config: PostprocessConfig
+    probabilities: np.ndarray,
+    task: str,
+    config: PostprocessConfig,
+    stack: str = "planes",
+    voxel_size: tuple[float, float, float] | None = None,
 ) -> Generator[Progress, None, np.ndarray]:
     """Labels from kept probabilities (K, *leading, Y, X) with new settings, plane by plane.
 
@@ -195,6 +207,10 @@ def rethreshold_job(
     """
     from napari_unet.core.postprocess import postprocess
 
+    if stack != "planes":
+        from ._segment_stack import volume_rethreshold
+
+        return (yield from volume_rethreshold(probabilities, task, config, stack, voxel_size))
     return (yield from postprocess(probabilities, task, config))
 
 
@@ -217,6 +233,8 @@ class Kept:
     region: tuple[int | slice, ...] | None
     model_name: str
     shape: tuple[int, ...]
+    stack: str = "planes"
+    voxel_size: tuple[float, float, float] | None = None
 
 
 class ProbabilityStore:

@@ -28,7 +28,8 @@ from napari_unet.cli._paths import (
     output_paths,
 )
 from napari_unet.cli._progress import ProgressReporter
-from napari_unet.cli._rescale import add_rescale_options, rescale_config
+from napari_unet.cli._rescale import add_rescale_options
+from napari_unet.cli._stacks import add_stack_options, predict_image, warn_blockwise_stacks
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -112,6 +113,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         help="probability of foreground within which objects grow (default 0.5)",
     )
     add_rescale_options(p)
+    add_stack_options(p)
     add_blockwise_options(p)
     return p
 
@@ -157,6 +159,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if args.diameter is not None or args.pixel_size is not None:
             logger.warning("blockwise and cluster runs do not rescale: --diameter and "
                            "--pixel-size are ignored")  # fmt: skip
+        warn_blockwise_stacks(args)
         return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
@@ -210,29 +213,15 @@ def _predict_one(
 ) -> None:
     """Read one image, predict, post-process and write its labels (and probabilities)."""
     from napari_unet.core import io
-    from napari_unet.core.postprocess import postprocess
-    from napari_unet.core.predict import predict_probabilities
-    from napari_unet.core.progress import drain
-    from napari_unet.core.rescale import choose_scale, scaled_postprocess
 
     start = time.monotonic()
     image = io.read_image(source)
     axes = _output_axes(image.axes)
     reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
     try:
-        scale = drain(
-            choose_scale(image.data, image.axes, loaded, image.pixel_size, rescale_config(args),
-                         tiling=tiling, device=device, precision=args.precision,
-                         postprocess=post),
-            reporter,
-        )  # fmt: skip
-        probs = drain(
-            predict_probabilities(image.data, image.axes, loaded, tiling, device,
-                                  args.precision, scale=scale),
-            reporter,
+        probs, labels, pixel_size, z_spacing = predict_image(
+            args, image, loaded, tiling, device, post, reporter
         )
-        post = scaled_postprocess(post, scale)
-        labels = drain(postprocess(probs, loaded.task, post), reporter)
     finally:
         reporter.close()
     if labels.ndim != len(axes):  # should not happen; keep the output readable anyway
@@ -241,11 +230,9 @@ def _predict_one(
     written: list[Path] = []
     try:
         if prob_target is not None:
-            io.write_probabilities(
-                prob_target, probs, "C" + axes, image.pixel_size, image.z_spacing
-            )
+            io.write_probabilities(prob_target, probs, "C" + axes, pixel_size, z_spacing)
             written.append(prob_target)
-        io.write_labels(target, labels, axes, image.pixel_size, image.z_spacing)
+        io.write_labels(target, labels, axes, pixel_size, z_spacing)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

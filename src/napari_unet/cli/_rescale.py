@@ -87,3 +87,34 @@ def training_pixel_size(sizes: list[Any]) -> tuple[float, float] | None:
     if len(known) < len(sizes):
         logger.warning("some training images have no pixel size; the model records the others'")
     return known[0]
+
+
+def predict_planes(
+    args: argparse.Namespace,
+    image: Any,
+    loaded: Any,
+    tiling: Any,
+    device: Any,
+    post: Any,
+    reporter: Any,
+) -> tuple[Any, Any]:
+    """Probabilities (float32 (C, ...)) and labels of ``image`` (``io.ImageData``) plane by
+    plane, each plane resized to the model's scale first (:func:`~napari_unet.core.rescale.
+    choose_scale`) and mapped back."""
+    from napari_unet.core.postprocess import postprocess
+    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.progress import drain
+    from napari_unet.core.rescale import choose_scale, scaled_postprocess
+
+    scale = drain(
+        choose_scale(image.data, image.axes, loaded, image.pixel_size, rescale_config(args),
+                     tiling=tiling, device=device, precision=args.precision, postprocess=post),
+        reporter,
+    )  # fmt: skip
+    probs = drain(
+        predict_probabilities(image.data, image.axes, loaded, tiling, device, args.precision,
+                              scale=scale),
+        reporter,
+    )  # fmt: skip
+    post = scaled_postprocess(post, scale)
+    return probs, drain(postprocess(probs, loaded.task, post), reporter)

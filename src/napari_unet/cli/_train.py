@@ -14,6 +14,7 @@ from napari_unet.cli._paths import check_not_an_input, model_output
 from napari_unet.cli._progress import TrainReporter
 from napari_unet.cli._readers import read_labels, read_mask
 from napari_unet.cli._rescale import training_pixel_size
+from napari_unet.cli._stacks import read_stack_training_data
 from napari_unet.cli._train_options import SCRATCH, TrainingInput, train_config, training_inputs
 
 
@@ -117,7 +118,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
-    pairs, pixel_size = _read_training_data(inputs, base, model_config, config.targets)
+    planar_sizes: list = []
+
+    def read_planar(*planar_args: Any) -> list:
+        planar_pairs, size = _read_training_data(*planar_args)
+        planar_sizes.append(size)
+        return planar_pairs
+
+    pairs, voxel_size = read_stack_training_data(
+        args, inputs, base, model_config, config.targets, read_planar
+    )
+    if planar_sizes:
+        pixel_size = planar_sizes[0]
+    else:
+        pixel_size = tuple(voxel_size[1:]) if voxel_size is not None else None
     logger.info(
         "training on %s: %d annotated plane(s), %d pixels",
         describe_device(device),
@@ -150,5 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
         return 130
     reporter.close()
+    if voxel_size is not None:
+        from napari_unet.core.data3d import record_voxel_size
+
+        result = record_voxel_size(result, voxel_size)
     sys.stdout.write(_summary(result, base, time.monotonic() - start, reporter.last))
     return 0

@@ -18,6 +18,7 @@ from napari_unet.cli._common import (
     positive_float,
     positive_int,
 )
+from napari_unet.cli._stacks import add_voxel_size_option
 
 SCRATCH = "scratch"
 
@@ -77,6 +78,7 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPar
     _add_budget_options(p)
     p.add_argument("--name", help="the new model's name (default: the output file's name)")
     add_device_option(p, "training")
+    add_voxel_size_option(p)
     _add_optimisation_options(p)
     scratch = p.add_argument_group(f"architecture of a new network (with --model {SCRATCH})")
     scratch.add_argument(

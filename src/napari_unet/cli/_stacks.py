@@ -1,0 +1,205 @@
+"""Z-stack options of ``napari-unet predict``: ``--stack`` and ``--voxel-size``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+STACK_CHOICES = ("auto", "planes", "link", "ortho")
+
+
+def voxel_size_type(text: str) -> tuple[float, float, float]:
+    """``Z,Y,X`` in µm (an argparse type)."""
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.voxels import parse_voxel_size
+
+    try:
+        return parse_voxel_size(text)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_stack_options(p: argparse.ArgumentParser) -> None:
+    """Add ``--stack`` and ``--voxel-size`` to the ``predict`` parser."""
+    p.add_argument(
+        "--stack",
+        choices=STACK_CHOICES,
+        default="auto",
+        help=(
+            "how a Z-stack is labelled: ortho (3D ids from XY, XZ and YZ planes fused, then a 3D "
+            "watershed), link (per-plane labels linked across Z by overlap: about 3x cheaper), "
+            "planes (each plane on its own). auto (default): ortho for a Z axis, planes for "
+            "time series of 2D frames"
+        ),
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=voxel_size_type,
+        metavar="Z,Y,X",
+        help=(
+            "voxel size in µm, e.g. 1.0,0.5,0.5 (default: from the file's ImageJ or OME "
+            "metadata; without a Z step isotropic voxels are assumed, with a note)"
+        ),
+    )
+
+
+def stack_mode(args: argparse.Namespace, axes: str) -> str:
+    """The mode for an image with ``axes``: ``--stack``, or ortho with a Z axis, else planes."""
+    from napari_unet.core.stack3d import default_mode
+
+    mode = getattr(args, "stack", "auto") or "auto"
+    if mode != "auto":
+        if mode != "planes" and "Z" not in axes:
+            from napari_unet.core.errors import UserError
+
+            raise UserError(
+                f"--stack {mode} needs an image with a Z axis; this one has axes {axes}"
+            )
+        return mode
+    return default_mode(axes)
+
+
+def predict_image(
+    args: argparse.Namespace,
+    image: Any,
+    loaded: Any,
+    tiling: Any,
+    device: Any,
+    post: Any,
+    reporter: Any,
+) -> tuple[Any, Any, Any, Any]:
+    """Probabilities, labels, pixel size and Z step to write, for one image (``io.ImageData``)."""
+    from napari_unet.core.progress import drain
+    from napari_unet.core.stack3d import Stack3DConfig, predict_stack
+    from napari_unet.core.voxels import resolve_voxel_size
+
+    mode = stack_mode(args, image.axes)
+    voxel = None
+    pixel_size, z_spacing = image.pixel_size, image.z_spacing
+    given = getattr(args, "voxel_size", None)
+    if "Z" in image.axes:
+        voxel = resolve_voxel_size(
+            image.pixel_size, image.z_spacing, given, str(image.path or "the image")
+        )
+        if voxel.note and mode == "ortho" and not args.quiet:
+            sys.stderr.write(f"note: {voxel.note}\n")
+        if given is not None:
+            z_spacing, pixel_size = given[0], (given[1], given[2])
+    if mode == "planes":
+        from napari_unet.cli._rescale import predict_planes
+
+        probs, labels = predict_planes(args, image, loaded, tiling, device, post, reporter)
+        return probs, labels, pixel_size, z_spacing
+    if getattr(args, "diameter", None) is not None or getattr(args, "pixel_size", None):
+        from napari_unet.cli._common import logger
+
+        logger.warning("3D labels (--stack %s) are made at the image's own XY scale: "
+                       "--diameter and --pixel-size are ignored", mode)  # fmt: skip
+    size = voxel.size if voxel is not None else (1.0, 1.0, 1.0)
+    min_size = getattr(args, "min_size", None)  # with ortho: in voxels
+    config = Stack3DConfig(min_size=min_size) if min_size is not None else None
+    probs, labels = drain(
+        predict_stack(
+            image.data,
+            image.axes,
+            loaded,
+            mode,
+            size,
+            tiling,
+            device,
+            args.precision,
+            post,
+            config,
+        ),
+        reporter,
+    )
+    return probs, labels, pixel_size, z_spacing
+
+
+def add_voxel_size_option(p: argparse.ArgumentParser) -> None:
+    """Add ``--voxel-size`` to the ``train`` parser."""
+    p.add_argument(
+        "--voxel-size",
+        type=voxel_size_type,
+        metavar="Z,Y,X",
+        help=(
+            "voxel size of the Z-stacks given, in µm (default: from each file; without a Z "
+            "step isotropic voxels are assumed, with a note)"
+        ),
+    )
+
+
+def _is_volume(axes: str) -> bool:
+    return "Z" in axes and "T" not in axes
+
+
+def read_stack_training_data(
+    args: argparse.Namespace,
+    inputs: Any,
+    base: Any,
+    model_config: Any,
+    target_config: Any,
+    read_planar: Any,
+) -> tuple[list, Any]:
+    """Training pairs for ``train``: Z-stacks (axes with Z, without T) as volumes cut in three
+    orientations (:mod:`napari_unet.core.data3d`), other images by ``read_planar(inputs, base,
+    model_config, target_config)``. Returns the pairs and the voxel size (z, y, x) of the first
+    volume in µm, or None when no input is a volume."""
+    from napari_unet.cli._readers import read_labels, read_mask
+    from napari_unet.core import io
+    from napari_unet.core.data3d import AnnotatedVolume, volume_training_pairs
+    from napari_unet.core.voxels import resolve_voxel_size
+
+    planar = [item for item in inputs if not _is_volume(io.read_image(item.image).axes)]
+    pairs = read_planar(planar, base, model_config, target_config) if planar else []
+    first_voxel = None
+
+    def volumes() -> Any:
+        nonlocal first_voxel
+        for item in inputs:
+            if item in planar:
+                continue
+            image = io.read_image(item.image)
+            voxel = resolve_voxel_size(
+                image.pixel_size,
+                image.z_spacing,
+                getattr(args, "voxel_size", None),
+                str(item.image),
+            )
+            if voxel.note and not args.quiet:
+                sys.stderr.write(f"note: {voxel.note}\n")
+            if first_voxel is None and voxel.unit == "um":
+                first_voxel = voxel.size
+            yield AnnotatedVolume(
+                image.data, read_labels(item.labels, "labels"), voxel.size,
+                read_mask(item.mask) if item.mask is not None else None,
+                channel_axis="C" in image.axes, name=str(item.image),
+            )  # fmt: skip
+
+    if len(planar) < len(inputs):
+        pairs += volume_training_pairs(volumes(), base, model_config, target_config)
+    return pairs, first_voxel
+
+
+def warn_blockwise_stacks(args: argparse.Namespace) -> None:
+    """Say, on stderr, that Z-stacks predicted blockwise are labelled plane by plane (3D labels
+    need the whole stack in memory for now)."""
+    from pathlib import Path
+
+    from napari_unet.core.errors import UserError
+    from napari_unet.core.lazy import open_lazy
+
+    if getattr(args, "stack", "auto") == "planes" or args.quiet:
+        return
+    for name in args.inputs:
+        try:
+            axes = open_lazy(Path(name).expanduser()).axes
+        except (UserError, OSError, ValueError):
+            continue  # the blockwise command reports unreadable inputs itself
+        if "Z" in axes:
+            sys.stderr.write(
+                f"note: {name} is predicted blockwise, where a Z-stack is labelled plane by "
+                "plane (ids unique across planes, not 3D objects); 3D labels (--stack ortho or "
+                "link) need a stack that fits in memory\n"
+            )
