@@ -77,7 +77,7 @@ def test_blockwise_tiff_to_folder_writes_a_tiled_bigtiff(capsys, tmp_path, model
     assert written.axes == "YX" and written.pixel_size == pytest.approx((0.25, 0.25))
     with tifffile.TiffFile(tmp_path / "big_labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled
-    probs = zarr.open_array(str(tmp_path / "big_probabilities.zarr"))
+    probs = zarr.open_array(str(tmp_path / "big_probabilities.zarr" / "0"))
     assert probs.shape == (3, *image.shape) and probs.dtype == np.float32
 
 

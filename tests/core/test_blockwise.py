@@ -68,7 +68,7 @@ def test_blockwise_equals_in_memory(model, image, in_memory, tmp_path):
     result, _ = _blockwise(image, model, tmp_path / "labels.zarr",
                            probabilities=tmp_path / "probs.zarr")
     blockwise = np.asarray(result.labels[...])
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probs.zarr"))[...], probs,
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probs.zarr" / "0"))[...], probs,
                                atol=1e-5)
     assert result.n_blocks == 25 and result.block_size == BLOCK and result.axes == "YX"
     agreement = match(blockwise, labels, 0.5)

@@ -37,6 +37,7 @@ import tifffile
 from napari_unet._napari._layer_info import LayerData, display_name, layer_data
 from napari_unet.core.io import LABELS_SOFTWARE, ImageData, read_image
 from napari_unet.core.lazy import is_zarr_path, open_lazy
+from napari_unet.core.safe_paths import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def read_layers(path: PathLike) -> list[LayerData]:
     Raises:
         ImageReadError: the file cannot be read.
     """
+    require_regular_file(Path(path))  # a FIFO named x.tif would block any open() forever
     if _is_zarr(path):
         image = open_lazy(path)
         labels = _zarr_labels(path) or is_labels(image)

@@ -145,19 +145,27 @@ def _targets(inputs: list[Path], target: Path, bigtiff: bool, suffix: str,
     return paths
 
 
-def _check_inputs(inputs: list[Path], outputs: list[Path]) -> None:
+def _check_inputs(inputs: list[Path], outputs: list[Path], probs: list[Path]) -> None:
+    """Inputs that can be read, outputs apart from them, and no zarr output that would replace
+    anything but a store napari-unet wrote."""
     from napari_unet.cli._paths import check_not_an_input
     from napari_unet.core.errors import ImageReadError
     from napari_unet.core.lazy import is_zarr_path
+    from napari_unet.core.safe_paths import check_replaceable, require_regular_file
 
     for path in inputs:
         if not path.exists():
             raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
+        require_regular_file(path)
         if path.is_dir() and not is_zarr_path(path):
             raise ImageReadError(
                 f"Cannot read image '{path}': it is a folder, not a TIFF file or a zarr store."
             )
-    check_not_an_input(inputs, outputs)
+    check_not_an_input(inputs, outputs + probs)
+    for option, paths in (("-o", outputs), ("--probabilities", probs)):
+        for path in paths:
+            if _is_zarr_name(str(path)):
+                check_replaceable(path, option)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +195,7 @@ def cmd_predict_blockwise(args: argparse.Namespace) -> int:
     if args.probabilities:
         probs = list(_targets(inputs, Path(args.probabilities).expanduser(), False,
                               "_probabilities", "--probabilities", tiff_allowed=False))
-    _check_inputs(inputs, outputs + [p for p in probs if p is not None])
+    _check_inputs(inputs, outputs, [p for p in probs if p is not None])
     device, loaded, tiling, post = _setup(args)
     client = connect(args.scheduler)
     try:

@@ -6,8 +6,9 @@
 - :func:`create_label_zarr` makes an OME-Zarr (NGFF 0.4, zarr v2) label image: a group holding
   one full-resolution array ``"0"`` with axes, pixel size (``scale``) and ``image-label``
   metadata, which napari and other OME-Zarr readers open as labels.
-- :func:`create_probability_zarr` makes a plain zarr array (classes first) with xarray-style
-  dimension names.
+- :func:`create_probability_zarr` makes an OME-Zarr image of float32 probabilities (classes
+  as the channel axis, first), with the same axes and pixel size.
+- Both mark their root with :data:`~.safe_paths.OWNER_KEY`: only such a store is ever replaced.
 - :func:`atomic_dir` writes a store under a temporary name beside its destination and renames it
   when complete, like :func:`~.io.atomic_path` does for files.
 - :func:`write_tiled_tiff` writes a tiled, zlib-compressed (Big)TIFF from an iterator of tiles,
@@ -19,7 +20,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -31,7 +31,8 @@ import numpy as np
 
 from .errors import UserError
 from .io import PixelSize, _ome_kwargs
-from .lazy import is_zarr_path, open_lazy
+from .lazy import open_lazy
+from .safe_paths import OWNER_KEY, check_replaceable, sweep_beside, temp_tag
 
 logger = logging.getLogger(__name__)
 
@@ -124,15 +125,15 @@ class PathReader:
 
 
 def check_store_path(path: str | os.PathLike[str]) -> Path:
-    """Check that a zarr store can be written at ``path`` (replacing only a zarr store).
+    """Check that a zarr store can be written at ``path``, replacing only a store that
+    napari-unet wrote (see :func:`~.safe_paths.is_own_store`).
 
     Raises:
-        UserError: the folder above does not exist, or ``path`` is a file or a folder that is
-            not a zarr store.
+        UserError: the folder above does not exist or is not writable, or ``path`` is a file, a
+            folder or a zarr store that napari-unet did not write.
     """
     path = Path(path).expanduser()
-    if path.exists() and not is_zarr_path(path):
-        raise UserError(f"Cannot write '{path}': it exists and is not a zarr store.")
+    check_replaceable(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"Cannot write '{path}': the output folder '{parent}' does not exist.")
@@ -146,17 +147,20 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; it replaces ``path`` when the block succeeds.
 
     On any error (and on cancellation) the temporary folder is removed and ``path`` is left as
-    it was. An existing zarr store at ``path`` is replaced; anything else there is refused.
+    it was. An existing store that napari-unet wrote is replaced; anything else is refused.
+    Stale temporary stores of earlier, killed runs are removed first.
     """
     path = check_store_path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    sweep_beside(path)
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp")
     try:
         yield tmp
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to the temporary store '{tmp}'")
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            check_replaceable(path)  # still ours (it may have changed while we worked)
+            old = path.with_name(f".{path.name}.{temp_tag()}.old")
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
@@ -199,6 +203,42 @@ def _scale(axes: str, pixel_size: PixelSize | None, z_spacing: float | None) -> 
     return [float(sizes.get(a, 1.0)) for a in axes]
 
 
+def _multiscales(axes: str, pixel_size: PixelSize | None, z_spacing: float | None,
+                 name: str) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": "0.4",
+            "name": name,
+            "axes": _ngff_axes(axes),
+            "datasets": [
+                {
+                    "path": "0",
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": _scale(axes, pixel_size, z_spacing)}
+                    ],
+                }
+            ],
+        }
+    ]
+
+
+def _ome_group(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
+               chunks: tuple[int, ...], fill: Any) -> tuple[Any, Any]:
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w-", zarr_format=2)
+    array = group.create_array(
+        "0",
+        shape=shape,
+        chunks=chunks,
+        dtype=np.dtype(dtype),
+        fill_value=fill,
+        compressors=_compressor(),
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
+    return group, array
+
+
 def create_label_zarr(
     path: str | os.PathLike[str],
     shape: tuple[int, ...],
@@ -219,55 +259,50 @@ def create_label_zarr(
         pixel_size: (y, x) µm, written as the dataset's ``scale``; ``z_spacing`` likewise.
 
     Returns:
-        The :class:`zarr.Array` ``"0"`` (filled with 0 where never written).
+        The :class:`zarr.Array` ``"0"`` (filled with 0 where never written). The group's
+        attributes hold ``multiscales``, ``image-label`` and the :data:`~.safe_paths.OWNER_KEY`
+        mark that lets napari-unet replace the store later.
     """
-    import zarr
-
-    group = zarr.open_group(str(path), mode="w-", zarr_format=2)
-    array = group.create_array(
-        "0",
-        shape=shape,
-        chunks=chunks,
-        dtype=np.dtype(dtype),
-        fill_value=0,
-        compressors=_compressor(),
-        chunk_key_encoding={"name": "v2", "separator": "/"},
-    )
-    group.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": name,
-            "axes": _ngff_axes(axes),
-            "datasets": [
-                {
-                    "path": "0",
-                    "coordinateTransformations": [
-                        {"type": "scale", "scale": _scale(axes, pixel_size, z_spacing)}
-                    ],
-                }
-            ],
-        }
-    ]
-    group.attrs["image-label"] = {"version": "0.4"}
+    group, array = _ome_group(path, shape, dtype, chunks, 0)
+    group.attrs.update({
+        "multiscales": _multiscales(axes, pixel_size, z_spacing, name),
+        "image-label": {"version": "0.4"},
+        OWNER_KEY: {"kind": "labels"},
+    })
     return array
 
 
 def create_probability_zarr(
-    path: str | os.PathLike[str], shape: tuple[int, ...], chunks: tuple[int, ...], axes: str
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    z_spacing: float | None = None,
+    class_names: list[str] | None = None,
 ) -> Any:
-    """Create an empty float32 zarr array (classes first, ``axes`` e.g. ``"CZYX"``) at ``path``."""
-    import zarr
+    """Create an empty float32 OME-Zarr (NGFF 0.4) image of class probabilities at ``path``.
 
-    array = zarr.create_array(
-        str(path),
-        shape=shape,
-        chunks=chunks,
-        dtype=np.float32,
-        fill_value=0.0,
-        zarr_format=2,
-        compressors=_compressor(),
-        chunk_key_encoding={"name": "v2", "separator": "/"},
-    )
+    Args:
+        shape: (K, *leading, Y, X); ``axes`` names each dimension, ``"C"`` (the classes) first.
+        pixel_size, z_spacing: µm, written as the dataset's ``scale``.
+        class_names: written as the channel labels (``omero``), when given.
+
+    Returns:
+        The :class:`zarr.Array` ``"0"``; it also carries xarray's ``_ARRAY_DIMENSIONS``.
+    """
+    group, array = _ome_group(path, shape, np.float32, chunks, 0.0)
+    attrs: dict[str, Any] = {
+        "multiscales": _multiscales(axes, pixel_size, z_spacing, "probabilities"),
+        OWNER_KEY: {"kind": "probabilities"},
+    }
+    if class_names is not None and len(class_names) == shape[0]:
+        attrs["omero"] = {"channels": [
+            {"label": str(n), "active": True, "color": "FFFFFF",
+             "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
+            for n in class_names
+        ]}
+    group.attrs.update(attrs)
     array.attrs["_ARRAY_DIMENSIONS"] = [a.lower() for a in axes]
     return array
 

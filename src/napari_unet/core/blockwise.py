@@ -182,8 +182,9 @@ def predict_blockwise(
             objects larger than this may be split at block borders.
         tiling, device, precision: as for :func:`~.predict.predict_probabilities`.
         postprocess: thresholds and minimum size; the defaults when ``None``.
-        probabilities: optional ``.zarr`` path or zarr array for the float32 probabilities
-            (K, *leading, Y, X).
+        probabilities: optional ``.zarr`` path (an OME-Zarr image, array ``"0"``: (K, *leading,
+            Y, X), or (T, K, ...) for a time-lapse, as OME-Zarr orders time before channels) or
+            a zarr array (K, *leading, Y, X) for the float32 probabilities.
         client: a :class:`distributed.Client`: blocks run on its cluster (the workers must share
             the file system of the image, the outputs and ``work_dir``). ``None``: here.
         work_dir: folder for the scratch store of block-local ids (default: beside ``output``
@@ -229,10 +230,12 @@ def predict_blockwise(
     try:
         with ExitStack() as stack:
             probs = _probability_target(stack, probabilities, prob_kind, grid, arrangement,
-                                        net.config.out_classes)
+                                        net.config.out_classes, lazy,
+                                        getattr(model, "class_names", None))
             settings = BlockSettings(
                 grid, arrangement, bounds, net.config.in_channels, semantic, tiling,
                 str(device), precision, post, work_array(scratch, grid), probs,
+                _class_axis(prob_kind, arrangement),
             )
             reader = reader_for(lazy, arrangement, client is not None)
             stitcher = Stitcher()
@@ -288,17 +291,27 @@ def _check_targets(output: Any, kind: str, probabilities: Any, prob_kind: str,
             raise UserError("The labels and the probabilities cannot go to the same path.")
 
 
+def _class_axis(kind: str, arrangement: Any) -> int:
+    """Where the classes go in a probability store we create: after T (OME-Zarr's order)."""
+    return 1 if kind == "zarr" and arrangement.leading_axes.startswith("T") else 0
+
+
 def _probability_target(stack: ExitStack, target: Any, kind: str, grid: BlockGrid,
-                        arrangement: Any, n_classes: int) -> Any:
+                        arrangement: Any, n_classes: int, lazy: LazyImage,
+                        class_names: list[str] | None) -> Any:
     if kind == "none":
         return None
     if kind == "array":
         return target
     side = chunk_side(grid.block)
-    shape = (n_classes, *arrangement.leading, grid.height, grid.width)
-    chunks = (1,) * (1 + len(arrangement.leading)) + (side, side)
+    at = _class_axis(kind, arrangement)
+    leading, letters = list(arrangement.leading), arrangement.leading_axes
+    shape = (*leading[:at], n_classes, *leading[at:], grid.height, grid.width)
+    axes = letters[:at] + "C" + letters[at:] + "YX"
+    chunks = (1,) * (1 + len(leading)) + (side, side)
     tmp = stack.enter_context(atomic_dir(target))
-    return create_probability_zarr(tmp, shape, chunks, "C" + arrangement.label_axes)
+    return create_probability_zarr(tmp, shape, chunks, axes,
+                                   lazy.pixel_size, lazy.z_spacing, class_names)
 
 
 # --------------------------------------------------------------------------------------------

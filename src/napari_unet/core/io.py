@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import struct
 import sys
 from collections.abc import Iterator
@@ -190,8 +189,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Raises:
         UserError: the output folder does not exist or ``path`` is a folder.
     """
+    from .safe_paths import sweep_beside, temp_tag
+
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{''.join(path.suffixes)}")
+    sweep_beside(path)
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp{''.join(path.suffixes)}")
     try:
         yield tmp
         if not tmp.exists():
@@ -260,6 +262,9 @@ def _check_readable(path: Path) -> bytes:
         raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
     if path.is_dir():
         raise ImageReadError(f"Cannot read image '{path}': it is a folder, not a file.")
+    from .safe_paths import require_regular_file
+
+    require_regular_file(path)  # a FIFO would block the open below forever
     try:
         with open(path, "rb") as fh:
             header = fh.read(8)

@@ -40,6 +40,7 @@ from .io import (
     ImageData,
     PixelSize,
     _check_readable,
+    _check_size,
     _describe,
     _is_rgb,
     _normalize_axes,
@@ -90,9 +91,12 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a zarr store on disk: a folder with zarr metadata (``zarr.json``,
     ``.zgroup`` or ``.zarray``) or a folder whose name ends in ``.zarr``."""
     path = Path(path).expanduser()
-    if not path.is_dir():
+    try:
+        if not path.is_dir():
+            return False
+        return path.suffix.lower() == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS)
+    except OSError:  # an unreadable folder above: not something we can open
         return False
-    return path.suffix.lower() == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS)
 
 
 def open_lazy(path: str | os.PathLike[str]) -> LazyImage:
@@ -169,6 +173,7 @@ def _open_tiff(path: Path) -> LazyImage:
             if not tif.series:
                 raise ImageReadError(f"Cannot read image '{path}': the TIFF file holds no image.")
             series = tif.series[0]
+            _check_size(path, series, in_memory=False)  # a header claiming more than the file
             tiff_axes = series.axes.upper()
             is_rgb = _is_rgb(series)
             pixel_size, z_spacing = _physical_sizes(tif)
