@@ -43,8 +43,24 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
         return get_model(args.model), None
     if architecture.get("depth", 0) > 8:
         raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
+    from napari_unet.core.limits import check_architecture
+
     channels = _scratch_channels(read_image(first_image))
+    try:
+        check_architecture({"in_channels": channels, **architecture})
+    except ValueError as exc:
+        raise UserError(f"--depth/--base-channels: {exc}") from None
     return None, ModelConfig(in_channels=channels, **architecture)
+
+
+def _check_resources(config: Any, base: Any, model_config: Any) -> None:
+    """Refuse patches and batches that cannot fit, before any file is written."""
+    from napari_unet.core.io import _available_memory
+    from napari_unet.core.limits import check_training
+
+    architecture = base.config if base is not None else model_config
+    check_training(config.patch_size, config.batch_size, architecture.base_channels,
+                   _available_memory())
 
 
 def _read_training_data(
@@ -108,6 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_not_an_input((p for i in inputs for p in (i.image, i.labels, i.mask)), [output])
     device = chosen_device(args.device)
     base, model_config = _base_model(args, inputs[0].image)
+    _check_resources(config, base, model_config)
     if base is not None and base.path is not None and base.path.resolve() == output.resolve():
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
