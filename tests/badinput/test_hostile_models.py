@@ -57,8 +57,11 @@ def rewrite(source: Path, target: Path, edit=None, tensors_edit=None) -> Path:
         tensors_edit(tensors)
         meta["weights_sha256"] = weights_hash(tensors)
     text = edit(meta) if edit is not None else meta
-    save_file(tensors, str(target), metadata={METADATA_KEY: text if isinstance(text, str)
-                                               else json.dumps(text)})
+    save_file(
+        tensors,
+        str(target),
+        metadata={METADATA_KEY: text if isinstance(text, str) else json.dumps(text)},
+    )
     return target
 
 
@@ -87,10 +90,14 @@ def _config(**changes):
         (_config(base_channels=100000, max_channels=100000), ["at most 4096"]),
         (_config(depth=8, base_channels=4096, max_channels=4096), ["million weights"]),
         (_config(in_channels=10**9), ["in_channels"]),
-        (lambda m: {**m, "normalize": {"method": "percentile", "low": "a", "high": 99}},
-         ["normalize 'low'"]),
-        (lambda m: {**m, "normalize": {"method": "percentile", "low": 90, "high": 10}},
-         ["normalize"]),
+        (
+            lambda m: {**m, "normalize": {"method": "percentile", "low": "a", "high": 99}},
+            ["normalize 'low'"],
+        ),
+        (
+            lambda m: {**m, "normalize": {"method": "percentile", "low": 90, "high": 10}},
+            ["normalize"],
+        ),
         (lambda m: {**m, "normalize": {"method": ["x"]}}, ["normalize 'method'"]),
         (lambda m: {**m, "normalize": {"low": 1e400}}, ["normalize"]),
         (lambda m: {**m, "tiling": {"tile_size": 10**9, "batch_size": 1}}, ["tile size"]),
@@ -100,8 +107,9 @@ def _config(**changes):
         (lambda m: "[" * 100000 + "]" * 100000, ["nested too deeply"]),
     ],
 )
-def test_hostile_metadata_is_refused_in_one_line(capsys, tmp_path, model_file, image_file, edit,
-                                                 words):
+def test_hostile_metadata_is_refused_in_one_line(
+    capsys, tmp_path, model_file, image_file, edit, words
+):
     bad = rewrite(model_file, tmp_path / "bad.safetensors", edit)
     code, err = run(capsys, "predict", image_file, "-o", tmp_path, "-m", bad, "--device", "cpu")
     one_error(code, err, *words)
@@ -118,8 +126,9 @@ def test_a_deeply_nested_model_does_not_break_the_model_list(capsys, isolated_mo
 
 def _nan_statistics(tmp_path: Path) -> Path:
     net = build_model(ModelConfig(depth=1, base_channels=4), seed=0).eval()
-    path = save_model(tmp_path / "bn.safetensors", net,
-                      LoadedModel.from_model(net, name="bn").metadata)
+    path = save_model(
+        tmp_path / "bn.safetensors", net, LoadedModel.from_model(net, name="bn").metadata
+    )
 
     def poison(tensors):
         key = next(k for k in tensors if k.endswith("running_var"))
@@ -151,15 +160,30 @@ def test_a_model_with_nan_weights_is_never_saved(tmp_path):
 )
 def test_absurd_tiling_options_are_refused(capsys, tmp_path, model_file, image_file, option):
     for out in (tmp_path, tmp_path / "out.zarr"):
-        code, err = run(capsys, "predict", image_file, "-o", out, "-m", model_file,
-                        "--device", "cpu", *option)
+        code, err = run(
+            capsys, "predict", image_file, "-o", out, "-m", model_file, "--device", "cpu", *option
+        )
         one_error(code, err)
     assert not (tmp_path / "out.zarr").exists()
 
 
 def test_a_batch_larger_than_the_tiles_runs(capsys, tmp_path, model_file, image_file):
-    code, err = run(capsys, "predict", image_file, "-o", tmp_path, "-m", model_file,
-                    "--device", "cpu", "--batch-size", "1000", "--tile-size", "32", "-q")
+    code, err = run(
+        capsys,
+        "predict",
+        image_file,
+        "-o",
+        tmp_path,
+        "-m",
+        model_file,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1000",
+        "--tile-size",
+        "32",
+        "-q",
+    )
     assert code == 0, err
 
 
@@ -176,29 +200,68 @@ def training_files(tmp_path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(
     "option",
-    [["--patch-size", "100000"], ["--batch-size", "100000"],
-     ["--batch-size", "1000", "--patch-size", "4096"],
-     ["--model", "scratch", "--base-channels", "100000"]],
+    [
+        ["--patch-size", "100000"],
+        ["--batch-size", "100000"],
+        ["--batch-size", "1000", "--patch-size", "4096"],
+        ["--model", "scratch", "--base-channels", "100000"],
+    ],
 )
-def test_absurd_training_sizes_leave_no_model(capsys, tmp_path, training_files, model_file,
-                                              option):
+def test_absurd_training_sizes_leave_no_model(capsys, tmp_path, training_files, model_file, option):
     image, labels = training_files
     out = tmp_path / "new.safetensors"
     model = [] if "--model" in option else ["--model", model_file]
-    code, err = run(capsys, "train", "--image", image, "--labels", labels, "-o", out,
-                    "--device", "cpu", "-q", *model, *option)
+    code, err = run(
+        capsys,
+        "train",
+        "--image",
+        image,
+        "--labels",
+        labels,
+        "-o",
+        out,
+        "--device",
+        "cpu",
+        "-q",
+        *model,
+        *option,
+    )
     one_error(code, err)
     assert not out.exists()
 
 
-def test_a_diverging_training_never_writes_a_nan_model(capsys, tmp_path, training_files,
-                                                       model_file):
+def test_a_diverging_training_never_writes_a_nan_model(
+    capsys, tmp_path, training_files, model_file
+):
     image, labels = training_files
     out = tmp_path / "new.safetensors"
-    code, err = run(capsys, "train", "--image", image, "--labels", labels, "-o", out,
-                    "--model", model_file, "--device", "cpu", "-q", "--learning-rate", "1e30",
-                    "--validation-fraction", "0", "--epochs", "2", "--steps-per-epoch", "2",
-                    "--patch-size", "32", "--batch-size", "1")
+    code, err = run(
+        capsys,
+        "train",
+        "--image",
+        image,
+        "--labels",
+        labels,
+        "-o",
+        out,
+        "--model",
+        model_file,
+        "--device",
+        "cpu",
+        "-q",
+        "--learning-rate",
+        "1e30",
+        "--validation-fraction",
+        "0",
+        "--epochs",
+        "2",
+        "--steps-per-epoch",
+        "2",
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "1",
+    )
     one_error(code, err, "diverged")
     loaded = load_model(out)  # whatever is there loads: the last good model
     assert all(torch.isfinite(t).all() for t in loaded.model.state_dict().values())

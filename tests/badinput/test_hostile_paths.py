@@ -37,8 +37,9 @@ def predict(capsys, model_file, *argv) -> tuple[int, str]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_an_ordinary_folder_named_zarr_is_never_replaced(capsys, tmp_path, model_file, image):
@@ -91,18 +92,37 @@ def test_our_own_store_is_replaced(capsys, tmp_path, model_file, image):
     tifffile.imwrite(tmp_path / "in.tif", image)
     out = tmp_path / "labels.zarr"
     for _ in range(2):
-        code, err = predict(capsys, model_file, tmp_path / "in.tif", "-o", out,
-                            "--probabilities", tmp_path / "p.zarr")
+        code, err = predict(
+            capsys,
+            model_file,
+            tmp_path / "in.tif",
+            "-o",
+            out,
+            "--probabilities",
+            tmp_path / "p.zarr",
+        )
         assert code == 0, err
     assert zarr.open_array(str(out / "0"))[:].max() > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_probabilities_store_is_ome_zarr(capsys, tmp_path, model_file, image):
-    tifffile.imwrite(tmp_path / "in.tif", np.stack([image, image]), imagej=True,
-                     metadata={"axes": "TYX", "unit": "um"}, resolution=(2.0, 2.0))
-    code, err = predict(capsys, model_file, tmp_path / "in.tif", "-o", tmp_path / "l.zarr",
-                        "--probabilities", tmp_path / "p.zarr")
+    tifffile.imwrite(
+        tmp_path / "in.tif",
+        np.stack([image, image]),
+        imagej=True,
+        metadata={"axes": "TYX", "unit": "um"},
+        resolution=(2.0, 2.0),
+    )
+    code, err = predict(
+        capsys,
+        model_file,
+        tmp_path / "in.tif",
+        "-o",
+        tmp_path / "l.zarr",
+        "--probabilities",
+        tmp_path / "p.zarr",
+    )
     assert code == 0, err
     group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
     meta = group.attrs["multiscales"][0]
@@ -131,8 +151,19 @@ def test_a_fifo_is_refused_by_train(capsys, tmp_path):
     fifo = tmp_path / "x.tif"
     os.mkfifo(fifo)
     tifffile.imwrite(tmp_path / "x_labels.tif", np.zeros((32, 32), np.uint16))
-    code, err = run(capsys, "train", "--image", fifo, "--labels", tmp_path / "x_labels.tif",
-                    "-o", tmp_path / "m.safetensors", "--device", "cpu", "-q")
+    code, err = run(
+        capsys,
+        "train",
+        "--image",
+        fifo,
+        "--labels",
+        tmp_path / "x_labels.tif",
+        "-o",
+        tmp_path / "m.safetensors",
+        "--device",
+        "cpu",
+        "-q",
+    )
     assert code == 2 and "named pipe" in err, err
 
 

@@ -93,8 +93,10 @@ def tiling_problem(tile_size: Any, halo: Any, batch_size: Any) -> str | None:
     if tile_size > MAX_TILE:
         return f"a tile size of {tile_size} px is more than the {MAX_TILE} px allowed"
     if halo is not None and halo > MAX_HALO:
-        return (f"an overlap of {halo} px is more than the {MAX_HALO} px allowed (no network "
-                "needs that much context)")
+        return (
+            f"an overlap of {halo} px is more than the {MAX_HALO} px allowed (no network "
+            "needs that much context)"
+        )
     if batch_size > MAX_BATCH:
         return f"a batch of {batch_size} tiles is more than the {MAX_BATCH} allowed"
     return None
@@ -112,8 +114,9 @@ def check_tiling(tiling: Any) -> Any:
     return tiling
 
 
-def check_training(patch_size: int, batch_size: int, base_channels: int,
-                   available: int | None) -> None:
+def check_training(
+    patch_size: int, batch_size: int, base_channels: int, available: int | None
+) -> None:
     """Refuse training patches and batches beyond the bounds or the memory ``available``.
 
     Raises:
@@ -153,7 +156,9 @@ def normalize_problem(raw: Any) -> str | None:
     for key in ("low", "high"):
         value = raw.get(key)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
         ):
             return f"normalize '{key}' must be a number, got {value!r}"
     if "method" in raw and not isinstance(raw["method"], str):

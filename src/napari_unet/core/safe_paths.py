@@ -71,8 +71,13 @@ def require_regular_file(path: Path, what: str = "image") -> None:
     except OSError:
         return  # missing or unreadable: the caller's own check says which
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket"
-                if stat.S_ISSOCK(mode) else "a device")
+        kind = (
+            "a named pipe (FIFO)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+        )
         raise ImageReadError(f"Cannot read {what} '{path}': it is {kind}, not a regular file.")
 
 
@@ -91,11 +96,14 @@ def check_outputs_apart(inputs: Iterable[Path | None], outputs: Iterable[Path]) 
         target = Path(output).expanduser().resolve()
         for source in sources:
             if target == source:
-                raise UserError(f"the output {output} is one of the inputs; it would be "
-                                "overwritten")
+                raise UserError(
+                    f"the output {output} is one of the inputs; it would be overwritten"
+                )
             if _inside(source, target):
-                raise UserError(f"the output {output} holds the input {source}; writing it "
-                                "would destroy the input")
+                raise UserError(
+                    f"the output {output} holds the input {source}; writing it "
+                    "would destroy the input"
+                )
             if _inside(target, source):
                 raise UserError(f"the output {output} lies inside the input {source}")
 
@@ -142,8 +150,10 @@ def check_replaceable(path: Path, option: str = "") -> None:
         what = "a folder that is not a zarr store written by napari-unet"
     else:
         what = "a file, not a zarr store"
-    raise UserError(f"Cannot write {where}: it exists and is {what}; napari-unet replaces only "
-                    "stores it wrote itself. Remove it or choose another name.")
+    raise UserError(
+        f"Cannot write {where}: it exists and is {what}; napari-unet replaces only "
+        "stores it wrote itself. Remove it or choose another name."
+    )
 
 
 # --------------------------------------------------------------------------------------------
