@@ -88,7 +88,8 @@ def read_layers(path: PathLike) -> list[LayerData]:
     require_regular_file(Path(path))  # a FIFO named x.tif would block any open() forever
     if _is_zarr(path):
         image = open_lazy(path)
-        labels = _zarr_labels(path) or is_labels(image)
+        integer = np.dtype(image.data.dtype).kind in "iu"  # napari's Labels hold integers only
+        labels = (_zarr_labels(path) and integer) or is_labels(image)
         return [layer_data(image, _zarr_name(path), "labels" if labels else "image")]
     if opens_lazily(path):
         image = open_lazy(path)

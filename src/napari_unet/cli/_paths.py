@@ -99,6 +99,22 @@ def check_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
         if path.stat().st_size == 0:
             raise ImageReadError(f"Cannot read image '{path}': the file is empty.")
     check_not_an_input(inputs, outputs)
+    check_distinct(outputs)
+
+
+def check_distinct(outputs: Sequence[Path]) -> None:
+    """Raise UserError when two outputs (labels and probabilities) are the same file."""
+    from napari_unet.core.errors import UserError
+
+    seen: set[Path] = set()
+    for path in outputs:
+        resolved = path.expanduser().resolve()
+        if resolved in seen:
+            raise UserError(
+                f"{path} is named twice as an output (-o and --probabilities); the labels and "
+                "the probabilities need files of their own"
+            )
+        seen.add(resolved)
 
 
 def model_output(text: str) -> Path:

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .io import PixelSize, _ome_kwargs
+from .errors import ImageReadError, UserError
+from .io import _READ_ERRORS, PixelSize, _describe, _ome_kwargs
 from .lazy import open_lazy
 from .safe_paths import OWNER_KEY, check_replaceable, sweep_beside, temp_tag
 
@@ -90,10 +90,22 @@ def _read(data: Any, arrangement: Arrangement, plane: int, region: tuple[slice, 
     """One block (channel?, h, w) of ``data`` (the image, not yet arranged) as numpy."""
     arranged = data.transpose(arrangement.order)
     key = (*arrangement.index(plane), Ellipsis, *region)
-    block = arranged[key]
-    if hasattr(block, "compute"):
-        return np.asarray(block.compute(scheduler="synchronous"))
-    return np.asarray(block)
+    rows, cols = region
+    where = f"at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop}"
+    return compute_pixels(arranged[key], where)
+
+
+def compute_pixels(block: Any, where: str, scheduler: str = "synchronous") -> np.ndarray:
+    """``block`` (dask, zarr or numpy) read into numpy; a truncated file or a corrupt chunk is
+    an :class:`~.errors.ImageReadError` that says ``where`` (e.g. "at rows 0-512, ...")."""
+    try:
+        if hasattr(block, "compute"):
+            return np.asarray(block.compute(scheduler=scheduler))
+        return np.asarray(block)
+    except MemoryError:
+        raise
+    except _READ_ERRORS as exc:
+        raise ImageReadError(f"Cannot read the image's pixels {where}: {_describe(exc)}.") from exc
 
 
 @dataclass

@@ -25,6 +25,7 @@ from .block_io import (
     ArrayReader,
     PathReader,
     arrange,
+    compute_pixels,
     create_work_zarr,
     store_exists,
 )
@@ -124,7 +125,7 @@ def global_bounds(
              for p in range(0, n_planes, step_p)]
     import dask.array as da
 
-    sample = np.asarray(da.stack(parts).compute(scheduler="threads"))
+    sample = compute_pixels(da.stack(parts), "to sample its intensities", "threads")
     planes, _, _ = as_planes(sample, "Q" + arrangement.block_axes, in_channels)
     return percentile_bounds(planes, normalize.low, normalize.high, channel_axis=1)
 

@@ -93,7 +93,8 @@ _READ_ERRORS = (
 
 # Largest ratio of decoded to stored bytes that a TIFF codec can reach (deflate: 1032:1,
 # PackBits: 128:1), by TIFF compression code; a header that claims more pixels is corrupt.
-_MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0}
+_MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0,
+                                5: 4200.0}  # LZW: 12-bit codes of at most 4096 bytes each
 
 LABELS_SOFTWARE = "napari-unet labels"
 """The TIFF Software tag of files written by :func:`write_labels`: it marks them as label images."""
@@ -307,6 +308,8 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
         data = tifffile.memmap(path, series=0, mode="r")
         logger.debug("memory-mapped %s", path)
     data = data.reshape(shape) if data.shape != shape else data
+    if data.dtype == bool:  # a 1-bit (bilevel) TIFF: 0 and 1
+        data = data.astype(np.uint8)
     data, axes = _normalize_axes(data, tiff_axes, is_rgb)
     unit = "um" if pixel_size is not None or z_spacing is not None else "pixel"
     if "Z" not in axes:
@@ -314,12 +317,32 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
     return ImageData(data, axes, pixel_size, z_spacing, unit, path)
 
 
+def check_pixel_dtype(path: Path | str, dtype: Any) -> None:
+    """Refuse pixels that are not real numbers (complex, strings, records).
+
+    Raises:
+        ImageReadError: the dtype cannot be segmented.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        what = "complex-valued" if dtype.kind == "c" else f"of type {dtype}"
+        raise ImageReadError(
+            f"Cannot read image '{path}': its pixels are {what}; napari-unet reads real-valued "
+            "images (integers or floats)."
+        )
+
+
 def _check_size(path: Path, series: tifffile.TiffPageSeries, in_memory: bool) -> None:
     """Refuse, before allocating anything, pixels that the file cannot hold or memory cannot fit.
 
     A corrupt header can claim gigabytes of pixels; reading them would exhaust the memory.
     """
-    nbytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
+    check_pixel_dtype(path, series.dtype)
+    bits = int(getattr(series.keyframe, "bitspersample", 8) or 8)
+    if np.dtype(series.dtype) == bool and bits == 1:  # bilevel: 8 pixels a byte on disk
+        nbytes = math.ceil(math.prod(series.shape) / 8)
+    else:
+        nbytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
     file_size = path.stat().st_size
     ratio = _MAX_RATIO.get(int(series.keyframe.compression))
     if ratio is not None and nbytes > file_size * ratio + 4096:
@@ -365,11 +388,21 @@ def _available_memory() -> int | None:
 
 def _read_plain_image(path: Path) -> ImageData:
     """Read a 2D PNG or JPEG: (Y, X) grayscale or (Y, X, S) RGB(A)."""
+    import warnings
+
     import imageio.v3 as iio  # installed with scikit-image; only needed here
+    from PIL import Image
 
     try:
-        data = np.asarray(iio.imread(path))
-    except (OSError, ValueError, RuntimeError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            data = np.asarray(iio.imread(path))
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"Cannot read image '{path}': it claims more pixels than a PNG or JPEG reasonably "
+            f"holds (a decompression bomb?): {exc}"
+        ) from exc
+    except (OSError, ValueError, RuntimeError, SyntaxError, MemoryError) as exc:
         raise ImageReadError(f"Cannot read image '{path}': {_describe(exc)}.") from exc
     if data.ndim == 3 and data.shape[-1] in (1, 2):  # gray (+ alpha): keep the gray plane
         data = data[..., 0]
@@ -451,8 +484,37 @@ def positive_number(value: Any) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
+#: Pixel sizes and spacings (µm) outside this range are taken as unknown: a corrupt or hostile
+#: header, which could not even be written back as TIFF resolution tags.
+PLAUSIBLE_UM = (1e-5, 1e7)
+
+
+def plausible_sizes(
+    pixel_size: PixelSize | None, z_spacing: float | None, source: Any = "image"
+) -> tuple[PixelSize | None, float | None]:
+    """``pixel_size`` and ``z_spacing`` with values outside :data:`PLAUSIBLE_UM` dropped (with a
+    warning)."""
+    low, high = PLAUSIBLE_UM
+
+    def fine(value: float) -> bool:
+        return low <= value <= high
+
+    if pixel_size is not None and not all(fine(v) for v in pixel_size):
+        logger.warning("%s: ignoring the implausible pixel size %s µm", source, pixel_size)
+        pixel_size = None
+    if z_spacing is not None and not fine(z_spacing):
+        logger.warning("%s: ignoring the implausible Z spacing %s µm", source, z_spacing)
+        z_spacing = None
+    return pixel_size, z_spacing
+
+
 def _physical_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | None]:
-    """(y, x) pixel size and Z spacing in micrometres from OME, ImageJ or resolution tags."""
+    """(y, x) pixel size and Z spacing in micrometres from OME, ImageJ or resolution tags, each
+    within :data:`PLAUSIBLE_UM`."""
+    return plausible_sizes(*_stated_sizes(tif), tif.filename)
+
+
+def _stated_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | None]:
     if tif.is_ome:
         sizes = _ome_sizes(tif)
         if sizes[0] is not None or sizes[1] is not None:
@@ -620,6 +682,11 @@ def write_labels(
         UserError: negative, non-integer or too large labels (for ``dtype``), axes that do not
             fit, a bad pixel size, or an output folder that does not exist.
     """
+    if np.ndim(labels) < 2:
+        raise UserError(
+            f"Labels must be an image of at least 2 dimensions (Y, X); got shape "
+            f"{np.shape(labels)}."
+        )
     data = _as_label_array(labels, dtype)
     axes = _check_axes(axes, data.ndim, "TZCYX", "Label")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)

@@ -46,6 +46,8 @@ from .io import (
     _normalize_axes,
     _physical_sizes,
     _unit_scale,
+    check_pixel_dtype,
+    plausible_sizes,
     positive_number,
     read_image,
 )
@@ -256,6 +258,7 @@ def _multiscale(path: Path, group: Any, meta: dict[str, Any], prefix: str) -> La
     data, axes = levels[0]
     pixel_size = _pixel_size(sizes.get("Y"), sizes.get("X"))
     z_spacing = sizes.get("Z") if "Z" in axes else None
+    pixel_size, z_spacing = plausible_sizes(pixel_size, z_spacing, path)
     unit = "um" if pixel_size is not None or z_spacing is not None else "pixel"
     dataset = prefix + datasets[0]["path"]
     logger.debug("opened %s/%s lazily: %s %s %s", path, dataset, data.shape, axes, data.dtype)
@@ -370,5 +373,7 @@ def _chunks(shape: Sequence[int], letters: str, native: Sequence[int] | None) ->
 def _as_dask(array: Any, letters: str) -> Any:
     import dask.array as da
 
+    check_pixel_dtype(str(getattr(array, "store_path", "") or "zarr array"), array.dtype)
     chunks = _chunks(array.shape, letters, getattr(array, "chunks", None))
-    return da.from_zarr(array, chunks=chunks)
+    data = da.from_zarr(array, chunks=chunks)
+    return data.astype(np.uint8) if data.dtype == bool else data  # masks, 1-bit TIFFs: 0 and 1
