@@ -28,6 +28,7 @@ import numpy as np
 import tifffile
 
 from napari_unet.core.errors import ImageReadError, UserError
+from napari_unet.core.imagej_tiff import fits_classic, imagej_layout, imagej_order
 
 logger = logging.getLogger(__name__)
 
@@ -659,10 +660,11 @@ def write_labels(
 
     Labels whose largest id fits in uint16 are written as an ImageJ hyperstack (axes reordered to
     ImageJ's TZCYX order; pixel size as resolution tags with unit "um", Z spacing as ImageJ's
-    ``spacing``; display range 0..max id). ImageJ hyperstacks cannot hold uint32, so larger ids
-    are written as uint32 OME-TIFF (axes and physical sizes in µm in the OME metadata) with
-    resolution tags in pixels per centimetre, which Fiji opens through Bio-Formats and ImageJ's
-    own opener as 32-bit. Both read back with :func:`read_image` with their axes and pixel size.
+    ``spacing``; display range 0..max id). Larger ids are written as uint32 with the same ImageJ
+    header written by hand (:mod:`~.imagej_tiff`): ImageJ opens them as a 32-bit hyperstack
+    with the right channels, slices and frames and Z spacing, and tifffile, bioio and
+    Bio-Formats read uint32. Only beyond 4 GB, which classic TIFF cannot hold, uint32 labels are
+    an OME BigTIFF (a warning says that ImageJ 1.x cannot open it). Both read back with :func:`read_image` with their axes and pixel size.
     The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
 
     Args:
@@ -673,7 +675,7 @@ def write_labels(
         pixel_size: (y, x) pixel size in micrometres, or None.
         z_spacing: distance between Z planes in micrometres, or None.
         dtype: None (uint16 when the ids fit, else uint32), ``"uint16"`` (refuse larger ids) or
-            ``"uint32"`` (always uint32, as OME-TIFF).
+            ``"uint32"`` (always uint32).
 
     Returns:
         The path written.
@@ -690,13 +692,19 @@ def write_labels(
     data = _as_label_array(labels, dtype)
     axes = _check_axes(axes, data.ndim, "TZCYX", "Label")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
+    max_id = int(data.max()) if data.size else 0
     if data.dtype == np.uint16:
         order = sorted(range(len(axes)), key=lambda i: AXES.index(axes[i]))
         data = data.transpose(order)
         axes = "".join(axes[i] for i in order)
-        max_id = int(data.max()) if data.size else 0
         kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, max_id)
+    elif fits_classic(data.nbytes):  # uint32 with an ImageJ header ImageJ reads as 32-bit
+        axes = "".join(axes[i] for i in imagej_order(axes))
+        data, kwargs = imagej_layout(data, _check_axes(axes, data.ndim, "TZCYX", "Label"),
+                                     pixel_size, z_spacing, (0.0, float(max(max_id, 1))))
     else:
+        logger.warning("%s: %s of uint32 labels are written as OME BigTIFF, which ImageJ 1.x "
+                       "cannot open (Fiji opens it with Bio-Formats)", path, _gib(data.nbytes))
         kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
         tifffile.imwrite(
@@ -718,7 +726,9 @@ def write_probabilities(
     pixel_size: PixelSize | None = None,
     z_spacing: float | None = None,
 ) -> Path:
-    """Write class probabilities as a zlib-compressed float32 OME-TIFF, class axis first.
+    """Write class probabilities as a zlib-compressed float32 TIFF that ImageJ opens as a
+    hyperstack with one channel per class (ImageJ's T, Z, C order; beyond 4 GB an OME BigTIFF,
+    class axis first).
 
     Args:
         path: destination file; its folder must exist. An existing file is replaced.
@@ -730,7 +740,8 @@ def write_probabilities(
         z_spacing: distance between Z planes in micrometres, or None.
 
     Returns:
-        The path written. :func:`read_image` reads it back with the same axes and pixel size.
+        The path written. :func:`read_image` reads it back with its pixel size and the axes in
+        ImageJ's order (``"CZYX"`` comes back as ``"ZCYX"``; ``"CYX"`` as ``"CYX"``).
 
     Raises:
         UserError: axes that do not fit, a bad pixel size, or an output folder that does not exist.
@@ -742,14 +753,16 @@ def write_probabilities(
     axes = _check_axes(axes, data.ndim, "CTZYX", "Probability")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
     data = data.astype(np.float32, copy=False)
+    if fits_classic(data.nbytes):  # an ImageJ hyperstack: the classes are its channels
+        order = imagej_order(axes)
+        data = data.transpose(order)
+        axes = "".join(axes[i] for i in order)
+        kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, None)
+        kwargs["metadata"].update(min=0.0, max=1.0, mode="grayscale")
+    else:
+        kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(
-            tmp,
-            data,
-            compression="zlib",
-            photometric="minisblack",
-            **_ome_kwargs(axes, pixel_size, z_spacing, data.nbytes),
-        )
+        tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack", **kwargs)
     logger.info("wrote probabilities %s %s to %s", data.shape, axes, path)
     return Path(path)
 
