@@ -4,7 +4,8 @@ BigTIFF, and batches of files on a dask cluster.
 ``predict`` goes blockwise when an input is a zarr / OME-Zarr store, ``-o`` names a ``.zarr``
 store, an image has more than :data:`~napari_unet.core.block_jobs.BLOCKWISE_PIXELS` pixels, or
 ``--blockwise``, ``--block-size`` or ``--bigtiff`` is given. Outputs: ``-o NAME.zarr`` (an
-OME-Zarr label image), ``-o NAME.tif`` (a tiled BigTIFF), or a folder: ``NAME_labels.zarr`` for a
+OME-Zarr label image), ``-o NAME.tif`` (a TIFF that ImageJ opens, or a tiled BigTIFF when the
+labels pass 4 GB or a plane 512 MB), or a folder: ``NAME_labels.zarr`` for a
 zarr input, ``NAME_labels.tif`` for a TIFF input (or any input with ``--bigtiff``).
 ``--probabilities`` then takes a ``.zarr`` name or a folder (``NAME_probabilities.zarr``).
 
@@ -51,7 +52,9 @@ def add_blockwise_options(p: argparse.ArgumentParser) -> None:
               "default: dask's scheduler-address setting, else everything runs here"),
     )
     group.add_argument("--bigtiff", action="store_true",
-                       help="write blockwise labels as a tiled BigTIFF instead of zarr")
+                       help=("write blockwise labels as TIFF instead of zarr (a TIFF ImageJ "
+                             "opens; a tiled BigTIFF beyond 4 GB, which ImageJ 1.x cannot "
+                             "open)"))
 
 
 def _is_zarr_name(text: str) -> bool:

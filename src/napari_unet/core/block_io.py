@@ -11,8 +11,11 @@
 - Both mark their root with :data:`~.safe_paths.OWNER_KEY`: only such a store is ever replaced.
 - :func:`atomic_dir` writes a store under a temporary name beside its destination and renames it
   when complete, like :func:`~.io.atomic_path` does for files.
-- :func:`write_tiled_tiff` writes a tiled, zlib-compressed (Big)TIFF from an iterator of tiles,
-  never holding the image.
+- :func:`write_imagej_tiff` writes labels plane by plane as a classic TIFF that ImageJ 1.x opens
+  (when :func:`imagej_pages_fit`: under 4 GB, planes of at most :data:`PAGE_LIMIT` bytes);
+  :func:`write_tiled_tiff` writes a tiled, zlib-compressed BigTIFF from an iterator of tiles,
+  never holding more than a tile, for larger labels (ImageJ 1.x cannot open those; Fiji's
+  Bio-Formats can).
 """
 
 from __future__ import annotations
@@ -30,11 +33,15 @@ from typing import Any
 import numpy as np
 
 from .errors import ImageReadError, UserError
-from .io import _READ_ERRORS, PixelSize, _describe, _ome_kwargs
+from .imagej_tiff import fits_classic, imagej_description
+from .io import _READ_ERRORS, LABELS_SOFTWARE, PixelSize, _describe, _ome_kwargs
 from .lazy import open_lazy
 from .safe_paths import OWNER_KEY, check_replaceable, sweep_beside, temp_tag
 
 logger = logging.getLogger(__name__)
+
+#: Largest plane (bytes) of labels written as an ImageJ TIFF by :func:`write_imagej_tiff`.
+PAGE_LIMIT = 512 * 2**20
 
 _NGFF_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 _CHANNEL_AXES = "CS"
@@ -363,5 +370,56 @@ def write_tiled_tiff(
         tile=(tile, tile),
         compression="zlib",
         photometric="minisblack",
+        software=LABELS_SOFTWARE,
+        **kwargs,
+    )
+
+
+def imagej_pages_fit(shape: tuple[int, ...], dtype: Any, axes: str) -> bool:
+    """Whether labels of ``shape`` can be written as a classic TIFF that ImageJ 1.x opens: under
+    4 GB, a plane at most :data:`PAGE_LIMIT` bytes (one plane is held to compress it), and the
+    leading axes already in ImageJ's T, Z order."""
+    itemsize = np.dtype(dtype).itemsize
+    plane = shape[-1] * shape[-2] * itemsize
+    ordered = list(axes) == sorted(axes, key="TZCYX".index)
+    return ordered and plane <= PAGE_LIMIT and fits_classic(math.prod(shape) * itemsize)
+
+
+def write_imagej_tiff(
+    path: Path,
+    planes: Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: Any,
+    axes: str,
+    pixel_size: PixelSize | None = None,
+    z_spacing: float | None = None,
+) -> None:
+    """Write labels plane by plane as a zlib-compressed classic TIFF with an ImageJ header
+    (frames, slices, Z spacing, pixel size) and the label Software tag, which ImageJ 1.x, Fiji,
+    tifffile, bioio and napari-unet's reader open alike.
+
+    Args:
+        planes: (Y, X) arrays of ``dtype``, in the order of ``shape`` (*leading, Y, X).
+        axes: letters of ``shape``, in ImageJ's order (see :func:`imagej_pages_fit`).
+    """
+    import tifffile
+
+    calibrated = pixel_size is not None or z_spacing is not None
+    description = imagej_description(axes, shape, z_spacing, calibrated)
+    kwargs: dict[str, Any] = {}
+    if pixel_size is not None:
+        kwargs["resolution"] = (1.0 / pixel_size[1], 1.0 / pixel_size[0])
+    n_planes = math.prod(shape[:-2])
+    tifffile.imwrite(
+        path,
+        planes,
+        shape=(n_planes, *shape[-2:]),
+        dtype=np.dtype(dtype),
+        compression="zlib",
+        photometric="minisblack",
+        description=description,
+        metadata=None,
+        bigtiff=False,
+        software=LABELS_SOFTWARE,
         **kwargs,
     )

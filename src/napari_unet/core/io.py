@@ -664,8 +664,9 @@ def write_labels(
     header written by hand (:mod:`~.imagej_tiff`): ImageJ opens them as a 32-bit hyperstack
     with the right channels, slices and frames and Z spacing, and tifffile, bioio and
     Bio-Formats read uint32. Only beyond 4 GB, which classic TIFF cannot hold, uint32 labels are
-    an OME BigTIFF (a warning says that ImageJ 1.x cannot open it). Both read back with :func:`read_image` with their axes and pixel size.
-    The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
+    an OME BigTIFF (a warning says that ImageJ 1.x cannot open it). All read back with
+    :func:`read_image` with their axes and pixel size. The TIFF Software tag is
+    :data:`LABELS_SOFTWARE`, which marks the file as a label image.
 
     Args:
         path: destination file (``.tif``); its folder must exist. An existing file is replaced.
