@@ -258,6 +258,35 @@ def _ome_group(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
     return group, array
 
 
+def ome_label_axes(shape: tuple[int, ...], metadata: dict[str, Any],
+                   scale: tuple[float, ...] | None = None
+                   ) -> tuple[str, PixelSize | None, float | None]:
+    """Axes (letters of "TZYX"), pixel size and Z spacing for an OME-Zarr label image of
+    ``shape`` from a layer's ``metadata`` (``axes``, ``pixel_size``, ``z_spacing``), else from its
+    ``scale`` (one value per axis; 1 means unknown); axes that do not fit are replaced by T, Z
+    before Y, X."""
+    from .io import positive_number
+
+    axes = str(metadata.get("axes") or "").upper()
+    fits = (len(axes) == len(shape) and axes.endswith("YX") and len(set(axes)) == len(axes)
+            and all(a in "TZYX" for a in axes) and list(axes) == sorted(axes, key="TZYX".index))
+    if not fits:
+        axes = "TZ"[max(0, 4 - len(shape)) :][: len(shape) - 2] + "YX"
+    size = metadata.get("pixel_size")
+    pixel_size = None
+    if isinstance(size, list | tuple) and len(size) == 2:
+        values = [positive_number(v) for v in size]
+        pixel_size = (values[0], values[1]) if None not in values else None
+    z_spacing = positive_number(metadata.get("z_spacing")) if "Z" in axes else None
+    if scale is not None and len(scale) == len(shape):
+        values = [positive_number(v) for v in scale]
+        if pixel_size is None and None not in values[-2:] and values[-2:] != [1.0, 1.0]:
+            pixel_size = (values[-2], values[-1])
+        if z_spacing is None and "Z" in axes and values[axes.index("Z")] not in (None, 1.0):
+            z_spacing = values[axes.index("Z")]
+    return axes, pixel_size, z_spacing  # type: ignore[return-value]
+
+
 def create_label_zarr(
     path: str | os.PathLike[str],
     shape: tuple[int, ...],
@@ -303,7 +332,8 @@ def create_probability_zarr(
     """Create an empty float32 OME-Zarr (NGFF 0.4) image of class probabilities at ``path``.
 
     Args:
-        shape: (K, *leading, Y, X); ``axes`` names each dimension, ``"C"`` (the classes) first.
+        shape: (K, *leading, Y, X), or (T, K, ...) for a time-lapse; ``axes`` names each
+            dimension, ``"C"`` being the classes.
         pixel_size, z_spacing: µm, written as the dataset's ``scale``.
         class_names: written as the channel labels (``omero``), when given.
 
@@ -315,7 +345,7 @@ def create_probability_zarr(
         "multiscales": _multiscales(axes, pixel_size, z_spacing, "probabilities"),
         OWNER_KEY: {"kind": "probabilities"},
     }
-    if class_names is not None and len(class_names) == shape[0]:
+    if class_names is not None and "C" in axes and len(class_names) == shape[axes.index("C")]:
         attrs["omero"] = {"channels": [
             {"label": str(n), "active": True, "color": "FFFFFF",
              "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
