@@ -180,3 +180,40 @@ def test_reader_gives_none_for_a_zarr_it_cannot_look_into(tmp_path, monkeypatch)
 
     monkeypatch.setattr(Path, "is_dir", is_dir)
     assert get_reader(str(store)) is None
+
+
+def test_a_model_that_may_not_be_read_is_reported_as_such(
+    capsys, tmp_path, model_file, monkeypatch
+):
+    real = os.access
+    monkeypatch.setattr(
+        os, "access", lambda p, m, **k: False if str(p) == str(model_file) else real(p, m, **k)
+    )
+    tifffile.imwrite(tmp_path / "in.tif", nuclei_image(32, seed=1))
+    code, err = predict(capsys, model_file, tmp_path / "in.tif", "-o", tmp_path / "o.tif")
+    assert code == 2 and "permission denied" in err and "does not exist" not in err, err
+
+
+def test_a_model_behind_a_closed_folder_is_reported_as_such(capsys, tmp_path, monkeypatch):
+    locked = tmp_path / "locked" / "m.safetensors"
+    real = Path.stat
+
+    def stat(self, **kwargs):
+        if "locked" in str(self):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    tifffile.imwrite(tmp_path / "in.tif", nuclei_image(32, seed=1))
+    code, err = run(
+        capsys,
+        "predict",
+        tmp_path / "in.tif",
+        "-o",
+        tmp_path / "o.tif",
+        "-m",
+        locked,
+        "--device",
+        "cpu",
+    )
+    assert code == 2 and "permission denied" in err, err

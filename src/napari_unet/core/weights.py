@@ -542,6 +542,18 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith(SUFFIX) or "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
+def _check_access(path: Path) -> None:
+    """Raise ModelFileError when ``path`` exists but may not be read (not "does not exist")."""
+    try:
+        path.stat()
+    except PermissionError as exc:
+        raise ModelFileError(f"{path}: permission denied ({exc.strerror or exc})") from exc
+    except OSError:
+        return
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise ModelFileError(f"{path}: permission denied (the file may not be read)")
+
+
 def resolve_model(name_or_path: str | Path | None) -> Path:
     """The file of a model given by registered name or by path.
 
@@ -558,6 +570,7 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     else:
         text = (name_or_path or "").strip() or DEFAULT_MODEL
     candidate = Path(text).expanduser()
+    _check_access(candidate)
     if candidate.is_file():
         return candidate
     if isinstance(name_or_path, Path) or _looks_like_path(text):
