@@ -326,3 +326,40 @@ def test_library_warnings_do_not_surround_the_error_line(tmp_path, model_file):
         timeout=120,
     )
     one_error(done.returncode, done.stderr, "broken")
+
+
+def test_deeply_nested_ome_xml_is_one_clear_line(capsys, tmp_path, model_file):
+    source = tmp_path / "x.ome.tif"
+    xml = (
+        '<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+        + "<a>" * 100000
+        + "</a>" * 100000
+        + "</OME>"
+    )
+    tifffile.imwrite(source, nuclei_image(32, seed=1), description=xml, metadata=None)
+    code, err = run(
+        capsys,
+        "predict",
+        source,
+        "-o",
+        tmp_path / "o.tif",
+        "-m",
+        model_file,
+        "--device",
+        "cpu",
+        "-q",
+    )
+    assert code in (0, 2), err
+    if code == 2:
+        one_error(code, err)
+
+
+def test_an_implausible_imagej_spacing_is_ignored(tmp_path):
+    source = tmp_path / "x.tif"
+    tifffile.imwrite(
+        source,
+        np.zeros((3, 16, 16), np.uint8),
+        imagej=True,
+        metadata={"axes": "ZYX", "spacing": 1e300, "unit": "um"},
+    )
+    assert read_image(source).z_spacing is None

@@ -217,3 +217,27 @@ def test_a_model_behind_a_closed_folder_is_reported_as_such(capsys, tmp_path, mo
         "cpu",
     )
     assert code == 2 and "permission denied" in err, err
+
+
+def test_an_output_that_is_a_link_to_the_input_is_refused(capsys, tmp_path, model_file, image):
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    (tmp_path / "out.tif").symlink_to(tmp_path / "in.tif")
+    before = (tmp_path / "in.tif").read_bytes()
+    for extra in ([], ["--blockwise"]):
+        code, err = predict(
+            capsys, model_file, tmp_path / "in.tif", "-o", tmp_path / "out.tif", *extra
+        )
+        assert code == 2 and "one of the inputs" in err, err
+    assert (tmp_path / "in.tif").read_bytes() == before
+
+
+def test_a_zarr_output_that_is_a_link_to_a_folder_is_refused(capsys, tmp_path, model_file, image):
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "data.txt").write_text("keep")
+    (tmp_path / "out.zarr").symlink_to(theirs)
+    code, err = predict(capsys, model_file, tmp_path / "in.tif", "-o", tmp_path / "out.zarr")
+    assert code == 2, err
+    assert (theirs / "data.txt").read_text() == "keep"
+    assert (tmp_path / "out.zarr").is_symlink()
