@@ -89,7 +89,9 @@ def test_lazy_stack_is_segmented_blockwise_into_a_zarr_layer(segment, qtbot, sta
     assert "image-label" in ome
     assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["t", "y", "x"]
     assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == [
-        0.5, 0.5]
+        0.5,
+        0.5,
+    ]
     final = [e.payload for e in events if isinstance(e.payload, BlockRegion) and e.payload.final]
     assert len(final) == 2 * 25
     assert {r.index for r in final} == {(0,), (1,)}

@@ -134,8 +134,11 @@ class PlaneOutput:
         self.array[(*self.index, *key)] = value
 
 
-def create_store(shape: tuple[int, ...], metadata: dict[str, Any] | None = None,
-                 scale: tuple[float, ...] | None = None) -> tuple[Path, Any]:
+def create_store(
+    shape: tuple[int, ...],
+    metadata: dict[str, Any] | None = None,
+    scale: tuple[float, ...] | None = None,
+) -> tuple[Path, Any]:
     """A new uint32 OME-Zarr label image of ``shape`` (zeros) in a new temporary folder, with
     the axes and pixel size of ``metadata`` (a :class:`~._segment_layers.Geometry`'s).
 
@@ -147,8 +150,9 @@ def create_store(shape: tuple[int, ...], metadata: dict[str, Any] | None = None,
     folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
     chunks = (1,) * (len(shape) - 2) + tuple(max(1, min(n, CHUNK)) for n in shape[-2:])
     axes, pixel_size, z_spacing = ome_label_axes(shape, metadata or {}, scale)
-    array = create_label_zarr(folder / "labels.zarr", shape, "uint32", chunks, axes,
-                              pixel_size, z_spacing)
+    array = create_label_zarr(
+        folder / "labels.zarr", shape, "uint32", chunks, axes, pixel_size, z_spacing
+    )
     return folder, array
 
 

@@ -246,8 +246,10 @@ def system_error_line(exc: BaseException) -> str | None:
         return None
     where = f" ({found.filename})" if found.filename else ""
     if found.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return (f"disk full: no space left on the device{where}; nothing unfinished was kept. "
-                "Free some space or write elsewhere")
+        return (
+            f"disk full: no space left on the device{where}; nothing unfinished was kept. "
+            "Free some space or write elsewhere"
+        )
     if found.errno in (errno.EACCES, errno.EPERM):
         return f"permission denied{where}"
     if found.errno == errno.EROFS:

@@ -59,8 +59,9 @@ def _check_resources(config: Any, base: Any, model_config: Any) -> None:
     from napari_unet.core.limits import check_training
 
     architecture = base.config if base is not None else model_config
-    check_training(config.patch_size, config.batch_size, architecture.base_channels,
-                   _available_memory())
+    check_training(
+        config.patch_size, config.batch_size, architecture.base_channels, _available_memory()
+    )
 
 
 def _read_training_data(

@@ -32,7 +32,10 @@ def imagej_order(axes: str) -> list[int]:
 
 
 def imagej_description(
-    axes: str, shape: tuple[int, ...], z_spacing: float | None, calibrated: bool,
+    axes: str,
+    shape: tuple[int, ...],
+    z_spacing: float | None,
+    calibrated: bool,
     display: tuple[float, float] | None = None,
 ) -> str:
     """An ``ImageJ=`` ImageDescription for pages of an image with ``axes`` (in ImageJ order,
@@ -57,8 +60,11 @@ def imagej_description(
 
 
 def imagej_layout(
-    data: np.ndarray, axes: str, pixel_size: tuple[float, float] | None,
-    z_spacing: float | None, display: tuple[float, float] | None = None,
+    data: np.ndarray,
+    axes: str,
+    pixel_size: tuple[float, float] | None,
+    z_spacing: float | None,
+    display: tuple[float, float] | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """``data`` as ImageJ pages (planes, Y, X) and the tifffile arguments of a classic TIFF with
     a hand-written ImageJ description (any dtype ImageJ reads, uint32 included).

@@ -94,8 +94,14 @@ _READ_ERRORS = (
 
 # Largest ratio of decoded to stored bytes that a TIFF codec can reach (deflate: 1032:1,
 # PackBits: 128:1), by TIFF compression code; a header that claims more pixels is corrupt.
-_MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0,
-                                5: 4200.0}  # LZW: 12-bit codes of at most 4096 bytes each
+_MAX_RATIO: dict[int, float] = {
+    1: 1.0,
+    8: 1100.0,
+    32946: 1100.0,
+    50013: 1100.0,
+    32773: 130.0,
+    5: 4200.0,
+}  # LZW: 12-bit codes of at most 4096 bytes each
 
 LABELS_SOFTWARE = "napari-unet labels"
 """The TIFF Software tag of files written by :func:`write_labels`: it marks them as label images."""
@@ -701,11 +707,20 @@ def write_labels(
         kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, max_id)
     elif fits_classic(data.nbytes):  # uint32 with an ImageJ header ImageJ reads as 32-bit
         axes = "".join(axes[i] for i in imagej_order(axes))
-        data, kwargs = imagej_layout(data, _check_axes(axes, data.ndim, "TZCYX", "Label"),
-                                     pixel_size, z_spacing, (0.0, float(max(max_id, 1))))
+        data, kwargs = imagej_layout(
+            data,
+            _check_axes(axes, data.ndim, "TZCYX", "Label"),
+            pixel_size,
+            z_spacing,
+            (0.0, float(max(max_id, 1))),
+        )
     else:
-        logger.warning("%s: %s of uint32 labels are written as OME BigTIFF, which ImageJ 1.x "
-                       "cannot open (Fiji opens it with Bio-Formats)", path, _gib(data.nbytes))
+        logger.warning(
+            "%s: %s of uint32 labels are written as OME BigTIFF, which ImageJ 1.x "
+            "cannot open (Fiji opens it with Bio-Formats)",
+            path,
+            _gib(data.nbytes),
+        )
         kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
         tifffile.imwrite(

@@ -194,8 +194,9 @@ def validate_metadata(metadata: Any, source: str | Path = "model") -> ModelConfi
     problem = normalize_problem(metadata.get("normalize"))
     tiling = metadata.get("tiling")
     if problem is None and tiling:
-        problem = tiling_problem(tiling.get("tile_size", 256), tiling.get("halo"),
-                                 tiling.get("batch_size", 4))
+        problem = tiling_problem(
+            tiling.get("tile_size", 256), tiling.get("halo"), tiling.get("batch_size", 4)
+        )
         problem = problem and f"invalid default tiling: {problem}"
     if problem is not None:
         raise fail(problem)
