@@ -260,3 +260,56 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
     )
     assert code == 2 and "disk full" in err, err
     assert not [p for p in tmp_path.iterdir() if "m.safetensors" in p.name]
+
+
+def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
+    from napari_unet.core.weights import load_model
+
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:30, 10:30] = 1
+    tifffile.imwrite(tmp_path / "img.tif", nuclei_image(64, seed=1))
+    tifffile.imwrite(tmp_path / "img_labels.tif", labels)
+    out = tmp_path / "m.safetensors"
+    argv = [
+        "-m",
+        "napari_unet",
+        "train",
+        "--image",
+        tmp_path / "img.tif",
+        "--labels",
+        tmp_path / "img_labels.tif",
+        "-o",
+        out,
+        "--model",
+        model_file,
+        "--device",
+        "cpu",
+        "-q",
+        "--epochs",
+        "100000",
+        "--steps-per-epoch",
+        "1",
+        "--patch-size",
+        "32",
+        "--batch-size",
+        "1",
+        "--validation-fraction",
+        "0",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    child = subprocess.Popen(
+        [sys.executable, *map(str, argv)], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline and child.poll() is None:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=60)
+    finally:
+        child.kill()
+    assert child.returncode == 143, err
+    assert "terminated" in err
+    load_model(out)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".m.safetensors")]
