@@ -249,10 +249,14 @@ def test_float_labels_of_1e30_are_called_too_large(capsys, tmp_path):
 
 @pytest.mark.parametrize("shape", [(), (5,)])
 def test_writing_0d_and_1d_labels_is_a_clear_error(tmp_path, shape):
+    from napari_unet._napari._writer import write_labels as napari_writer
     from napari_unet.core.errors import UserError
 
     with pytest.raises(UserError, match="at least 2 dimensions"):
         write_labels(tmp_path / "l.tif", np.ones(shape, np.uint16), "YX")
+    with pytest.raises(UserError, match="at least 2 dimensions"):
+        napari_writer(str(tmp_path / "l.tif"), np.ones(shape, np.uint16), {})
+    assert not list(tmp_path.glob("*l.tif*"))
 
 
 def test_a_float_ome_zarr_marked_as_labels_opens_as_an_image(tmp_path):
