@@ -81,3 +81,34 @@ def test_ome_zarr_py_reads_labels_as_labels(outputs):
     [node, *_] = Reader(parse_url(str(labels)))()
     assert any(isinstance(spec, Label) for spec in node.specs)
     assert node.data[0].shape == (2, 64, 64)
+
+
+def test_large_label_stores_get_a_pyramid(tmp_path, monkeypatch):
+    from _blockwise_helpers import nuclei_model
+    from napari_unet.core.blockwise import predict_blockwise
+    from napari_unet.core.lazy import lazy_from_array, open_lazy
+    from napari_unet.core.progress import drain
+
+    monkeypatch.setattr("napari_unet.core.block_io.PYRAMID_SIDE", 64)
+    image = lazy_from_array(nuclei_image(256, seed=3), "YX", pixel_size=(0.5, 0.5))
+    drain(
+        predict_blockwise(
+            image, nuclei_model(), tmp_path / "l.zarr", block_size=128, overlap=16, device="cpu"
+        )
+    )
+    group = zarr.open_group(str(tmp_path / "l.zarr"), mode="r")
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2"]
+    assert [d["coordinateTransformations"][0]["scale"] for d in datasets] == [
+        [0.5, 0.5],
+        [1.0, 1.0],
+        [2.0, 2.0],
+    ]
+    full = np.asarray(group["0"])
+    np.testing.assert_array_equal(np.asarray(group["1"]), full[::2, ::2])
+    np.testing.assert_array_equal(np.asarray(group["2"]), full[::4, ::4])
+    assert len(open_lazy(tmp_path / "l.zarr").levels) == 3
+    pytest.importorskip("ome_zarr_models")
+    from ome_zarr_models.v04.image_label import ImageLabel
+
+    ImageLabel.from_zarr(group)

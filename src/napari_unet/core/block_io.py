@@ -320,6 +320,51 @@ def create_label_zarr(
     return array
 
 
+#: Lower-resolution levels are added to a label store until a plane's shorter side is at most
+#: this many pixels.
+PYRAMID_SIDE = 2048
+
+
+def add_pyramid(path: str | os.PathLike[str], min_side: int | None = None) -> int:
+    """Add lower-resolution levels ``"1"``, ``"2"``, ... to the OME-Zarr label image at ``path``
+    (each half the one above along Y and X, taking every other pixel, so ids stay ids) until the
+    shorter side of a plane is at most ``min_side`` (default :data:`PYRAMID_SIDE`); returns how
+    many levels were added.
+
+    Each level is computed from the one above, chunk by chunk: memory stays that of a few
+    chunks, whatever the image size.
+    """
+    import dask.array as da
+    import zarr
+
+    min_side = PYRAMID_SIDE if min_side is None else min_side
+    group = zarr.open_group(str(path), mode="r+")
+    meta = group.attrs["multiscales"]
+    datasets = meta[0]["datasets"]
+    axes = [a["name"] for a in meta[0]["axes"]]
+    base_scale = datasets[0]["coordinateTransformations"][0]["scale"]
+    base = group["0"]
+    current = da.from_zarr(base)
+    level = 0
+    while min(current.shape[-2:]) > min_side:
+        level += 1
+        current = current[..., ::2, ::2]
+        chunks = tuple(min(c, n) for c, n in zip(base.chunks, current.shape, strict=True))
+        array = group.create_array(
+            str(level), shape=current.shape, chunks=chunks, dtype=base.dtype, fill_value=0,
+            compressors=_compressor(), chunk_key_encoding={"name": "v2", "separator": "/"},
+        )  # fmt: skip
+        da.store(current.rechunk(chunks), array, lock=False, scheduler="threads")
+        current = da.from_zarr(array)
+        scale = [s * 2**level if a in ("y", "x") else s for s, a in zip(base_scale, axes,
+                                                                        strict=True)]
+        datasets.append({"path": str(level), "coordinateTransformations": [
+            {"type": "scale", "scale": scale}]})  # fmt: skip
+    if level:
+        group.attrs["multiscales"] = meta
+    return level
+
+
 def create_probability_zarr(
     path: str | os.PathLike[str],
     shape: tuple[int, ...],

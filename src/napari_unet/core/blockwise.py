@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .block_io import (
+    add_pyramid,
     atomic_dir,
     check_store_path,
     create_label_zarr,
@@ -402,6 +403,10 @@ def _write_labels(
         array = create_label_zarr(target, shape, dtype, chunks, arrangement.label_axes,
                                   lazy.pixel_size, lazy.z_spacing)
         yield from _write_blocks(array, blocks, settings, tables, client)
+        if kind == "zarr":
+            levels = add_pyramid(target)
+            if levels:
+                yield Progress("write", 1, 1, f"{levels} lower-resolution level(s) written")
     except BaseException:
         if kind == "none":
             shutil.rmtree(path.parent, ignore_errors=True)
