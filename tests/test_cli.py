@@ -328,8 +328,8 @@ def test_stack_keeps_axes_pixel_size_and_probabilities(capsys, tmp_path, out_dir
     assert labels.z_spacing == pytest.approx(2.0)
     probs = read_image(probs_path, memmap=False)
     assert probs.data.dtype == np.float32
-    assert probs.data.shape == (3, 3, 48, 40)  # (classes, Z, Y, X)
-    np.testing.assert_allclose(np.asarray(probs.data).sum(axis=0), 1.0, atol=1e-4)
+    assert probs.axes == "ZCYX" and probs.data.shape == (3, 3, 48, 40)  # ImageJ's order
+    np.testing.assert_allclose(np.asarray(probs.data).sum(axis=1), 1.0, atol=1e-4)
 
 
 def test_image_smaller_than_a_tile(capsys, tmp_path, out_dir, model_file):

@@ -66,7 +66,7 @@ def test_zarr_in_zarr_out_matches_in_memory(capsys, tmp_path, model_file, image)
     assert match(labels.data.compute(), expected, 0.5).ap >= 0.99
 
 
-def test_blockwise_tiff_to_folder_writes_a_tiled_bigtiff(capsys, tmp_path, model_file, image):
+def test_blockwise_tiff_to_folder_writes_an_imagej_tiff(capsys, tmp_path, model_file, image):
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, image, resolution=(4.0, 4.0), resolutionunit="MICROMETER")
     code, _, err = run(capsys, "predict", source, "-o", tmp_path, "-m", model_file,
@@ -75,9 +75,10 @@ def test_blockwise_tiff_to_folder_writes_a_tiled_bigtiff(capsys, tmp_path, model
     assert code == 0, err
     written = read_image(tmp_path / "big_labels.tif")
     assert written.axes == "YX" and written.pixel_size == pytest.approx((0.25, 0.25))
-    with tifffile.TiffFile(tmp_path / "big_labels.tif") as tif:
-        assert tif.is_bigtiff and tif.pages[0].is_tiled
-    probs = zarr.open_array(str(tmp_path / "big_probabilities.zarr"))
+    with tifffile.TiffFile(tmp_path / "big_labels.tif") as tif:  # what ImageJ 1.x opens
+        assert tif.is_imagej and not tif.is_bigtiff and not tif.pages[0].is_tiled
+        assert tif.pages[0].software == "napari-unet labels"
+    probs = zarr.open_array(str(tmp_path / "big_probabilities.zarr" / "0"))
     assert probs.shape == (3, *image.shape) and probs.dtype == np.float32
 
 
@@ -90,7 +91,7 @@ def test_large_images_go_blockwise_by_themselves(capsys, tmp_path, model_file, i
     assert code == 0, err
     assert "stitch" in err or "write" in err  # the blockwise stages
     with tifffile.TiffFile(tmp_path / "large_labels.tif") as tif:
-        assert tif.pages[0].is_tiled
+        assert tif.is_imagej and tif.pages[0].software == "napari-unet labels"
 
 
 def test_bad_input_exits_2_and_leaves_nothing(capsys, tmp_path, model_file):

@@ -68,7 +68,7 @@ def test_blockwise_equals_in_memory(model, image, in_memory, tmp_path):
     result, _ = _blockwise(image, model, tmp_path / "labels.zarr",
                            probabilities=tmp_path / "probs.zarr")
     blockwise = np.asarray(result.labels[...])
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probs.zarr"))[...], probs,
+    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probs.zarr" / "0"))[...], probs,
                                atol=1e-5)
     assert result.n_blocks == 25 and result.block_size == BLOCK and result.axes == "YX"
     agreement = match(blockwise, labels, 0.5)
@@ -108,8 +108,8 @@ def test_stack_ids_unique_across_planes_and_tiff_output(model, tmp_path):
     assert labels.dtype == np.uint16
     assert not set(np.unique(labels[0])[1:]) & set(np.unique(labels[1])[1:])
     assert match(labels, expected, 0.5).ap >= 0.99
-    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
-        assert tif.is_bigtiff and tif.pages[0].is_tiled
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:  # a time-lapse for ImageJ too
+        assert tif.is_imagej and tif.imagej_metadata["frames"] == 2 and not tif.is_bigtiff
 
 
 def test_rgb_image_is_converted_like_in_memory(model):

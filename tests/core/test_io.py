@@ -511,9 +511,9 @@ def test_probabilities_round_trip_class_axis_first(tmp_path):
     write_probabilities(path, probs, "CZYX", pixel_size=(0.3, 0.3), z_spacing=1.25)
 
     result = read_image(path)
-    assert result.axes == "CZYX"
+    assert result.axes == "ZCYX"  # an ImageJ hyperstack: the classes are its channels
     assert result.data.dtype == np.float32
-    np.testing.assert_array_equal(result.data, probs.astype(np.float32))
+    np.testing.assert_array_equal(result.data, probs.astype(np.float32).transpose(1, 0, 2, 3))
     assert result.pixel_size == pytest.approx((0.3, 0.3))
     assert result.z_spacing == pytest.approx(1.25)
     with tifffile.TiffFile(path) as tif:

@@ -175,11 +175,8 @@ def test_writer_round_trip(tmp_path, high, dtype):
     np.testing.assert_array_equal(data, labels)
     np.testing.assert_allclose(kwargs["scale"], [2.5, 0.4, 0.4])
     with tifffile.TiffFile(written) as tif:
-        if dtype == np.uint16:
-            assert tif.is_imagej
-            assert tif.imagej_metadata["spacing"] == pytest.approx(2.5)
-        else:  # ImageJ hyperstacks cannot hold uint32: OME-TIFF, which Fiji opens too
-            assert tif.is_ome
+        assert tif.is_imagej  # uint32 too: ImageJ opens it as a 32-bit stack
+        assert tif.imagej_metadata["spacing"] == pytest.approx(2.5)
         np.testing.assert_array_equal(tif.asarray(), labels)
 
 

@@ -85,6 +85,13 @@ def test_lazy_stack_is_segmented_blockwise_into_a_zarr_layer(segment, qtbot, sta
     store = Path(layer.metadata["labels_store"])
     assert store.is_dir() and store.parent.name.startswith("napari-unet-")
     assert store.parent.parent == tmp_path
+    ome = dict(zarr.open_group(str(store), mode="r").attrs)  # an OME-Zarr label image
+    assert "image-label" in ome
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == ["t", "y", "x"]
+    assert ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"][1:] == [
+        0.5,
+        0.5,
+    ]
     final = [e.payload for e in events if isinstance(e.payload, BlockRegion) and e.payload.final]
     assert len(final) == 2 * 25
     assert {r.index for r in final} == {(0,), (1,)}

@@ -37,6 +37,7 @@ import tifffile
 from napari_unet._napari._layer_info import LayerData, display_name, layer_data
 from napari_unet.core.io import LABELS_SOFTWARE, ImageData, available_memory, read_image
 from napari_unet.core.lazy import is_zarr_path, open_lazy
+from napari_unet.core.safe_paths import require_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,11 @@ def read_layers(path: PathLike) -> list[LayerData]:
     Raises:
         ImageReadError: the file cannot be read.
     """
+    require_regular_file(Path(path))  # a FIFO named x.tif would block any open() forever
     if _is_zarr(path):
         image = open_lazy(path)
-        labels = _zarr_labels(path) or is_labels(image)
+        integer = np.dtype(image.data.dtype).kind in "iu"  # napari's Labels hold integers only
+        labels = (_zarr_labels(path) and integer) or is_labels(image)
         return [layer_data(image, _zarr_name(path), "labels" if labels else "image")]
     if opens_lazily(path):
         image = open_lazy(path)

@@ -134,18 +134,24 @@ class PlaneOutput:
         self.array[(*self.index, *key)] = value
 
 
-def create_store(shape: tuple[int, ...]) -> tuple[Path, Any]:
-    """A new uint32 zarr array of ``shape`` (zeros) in a new temporary folder.
+def create_store(
+    shape: tuple[int, ...],
+    metadata: dict[str, Any] | None = None,
+    scale: tuple[float, ...] | None = None,
+) -> tuple[Path, Any]:
+    """A new uint32 OME-Zarr label image of ``shape`` (zeros) in a new temporary folder, with
+    the axes and pixel size of ``metadata`` (a :class:`~._segment_layers.Geometry`'s).
 
     Returns:
-        ``(folder, array)``; the array's store is ``folder / "labels.zarr"``.
+        ``(folder, array)``; the store is ``folder / "labels.zarr"`` (its array ``"0"``).
     """
-    import zarr
+    from napari_unet.core.block_io import create_label_zarr, ome_label_axes
 
     folder = Path(tempfile.mkdtemp(prefix="napari-unet-"))
     chunks = (1,) * (len(shape) - 2) + tuple(max(1, min(n, CHUNK)) for n in shape[-2:])
-    array = zarr.create_array(
-        str(folder / "labels.zarr"), shape=shape, chunks=chunks, dtype="uint32", fill_value=0
+    axes, pixel_size, z_spacing = ome_label_axes(shape, metadata or {}, scale)
+    array = create_label_zarr(
+        folder / "labels.zarr", shape, "uint32", chunks, axes, pixel_size, z_spacing
     )
     return folder, array
 
@@ -175,7 +181,7 @@ class BlockwiseRun:
         self.viewer = viewer
         self.image_name = image_name
         self.choice = choice
-        self.folder, self.labels = create_store(shape)
+        self.folder, self.labels = create_store(shape, geometry.metadata, geometry.scale)
         index = tuple(i for i in region if isinstance(i, int)) if region else ()
         self.output = PlaneOutput(self.labels, index) if index else self.labels
         name = labels_name(image_name, choice.name, layers.layer_names(viewer))

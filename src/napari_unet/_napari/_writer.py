@@ -43,6 +43,11 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         data = data[0]
     labels = np.asarray(data)
     metadata = meta.get("metadata") or {}
+    if labels.ndim < 2:
+        raise UserError(
+            f"Cannot save labels of shape {labels.shape} as TIFF: a label image has at least "
+            "2 dimensions (Y, X)."
+        )
     axes = layer_axes(labels.ndim, metadata, allowed="TZCYX") if labels.ndim <= 5 else None
     if axes is None:
         raise UserError(f"Cannot save labels with {labels.ndim} dimensions as TIFF (at most 5).")

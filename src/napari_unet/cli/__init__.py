@@ -20,7 +20,7 @@ any work starts; inputs then run one after the other, and a problem with one sto
 outputs of the inputs before it are complete and stay).
 
 Zarr / OME-Zarr inputs, a ``.zarr`` output, images over 64 megapixels and ``--blockwise`` run
-block by block into zarr (or a tiled BigTIFF), on a dask cluster with ``--scheduler``
+block by block into zarr (or a TIFF), on a dask cluster with ``--scheduler``
 (``_blockwise``; see docs/large-images.md).
 
 ``train`` fine-tunes a model (default: the starter model; ``--model scratch`` trains a new network)

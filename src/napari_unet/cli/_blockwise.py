@@ -4,7 +4,8 @@ BigTIFF, and batches of files on a dask cluster.
 ``predict`` goes blockwise when an input is a zarr / OME-Zarr store, ``-o`` names a ``.zarr``
 store, an image has more than :data:`~napari_unet.core.block_jobs.BLOCKWISE_PIXELS` pixels, or
 ``--blockwise``, ``--block-size`` or ``--bigtiff`` is given. Outputs: ``-o NAME.zarr`` (an
-OME-Zarr label image), ``-o NAME.tif`` (a tiled BigTIFF), or a folder: ``NAME_labels.zarr`` for a
+OME-Zarr label image), ``-o NAME.tif`` (a TIFF that ImageJ opens, or a tiled BigTIFF when the
+labels pass 4 GB or a plane 512 MB), or a folder: ``NAME_labels.zarr`` for a
 zarr input, ``NAME_labels.tif`` for a TIFF input (or any input with ``--bigtiff``).
 ``--probabilities`` then takes a ``.zarr`` name or a folder (``NAME_probabilities.zarr``).
 
@@ -51,7 +52,9 @@ def add_blockwise_options(p: argparse.ArgumentParser) -> None:
               "default: dask's scheduler-address setting, else everything runs here"),
     )
     group.add_argument("--bigtiff", action="store_true",
-                       help="write blockwise labels as a tiled BigTIFF instead of zarr")
+                       help=("write blockwise labels as TIFF instead of zarr (a TIFF ImageJ "
+                             "opens; a tiled BigTIFF beyond 4 GB, which ImageJ 1.x cannot "
+                             "open)"))
 
 
 def _is_zarr_name(text: str) -> bool:
@@ -145,19 +148,27 @@ def _targets(inputs: list[Path], target: Path, bigtiff: bool, suffix: str,
     return paths
 
 
-def _check_inputs(inputs: list[Path], outputs: list[Path]) -> None:
+def _check_inputs(inputs: list[Path], outputs: list[Path], probs: list[Path]) -> None:
+    """Inputs that can be read, outputs apart from them, and no zarr output that would replace
+    anything but a store napari-unet wrote."""
     from napari_unet.cli._paths import check_not_an_input
     from napari_unet.core.errors import ImageReadError
     from napari_unet.core.lazy import is_zarr_path
+    from napari_unet.core.safe_paths import check_replaceable, require_regular_file
 
     for path in inputs:
         if not path.exists():
             raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
+        require_regular_file(path)
         if path.is_dir() and not is_zarr_path(path):
             raise ImageReadError(
                 f"Cannot read image '{path}': it is a folder, not a TIFF file or a zarr store."
             )
-    check_not_an_input(inputs, outputs)
+    check_not_an_input(inputs, outputs + probs)
+    for option, paths in (("-o", outputs), ("--probabilities", probs)):
+        for path in paths:
+            if _is_zarr_name(str(path)):
+                check_replaceable(path, option)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,7 +198,7 @@ def cmd_predict_blockwise(args: argparse.Namespace) -> int:
     if args.probabilities:
         probs = list(_targets(inputs, Path(args.probabilities).expanduser(), False,
                               "_probabilities", "--probabilities", tiff_allowed=False))
-    _check_inputs(inputs, outputs + [p for p in probs if p is not None])
+    _check_inputs(inputs, outputs, [p for p in probs if p is not None])
     device, loaded, tiling, post = _setup(args)
     client = connect(args.scheduler)
     try:

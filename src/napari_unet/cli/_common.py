@@ -9,7 +9,8 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any, NoReturn, TypeVar
 
 logger = logging.getLogger("napari_unet.cli")
@@ -175,3 +176,82 @@ def _json_default(value: Any) -> Any:
 def json_dumps(value: Any) -> str:
     """Strict, indented JSON (NaN and infinity as ``null``, numpy values as numbers)."""
     return json.dumps(_finite(value), indent=2, default=_json_default, allow_nan=False)
+
+
+# --------------------------------------------------------------------------------------------
+# signals, library noise and system errors
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every clean-up on the way out runs."""
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (in the main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextmanager
+def quiet_libraries(enabled: bool) -> Iterator[None]:
+    """Within the block, when ``enabled``, Python warnings and the log records of other
+    libraries (tifffile, zarr, ...) are not printed: the one error line stands alone."""
+    import warnings
+
+    if not enabled:
+        yield
+        return
+    root = logging.getLogger()
+    sink = logging.NullHandler()
+    root.addHandler(sink)  # with a handler on the root, logging's last resort prints nothing
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.removeHandler(sink)
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    seen = 0
+    while exc is not None and seen < 20:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def system_error_line(exc: BaseException) -> str | None:
+    """A user's message for a full disk, a denied permission or a read-only file system found in
+    ``exc`` (or what caused it), else ``None``."""
+    import errno
+
+    found = _os_error(exc)
+    if found is None:
+        return None
+    where = f" ({found.filename})" if found.filename else ""
+    if found.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return (
+            f"disk full: no space left on the device{where}; nothing unfinished was kept. "
+            "Free some space or write elsewhere"
+        )
+    if found.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied{where}"
+    if found.errno == errno.EROFS:
+        return f"the file system is read-only{where}"
+    return None

@@ -10,7 +10,18 @@ import traceback
 from collections.abc import Sequence
 
 from napari_unet import __version__
-from napari_unet.cli._common import DEBUG_ENV, PROG, Parser, UsageError, error, one_line
+from napari_unet.cli._common import (
+    DEBUG_ENV,
+    PROG,
+    Parser,
+    Terminated,
+    UsageError,
+    error,
+    one_line,
+    quiet_libraries,
+    sigterm_as_interrupt,
+    system_error_line,
+)
 from napari_unet.cli._evaluate import add_evaluate, cmd_evaluate
 from napari_unet.cli._export_model import add_export_model, cmd_export_model
 from napari_unet.cli._import_model import add_import_model, cmd_import_model
@@ -78,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.DEBUG if debug else logging.INFO if args.verbose else logging.WARNING
     )
     try:
-        return _run(args, debug)
+        with sigterm_as_interrupt(), quiet_libraries(not (debug or args.verbose)):
+            return _run(args, debug)
     finally:
         package_logger.removeHandler(handler)
         package_logger.setLevel(old_level)
@@ -108,12 +120,17 @@ def _run(args: argparse.Namespace, debug: bool) -> int:
             traceback.print_exc()
         error(cli_message(exc))
         return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"\n{PROG}: interrupted\n")
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        sys.stderr.write(f"\n{PROG}: {'terminated' if terminated else 'interrupted'}\n")
+        return 143 if terminated else 130
     except Exception as exc:
         if debug:
             traceback.print_exc()
+        line = system_error_line(exc)
+        if line is not None:
+            error(line)
+            return 2
         hint = "" if debug else f" (run with --debug or {DEBUG_ENV}=1 for the traceback)"
         sys.stderr.write(
             f"{PROG}: internal error: {type(exc).__name__}: {one_line(str(exc))}{hint}\n"

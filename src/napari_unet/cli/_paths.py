@@ -73,13 +73,11 @@ def output_paths(inputs: Sequence[Path], target: Path, suffix: str, option: str)
 
 
 def check_not_an_input(inputs: Iterable[Path | None], outputs: Iterable[Path]) -> None:
-    """Raise UserError when an output is one of the (existing) inputs."""
-    from napari_unet.core.errors import UserError
+    """Raise UserError when an output is one of the (existing) inputs, holds one (a folder or
+    store around it) or lies inside one."""
+    from napari_unet.core.safe_paths import check_outputs_apart
 
-    resolved = {p.resolve() for p in inputs if p is not None and p.exists()}
-    for path in outputs:
-        if path.resolve() in resolved:
-            raise UserError(f"the output {path} is one of the inputs; it would be overwritten")
+    check_outputs_apart([p for p in inputs if p is not None and p.exists()], list(outputs))
 
 
 def check_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
@@ -90,15 +88,33 @@ def check_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
         UserError: an output is one of the inputs.
     """
     from napari_unet.core.errors import ImageReadError
+    from napari_unet.core.safe_paths import require_regular_file
 
     for path in inputs:
         if not path.exists():
             raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
+        require_regular_file(path)
         if path.is_dir():
             raise ImageReadError(f"Cannot read image '{path}': it is a folder, not a file.")
         if path.stat().st_size == 0:
             raise ImageReadError(f"Cannot read image '{path}': the file is empty.")
     check_not_an_input(inputs, outputs)
+    check_distinct(outputs)
+
+
+def check_distinct(outputs: Sequence[Path]) -> None:
+    """Raise UserError when two outputs (labels and probabilities) are the same file."""
+    from napari_unet.core.errors import UserError
+
+    seen: set[Path] = set()
+    for path in outputs:
+        resolved = path.expanduser().resolve()
+        if resolved in seen:
+            raise UserError(
+                f"{path} is named twice as an output (-o and --probabilities); the labels and "
+                "the probabilities need files of their own"
+            )
+        seen.add(resolved)
 
 
 def model_output(text: str) -> Path:

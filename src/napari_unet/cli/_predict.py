@@ -132,7 +132,9 @@ def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
         "halo": args.overlap,
         "batch_size": args.batch_size,
     }
-    return replace(tiling, **given(options))
+    from napari_unet.core.limits import check_tiling
+
+    return check_tiling(replace(tiling, **given(options)))
 
 
 def _postprocess_config(args: argparse.Namespace) -> Any:

@@ -34,6 +34,11 @@ def read_labels(path: Path, what: str) -> Any:
     if data.dtype.kind == "f":
         if not np.all(np.isfinite(data)) or np.any(data != np.round(data)):
             raise InputMismatchError(f"{what} {path} is not a label image (non-integer values)")
+        if data.size and data.max() > np.iinfo(np.uint32).max:
+            raise InputMismatchError(
+                f"{what} {path} has label ids up to {data.max():g}, more than a label image "
+                f"holds (at most {np.iinfo(np.uint32).max})"
+            )
         data = data.astype(np.int64)
     elif data.dtype.kind == "b":
         data = data.astype(np.uint8)

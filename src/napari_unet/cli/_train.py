@@ -9,7 +9,14 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from napari_unet.cli._common import PROG, chosen_device, format_metrics, given, logger
+from napari_unet.cli._common import (
+    PROG,
+    Terminated,
+    chosen_device,
+    format_metrics,
+    given,
+    logger,
+)
 from napari_unet.cli._paths import check_not_an_input, model_output
 from napari_unet.cli._progress import TrainReporter
 from napari_unet.cli._readers import read_labels, read_mask
@@ -45,8 +52,25 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
         return get_model(args.model), None
     if architecture.get("depth", 0) > 8:
         raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
+    from napari_unet.core.limits import check_architecture
+
     channels = _scratch_channels(read_image(first_image))
+    try:
+        check_architecture({"in_channels": channels, **architecture})
+    except ValueError as exc:
+        raise UserError(f"--depth/--base-channels: {exc}") from None
     return None, ModelConfig(in_channels=channels, **architecture)
+
+
+def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> None:
+    """Refuse patches and batches that cannot fit, before any file is written (the memory
+    estimate only on the CPU, whose memory holds the activations)."""
+    from napari_unet.core.io import _available_memory
+    from napari_unet.core.limits import check_training
+
+    architecture = base.config if base is not None else model_config
+    available = _available_memory() if device.type == "cpu" else None
+    check_training(config.patch_size, config.batch_size, architecture.base_channels, available)
 
 
 def _read_training_data(
@@ -114,6 +138,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_not_an_input((p for i in inputs for p in (i.image, i.labels, i.mask)), [output])
     device = chosen_device(args.device)
     base, model_config = _base_model(args, inputs[0].image)
+    _check_resources(config, base, model_config, device)
     if base is not None and base.path is not None and base.path.resolve() == output.resolve():
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
@@ -154,15 +179,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     try:
         result = drain(gen, reporter)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         gen.close()
         reporter.close()
         saved = file_state(output)
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
         if saved is not None and saved != before:
-            sys.stderr.write(f"\n{PROG}: interrupted; the best model so far is in {output}\n")
+            sys.stderr.write(f"\n{PROG}: {how}; the best model so far is in {output}\n")
         else:
-            sys.stderr.write(f"\n{PROG}: interrupted before a model was saved\n")
-        return 130
+            sys.stderr.write(f"\n{PROG}: {how} before a model was saved\n")
+        return 143 if isinstance(exc, Terminated) else 130
     reporter.close()
     if voxel_size is not None:
         from napari_unet.core.data3d import record_voxel_size

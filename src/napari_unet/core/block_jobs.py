@@ -25,6 +25,7 @@ from .block_io import (
     ArrayReader,
     PathReader,
     arrange,
+    compute_pixels,
     create_work_zarr,
     store_exists,
 )
@@ -81,6 +82,9 @@ class BlockSettings:
     postprocess: Any
     work: Any
     probabilities: Any = None
+    #: position of the class axis in ``probabilities`` (1 after a leading T axis: OME-Zarr
+    #: orders time before channels)
+    class_axis: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +125,7 @@ def global_bounds(
              for p in range(0, n_planes, step_p)]
     import dask.array as da
 
-    sample = np.asarray(da.stack(parts).compute(scheduler="threads"))
+    sample = compute_pixels(da.stack(parts), "to sample its intensities", "threads")
     planes, _, _ = as_planes(sample, "Q" + arrangement.block_axes, in_channels)
     return percentile_bounds(planes, normalize.low, normalize.high, channel_axis=1)
 
@@ -158,7 +162,9 @@ def run_block_job(
     index = settings.arrangement.index(block.plane)
     if settings.probabilities is not None and store_exists(settings.probabilities):
         core = relative(block.core, block.read)
-        settings.probabilities[(slice(None), *index, *block.core)] = probs[(slice(None), *core)]
+        at = settings.class_axis
+        key = (*index[:at], slice(None), *index[at:], *block.core)
+        settings.probabilities[key] = probs[(slice(None), *core)]
     in_labels = relative(block.labels, block.read)
     task = "semantic" if settings.semantic else "instances"
     labels = labels_from_probabilities(probs[(slice(None), *in_labels)], task,
@@ -314,9 +320,13 @@ def _check_channels(image: LazyImage, arrangement: Arrangement, in_channels: int
 
 def make_work_dir(near: Path | None, work_dir: str | os.PathLike[str] | None) -> Path:
     """A new scratch folder in ``work_dir``, else beside ``near`` (the output), else in the
-    system's temporary folder."""
+    system's temporary folder; stale scratch folders of killed runs there are removed first."""
+    from .safe_paths import WORK_PREFIX, sweep_stale, temp_tag
+
     parent = Path(work_dir) if work_dir is not None else near.parent if near is not None else None
-    return Path(tempfile.mkdtemp(prefix=".napari-unet-work-", dir=parent))
+    folder = parent if parent is not None else Path(tempfile.gettempdir())
+    sweep_stale(folder)
+    return Path(tempfile.mkdtemp(prefix=f"{WORK_PREFIX}{temp_tag()}-", dir=folder))
 
 
 def remove_work_dir(path: Path) -> None:

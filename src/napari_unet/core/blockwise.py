@@ -14,7 +14,8 @@ after the other here, or on a dask cluster when given a client (:mod:`~.distribu
    border, objects that coincide there (IoU > 0.5) are one object, and ids are made consecutive
    and unique across the whole image (and across the planes of a stack);
 4. a second pass writes the final labels block by block into a zarr array (an OME-Zarr label
-   image), or tile by tile into a tiled BigTIFF.
+   image), or into a TIFF: plane by plane with an ImageJ header when ImageJ 1.x can open the
+   result (under 4 GB), else tile by tile into a tiled BigTIFF.
 
 Why it agrees with in-memory prediction: the context is at least the network's receptive field
 and aligned to its stride, so a block's probabilities equal those of a whole-image pass to float
@@ -45,10 +46,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .block_io import (
+    add_pyramid,
     atomic_dir,
     check_store_path,
     create_label_zarr,
     create_probability_zarr,
+    imagej_pages_fit,
+    write_imagej_tiff,
     write_tiled_tiff,
 )
 from .block_jobs import (
@@ -170,7 +174,8 @@ def predict_blockwise(
             numpy) with ``axes``.
         model: a :class:`~.weights.LoadedModel` or a bare :class:`~.model.UNet`.
         output: where the labels go: a ``.zarr`` path (an OME-Zarr label image, array ``"0"``),
-            a ``.tif``/``.tiff`` path (tiled BigTIFF with OME metadata), a zarr array of shape
+            a ``.tif``/``.tiff`` path (an ImageJ TIFF, or a tiled BigTIFF with OME metadata
+            beyond 4 GB), a zarr array of shape
             (*leading, Y, X) and an integer dtype wide enough (written in place, e.g. one
             backing a napari Labels layer), or ``None`` (a new zarr store in a temporary
             folder, returned in the result). Paths are written under a temporary name and
@@ -182,8 +187,9 @@ def predict_blockwise(
             objects larger than this may be split at block borders.
         tiling, device, precision: as for :func:`~.predict.predict_probabilities`.
         postprocess: thresholds and minimum size; the defaults when ``None``.
-        probabilities: optional ``.zarr`` path or zarr array for the float32 probabilities
-            (K, *leading, Y, X).
+        probabilities: optional ``.zarr`` path (an OME-Zarr image, array ``"0"``: (K, *leading,
+            Y, X), or (T, K, ...) for a time-lapse, as OME-Zarr orders time before channels) or
+            a zarr array (K, *leading, Y, X) for the float32 probabilities.
         client: a :class:`distributed.Client`: blocks run on its cluster (the workers must share
             the file system of the image, the outputs and ``work_dir``). ``None``: here.
         work_dir: folder for the scratch store of block-local ids (default: beside ``output``
@@ -229,10 +235,12 @@ def predict_blockwise(
     try:
         with ExitStack() as stack:
             probs = _probability_target(stack, probabilities, prob_kind, grid, arrangement,
-                                        net.config.out_classes)
+                                        net.config.out_classes, lazy,
+                                        getattr(model, "class_names", None))
             settings = BlockSettings(
                 grid, arrangement, bounds, net.config.in_channels, semantic, tiling,
                 str(device), precision, post, work_array(scratch, grid), probs,
+                _class_axis(prob_kind, arrangement),
             )
             reader = reader_for(lazy, arrangement, client is not None)
             stitcher = Stitcher()
@@ -288,17 +296,27 @@ def _check_targets(output: Any, kind: str, probabilities: Any, prob_kind: str,
             raise UserError("The labels and the probabilities cannot go to the same path.")
 
 
+def _class_axis(kind: str, arrangement: Any) -> int:
+    """Where the classes go in a probability store we create: after T (OME-Zarr's order)."""
+    return 1 if kind == "zarr" and arrangement.leading_axes.startswith("T") else 0
+
+
 def _probability_target(stack: ExitStack, target: Any, kind: str, grid: BlockGrid,
-                        arrangement: Any, n_classes: int) -> Any:
+                        arrangement: Any, n_classes: int, lazy: LazyImage,
+                        class_names: list[str] | None) -> Any:
     if kind == "none":
         return None
     if kind == "array":
         return target
     side = chunk_side(grid.block)
-    shape = (n_classes, *arrangement.leading, grid.height, grid.width)
-    chunks = (1,) * (1 + len(arrangement.leading)) + (side, side)
+    at = _class_axis(kind, arrangement)
+    leading, letters = list(arrangement.leading), arrangement.leading_axes
+    shape = (*leading[:at], n_classes, *leading[at:], grid.height, grid.width)
+    axes = letters[:at] + "C" + letters[at:] + "YX"
+    chunks = (1,) * (1 + len(leading)) + (side, side)
     tmp = stack.enter_context(atomic_dir(target))
-    return create_probability_zarr(tmp, shape, chunks, "C" + arrangement.label_axes)
+    return create_probability_zarr(tmp, shape, chunks, axes,
+                                   lazy.pixel_size, lazy.z_spacing, class_names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,6 +403,10 @@ def _write_labels(
         array = create_label_zarr(target, shape, dtype, chunks, arrangement.label_axes,
                                   lazy.pixel_size, lazy.z_spacing)
         yield from _write_blocks(array, blocks, settings, tables, client)
+        if kind == "zarr":
+            levels = add_pyramid(target)
+            if levels:
+                yield Progress("write", 1, 1, f"{levels} lower-resolution level(s) written")
     except BaseException:
         if kind == "none":
             shutil.rmtree(path.parent, ignore_errors=True)
@@ -430,20 +452,50 @@ def _tiff_tiles(settings: BlockSettings, tables: dict[int, np.ndarray] | None, d
                 counter[0] += 1
 
 
+def _tiff_planes(settings: BlockSettings, tables: dict[int, np.ndarray] | None,
+                 dtype: np.dtype, rows: int, counter: list[int],
+                 stop: threading.Event) -> Iterator[np.ndarray]:
+    """Whole planes of final labels, each assembled from strips of ``rows`` rows."""
+    grid = settings.grid
+    for plane in range(grid.n_planes):
+        out = np.empty((grid.height, grid.width), dtype)
+        for y in range(0, grid.height, rows):
+            if stop.is_set():
+                raise Cancelled("TIFF writing cancelled")
+            region = (slice(y, min(y + rows, grid.height)), slice(0, grid.width))
+            out[region] = relabel_region(settings.work, plane, region, grid, tables, dtype)
+            counter[0] += 1
+        yield out
+
+
 def _write_tiff(path: Path, settings: BlockSettings, tables: dict[int, np.ndarray] | None,
                 dtype: np.dtype, lazy: LazyImage) -> Generator[Progress, None, None]:
-    """Write the final labels as a tiled BigTIFF in a helper thread (tifffile pulls the tiles),
-    reporting progress meanwhile; closing the generator stops the writing."""
+    """Write the final labels in a helper thread (tifffile pulls the planes or tiles),
+    reporting progress meanwhile; closing the generator stops the writing.
+
+    Labels that fit (:func:`~.block_io.imagej_pages_fit`) become a classic TIFF that ImageJ 1.x
+    opens; larger ones a tiled BigTIFF, with a warning that ImageJ 1.x cannot open it."""
     grid, arrangement = settings.grid, settings.arrangement
     side = chunk_side(grid.block)
     tile = side if side % 16 == 0 else 256
-    total = grid.n_planes * -(-grid.height // tile) * -(-grid.width // tile)
     counter, stop = [0], threading.Event()
-    tiles = _tiff_tiles(settings, tables, dtype, tile, counter, stop)
     shape = (*arrangement.leading, grid.height, grid.width)
+    axes = arrangement.label_axes
+    if imagej_pages_fit(shape, dtype, axes):
+        total = grid.n_planes * -(-grid.height // tile)
+        planes = _tiff_planes(settings, tables, dtype, tile, counter, stop)
+        job: tuple[Any, ...] = (write_imagej_tiff, path, planes, shape, dtype, axes)
+    else:
+        logger.warning(
+            "%s: the labels (%d planes of %dx%d, %s) are written as a tiled BigTIFF, which "
+            "ImageJ 1.x cannot open (Fiji opens it with Bio-Formats; or write -o NAME.zarr)",
+            path.name.split(".tmp")[0].lstrip("."), grid.n_planes, grid.width, grid.height,
+            np.dtype(dtype))  # fmt: skip
+        total = grid.n_planes * -(-grid.height // tile) * -(-grid.width // tile)
+        tiles = _tiff_tiles(settings, tables, dtype, tile, counter, stop)
+        job = (write_tiled_tiff, path, tiles, shape, dtype, tile, axes)
     with ThreadPoolExecutor(1, thread_name_prefix="napari-unet-tiff") as pool:
-        future = pool.submit(write_tiled_tiff, path, tiles, shape, dtype, tile,
-                             arrangement.label_axes, lazy.pixel_size, lazy.z_spacing)
+        future = pool.submit(*job, pixel_size=lazy.pixel_size, z_spacing=lazy.z_spacing)
         try:
             while True:
                 try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import secrets
 import struct
 import sys
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import numpy as np
 import tifffile
 
 from napari_unet.core.errors import ImageReadError, UserError
+from napari_unet.core.imagej_tiff import fits_classic, imagej_layout, imagej_order
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,14 @@ _READ_ERRORS = (
 
 # Largest ratio of decoded to stored bytes that a TIFF codec can reach (deflate: 1032:1,
 # PackBits: 128:1), by TIFF compression code; a header that claims more pixels is corrupt.
-_MAX_RATIO: dict[int, float] = {1: 1.0, 8: 1100.0, 32946: 1100.0, 50013: 1100.0, 32773: 130.0}
+_MAX_RATIO: dict[int, float] = {
+    1: 1.0,
+    8: 1100.0,
+    32946: 1100.0,
+    50013: 1100.0,
+    32773: 130.0,
+    5: 4200.0,
+}  # LZW: 12-bit codes of at most 4096 bytes each
 
 LABELS_SOFTWARE = "napari-unet labels"
 """The TIFF Software tag of files written by :func:`write_labels`: it marks them as label images."""
@@ -190,8 +197,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     Raises:
         UserError: the output folder does not exist or ``path`` is a folder.
     """
+    from .safe_paths import sweep_beside, temp_tag
+
     path = check_output_path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{''.join(path.suffixes)}")
+    sweep_beside(path)
+    tmp = path.with_name(f".{path.name}.{temp_tag()}.tmp{''.join(path.suffixes)}")
     try:
         yield tmp
         if not tmp.exists():
@@ -260,6 +270,9 @@ def _check_readable(path: Path) -> bytes:
         raise ImageReadError(f"Cannot read image '{path}': the file does not exist.")
     if path.is_dir():
         raise ImageReadError(f"Cannot read image '{path}': it is a folder, not a file.")
+    from .safe_paths import require_regular_file
+
+    require_regular_file(path)  # a FIFO would block the open below forever
     try:
         with open(path, "rb") as fh:
             header = fh.read(8)
@@ -302,6 +315,8 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
         data = tifffile.memmap(path, series=0, mode="r")
         logger.debug("memory-mapped %s", path)
     data = data.reshape(shape) if data.shape != shape else data
+    if data.dtype == bool:  # a 1-bit (bilevel) TIFF: 0 and 1
+        data = data.astype(np.uint8)
     data, axes = _normalize_axes(data, tiff_axes, is_rgb)
     unit = "um" if pixel_size is not None or z_spacing is not None else "pixel"
     if "Z" not in axes:
@@ -309,12 +324,32 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
     return ImageData(data, axes, pixel_size, z_spacing, unit, path)
 
 
+def check_pixel_dtype(path: Path | str, dtype: Any) -> None:
+    """Refuse pixels that are not real numbers (complex, strings, records).
+
+    Raises:
+        ImageReadError: the dtype cannot be segmented.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        what = "complex-valued" if dtype.kind == "c" else f"of type {dtype}"
+        raise ImageReadError(
+            f"Cannot read image '{path}': its pixels are {what}; napari-unet reads real-valued "
+            "images (integers or floats)."
+        )
+
+
 def _check_size(path: Path, series: tifffile.TiffPageSeries, in_memory: bool) -> None:
     """Refuse, before allocating anything, pixels that the file cannot hold or memory cannot fit.
 
     A corrupt header can claim gigabytes of pixels; reading them would exhaust the memory.
     """
-    nbytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
+    check_pixel_dtype(path, series.dtype)
+    bits = int(getattr(series.keyframe, "bitspersample", 8) or 8)
+    if np.dtype(series.dtype) == bool and bits == 1:  # bilevel: 8 pixels a byte on disk
+        nbytes = math.ceil(math.prod(series.shape) / 8)
+    else:
+        nbytes = math.prod(series.shape) * np.dtype(series.dtype).itemsize
     file_size = path.stat().st_size
     ratio = _MAX_RATIO.get(int(series.keyframe.compression))
     if ratio is not None and nbytes > file_size * ratio + 4096:
@@ -360,11 +395,21 @@ def available_memory() -> int | None:
 
 def _read_plain_image(path: Path) -> ImageData:
     """Read a 2D PNG or JPEG: (Y, X) grayscale or (Y, X, S) RGB(A)."""
+    import warnings
+
     import imageio.v3 as iio  # installed with scikit-image; only needed here
+    from PIL import Image
 
     try:
-        data = np.asarray(iio.imread(path))
-    except (OSError, ValueError, RuntimeError, SyntaxError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            data = np.asarray(iio.imread(path))
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(
+            f"Cannot read image '{path}': it claims more pixels than a PNG or JPEG reasonably "
+            f"holds (a decompression bomb?): {exc}"
+        ) from exc
+    except (OSError, ValueError, RuntimeError, SyntaxError, MemoryError) as exc:
         raise ImageReadError(f"Cannot read image '{path}': {_describe(exc)}.") from exc
     if data.ndim == 3 and data.shape[-1] in (1, 2):  # gray (+ alpha): keep the gray plane
         data = data[..., 0]
@@ -446,8 +491,37 @@ def positive_number(value: Any) -> float | None:
     return number if math.isfinite(number) and number > 0 else None
 
 
+#: Pixel sizes and spacings (µm) outside this range are taken as unknown: a corrupt or hostile
+#: header, which could not even be written back as TIFF resolution tags.
+PLAUSIBLE_UM = (1e-5, 1e7)
+
+
+def plausible_sizes(
+    pixel_size: PixelSize | None, z_spacing: float | None, source: Any = "image"
+) -> tuple[PixelSize | None, float | None]:
+    """``pixel_size`` and ``z_spacing`` with values outside :data:`PLAUSIBLE_UM` dropped (with a
+    warning)."""
+    low, high = PLAUSIBLE_UM
+
+    def fine(value: float) -> bool:
+        return low <= value <= high
+
+    if pixel_size is not None and not all(fine(v) for v in pixel_size):
+        logger.warning("%s: ignoring the implausible pixel size %s µm", source, pixel_size)
+        pixel_size = None
+    if z_spacing is not None and not fine(z_spacing):
+        logger.warning("%s: ignoring the implausible Z spacing %s µm", source, z_spacing)
+        z_spacing = None
+    return pixel_size, z_spacing
+
+
 def _physical_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | None]:
-    """(y, x) pixel size and Z spacing in micrometres from OME, ImageJ or resolution tags."""
+    """(y, x) pixel size and Z spacing in micrometres from OME, ImageJ or resolution tags, each
+    within :data:`PLAUSIBLE_UM`."""
+    return plausible_sizes(*_stated_sizes(tif), tif.filename)
+
+
+def _stated_sizes(tif: tifffile.TiffFile) -> tuple[PixelSize | None, float | None]:
     if tif.is_ome:
         sizes = _ome_sizes(tif)
         if sizes[0] is not None or sizes[1] is not None:
@@ -592,11 +666,13 @@ def write_labels(
 
     Labels whose largest id fits in uint16 are written as an ImageJ hyperstack (axes reordered to
     ImageJ's TZCYX order; pixel size as resolution tags with unit "um", Z spacing as ImageJ's
-    ``spacing``; display range 0..max id). ImageJ hyperstacks cannot hold uint32, so larger ids
-    are written as uint32 OME-TIFF (axes and physical sizes in µm in the OME metadata) with
-    resolution tags in pixels per centimetre, which Fiji opens through Bio-Formats and ImageJ's
-    own opener as 32-bit. Both read back with :func:`read_image` with their axes and pixel size.
-    The TIFF Software tag is :data:`LABELS_SOFTWARE`, which marks the file as a label image.
+    ``spacing``; display range 0..max id). Larger ids are written as uint32 with the same ImageJ
+    header written by hand (:mod:`~.imagej_tiff`): ImageJ opens them as a 32-bit hyperstack
+    with the right channels, slices and frames and Z spacing, and tifffile, bioio and
+    Bio-Formats read uint32. Only beyond 4 GB, which classic TIFF cannot hold, uint32 labels are
+    an OME BigTIFF (a warning says that ImageJ 1.x cannot open it). All read back with
+    :func:`read_image` with their axes and pixel size. The TIFF Software tag is
+    :data:`LABELS_SOFTWARE`, which marks the file as a label image.
 
     Args:
         path: destination file (``.tif``); its folder must exist. An existing file is replaced.
@@ -606,7 +682,7 @@ def write_labels(
         pixel_size: (y, x) pixel size in micrometres, or None.
         z_spacing: distance between Z planes in micrometres, or None.
         dtype: None (uint16 when the ids fit, else uint32), ``"uint16"`` (refuse larger ids) or
-            ``"uint32"`` (always uint32, as OME-TIFF).
+            ``"uint32"`` (always uint32).
 
     Returns:
         The path written.
@@ -615,16 +691,36 @@ def write_labels(
         UserError: negative, non-integer or too large labels (for ``dtype``), axes that do not
             fit, a bad pixel size, or an output folder that does not exist.
     """
+    if np.ndim(labels) < 2:
+        raise UserError(
+            f"Labels must be an image of at least 2 dimensions (Y, X); got shape "
+            f"{np.shape(labels)}."
+        )
     data = _as_label_array(labels, dtype)
     axes = _check_axes(axes, data.ndim, "TZCYX", "Label")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
+    max_id = int(data.max()) if data.size else 0
     if data.dtype == np.uint16:
         order = sorted(range(len(axes)), key=lambda i: AXES.index(axes[i]))
         data = data.transpose(order)
         axes = "".join(axes[i] for i in order)
-        max_id = int(data.max()) if data.size else 0
         kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, max_id)
+    elif fits_classic(data.nbytes):  # uint32 with an ImageJ header ImageJ reads as 32-bit
+        axes = "".join(axes[i] for i in imagej_order(axes))
+        data, kwargs = imagej_layout(
+            data,
+            _check_axes(axes, data.ndim, "TZCYX", "Label"),
+            pixel_size,
+            z_spacing,
+            (0.0, float(max(max_id, 1))),
+        )
     else:
+        logger.warning(
+            "%s: %s of uint32 labels are written as OME BigTIFF, which ImageJ 1.x "
+            "cannot open (Fiji opens it with Bio-Formats)",
+            path,
+            _gib(data.nbytes),
+        )
         kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
         tifffile.imwrite(
@@ -646,7 +742,9 @@ def write_probabilities(
     pixel_size: PixelSize | None = None,
     z_spacing: float | None = None,
 ) -> Path:
-    """Write class probabilities as a zlib-compressed float32 OME-TIFF, class axis first.
+    """Write class probabilities as a zlib-compressed float32 TIFF that ImageJ opens as a
+    hyperstack with one channel per class (ImageJ's T, Z, C order; beyond 4 GB an OME BigTIFF,
+    class axis first).
 
     Args:
         path: destination file; its folder must exist. An existing file is replaced.
@@ -658,7 +756,8 @@ def write_probabilities(
         z_spacing: distance between Z planes in micrometres, or None.
 
     Returns:
-        The path written. :func:`read_image` reads it back with the same axes and pixel size.
+        The path written. :func:`read_image` reads it back with its pixel size and the axes in
+        ImageJ's order (``"CZYX"`` comes back as ``"ZCYX"``; ``"CYX"`` as ``"CYX"``).
 
     Raises:
         UserError: axes that do not fit, a bad pixel size, or an output folder that does not exist.
@@ -670,14 +769,16 @@ def write_probabilities(
     axes = _check_axes(axes, data.ndim, "CTZYX", "Probability")
     pixel_size, z_spacing = _check_pixel_size(pixel_size, z_spacing)
     data = data.astype(np.float32, copy=False)
+    if fits_classic(data.nbytes):  # an ImageJ hyperstack: the classes are its channels
+        order = imagej_order(axes)
+        data = data.transpose(order)
+        axes = "".join(axes[i] for i in order)
+        kwargs = _imagej_kwargs(axes, pixel_size, z_spacing, None)
+        kwargs["metadata"].update(min=0.0, max=1.0, mode="grayscale")
+    else:
+        kwargs = _ome_kwargs(axes, pixel_size, z_spacing, data.nbytes)
     with atomic_path(path) as tmp:
-        tifffile.imwrite(
-            tmp,
-            data,
-            compression="zlib",
-            photometric="minisblack",
-            **_ome_kwargs(axes, pixel_size, z_spacing, data.nbytes),
-        )
+        tifffile.imwrite(tmp, data, compression="zlib", photometric="minisblack", **kwargs)
     logger.info("wrote probabilities %s %s to %s", data.shape, axes, path)
     return Path(path)
 

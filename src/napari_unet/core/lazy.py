@@ -40,11 +40,14 @@ from .io import (
     ImageData,
     PixelSize,
     _check_readable,
+    _check_size,
     _describe,
     _is_rgb,
     _normalize_axes,
     _physical_sizes,
     _unit_scale,
+    check_pixel_dtype,
+    plausible_sizes,
     positive_number,
     read_image,
 )
@@ -90,9 +93,12 @@ def is_zarr_path(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a zarr store on disk: a folder with zarr metadata (``zarr.json``,
     ``.zgroup`` or ``.zarray``) or a folder whose name ends in ``.zarr``."""
     path = Path(path).expanduser()
-    if not path.is_dir():
+    try:
+        if not path.is_dir():
+            return False
+        return path.suffix.lower() == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS)
+    except OSError:  # an unreadable folder above: not something we can open
         return False
-    return path.suffix.lower() == ".zarr" or any((path / m).exists() for m in _ZARR_MARKERS)
 
 
 def open_lazy(path: str | os.PathLike[str]) -> LazyImage:
@@ -169,6 +175,7 @@ def _open_tiff(path: Path) -> LazyImage:
             if not tif.series:
                 raise ImageReadError(f"Cannot read image '{path}': the TIFF file holds no image.")
             series = tif.series[0]
+            _check_size(path, series, in_memory=False)  # a header claiming more than the file
             tiff_axes = series.axes.upper()
             is_rgb = _is_rgb(series)
             pixel_size, z_spacing = _physical_sizes(tif)
@@ -251,6 +258,7 @@ def _multiscale(path: Path, group: Any, meta: dict[str, Any], prefix: str) -> La
     data, axes = levels[0]
     pixel_size = _pixel_size(sizes.get("Y"), sizes.get("X"))
     z_spacing = sizes.get("Z") if "Z" in axes else None
+    pixel_size, z_spacing = plausible_sizes(pixel_size, z_spacing, path)
     unit = "um" if pixel_size is not None or z_spacing is not None else "pixel"
     dataset = prefix + datasets[0]["path"]
     logger.debug("opened %s/%s lazily: %s %s %s", path, dataset, data.shape, axes, data.dtype)
@@ -365,5 +373,7 @@ def _chunks(shape: Sequence[int], letters: str, native: Sequence[int] | None) ->
 def _as_dask(array: Any, letters: str) -> Any:
     import dask.array as da
 
+    check_pixel_dtype(str(getattr(array, "store_path", "") or "zarr array"), array.dtype)
     chunks = _chunks(array.shape, letters, getattr(array, "chunks", None))
-    return da.from_zarr(array, chunks=chunks)
+    data = da.from_zarr(array, chunks=chunks)
+    return data.astype(np.uint8) if data.dtype == bool else data  # masks, 1-bit TIFFs: 0 and 1

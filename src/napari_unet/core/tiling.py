@@ -244,6 +244,7 @@ def _run_grid(
 
     Raises :class:`_OutOfMemory` (from the original error) when the device runs out of memory.
     """
+    batch_size = max(1, min(batch_size, len(tiles)))  # never a buffer for tiles that are not
     n_batches = -(-len(tiles) // batch_size)
     total = count.batches + n_batches
     first = tiles[0]

@@ -27,6 +27,7 @@ from .augment import AugmentConfig, augment_batch
 from .config import ModelConfig, TilingConfig, to_dict
 from .data import PatchSampler, TrainingPair, ValidationCrop, data_hash, split_validation
 from .device import Predictor, resolve_device
+from .errors import UserError
 from .metrics import evaluate
 from .model import UNet, build_model
 from .normalize import NormalizeConfig
@@ -348,6 +349,11 @@ def train(
             scaler.update()
             step += 1
             value = float(loss.detach())
+            if not math.isfinite(value):
+                raise UserError(
+                    f"Training diverged at step {step}: the loss became {value}. Lower the "
+                    f"learning rate; {output} holds the last model that was not diverged."
+                )
             smoothed = value if math.isnan(smoothed) else 0.9 * smoothed + 0.1 * value
             yield Progress("train", step, total_steps,
                            f"epoch {epoch + 1}, step {step}: loss {smoothed:.4f}",

@@ -46,6 +46,7 @@ from safetensors.torch import load_file, save_file
 from .config import ModelConfig, TilingConfig, from_dict, to_dict
 from .errors import Hint, ModelFileError, ModelNotFoundError, UserError
 from .io import atomic_path
+from .limits import check_architecture, finite_problem, normalize_problem, tiling_problem
 from .model import UNet
 
 logger = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ def validate_metadata(metadata: Any, source: str | Path = "model") -> ModelConfi
     if not isinstance(raw_config, dict):
         raise fail("the metadata has no architecture 'config'")
     try:
+        check_architecture(raw_config)
         config = from_dict(ModelConfig, raw_config)
     except (TypeError, ValueError) as exc:
         raise fail(f"invalid architecture config ({exc})") from exc
@@ -200,6 +202,15 @@ def validate_metadata(metadata: Any, source: str | Path = "model") -> ModelConfi
     for key in ("normalize", "tiling", "provenance"):
         if metadata.get(key) is not None and not isinstance(metadata[key], dict):
             raise fail(f"'{key}' must be a JSON object")
+    problem = normalize_problem(metadata.get("normalize"))
+    tiling = metadata.get("tiling")
+    if problem is None and tiling:
+        problem = tiling_problem(
+            tiling.get("tile_size", 256), tiling.get("halo"), tiling.get("batch_size", 4)
+        )
+        problem = problem and f"invalid default tiling: {problem}"
+    if problem is not None:
+        raise fail(problem)
     return config
 
 
@@ -359,6 +370,9 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     meta.setdefault("format", FORMAT)
     meta.setdefault("format_version", FORMAT_VERSION)
     tensors = _tensors_for_file(model)
+    bad = finite_problem(tensors)
+    if bad is not None:
+        raise UserError(f"not saving {path}: {bad} holds NaN or infinite values")
     meta["weights_sha256"] = weights_hash(tensors)
     validate_metadata(meta, path)
     text = json.dumps(_strict_json(meta), default=_json_default, allow_nan=False)
@@ -399,6 +413,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         metadata = json.loads(raw[METADATA_KEY])
     except json.JSONDecodeError as exc:
         raise ModelFileError(f"{path}: the model metadata is not valid JSON ({exc})") from exc
+    except RecursionError as exc:
+        raise ModelFileError(f"{path}: the model metadata is nested too deeply") from exc
     validate_metadata(metadata, path)
     return metadata
 
@@ -458,11 +474,11 @@ def load_model(path: str | Path) -> LoadedModel:
         raise ModelFileError(f"{path}: the weights are corrupt (checksum mismatch)")
     model = UNet(config)
     _check_tensors(path, tensors, model)
+    bad = finite_problem(tensors)  # weights and batch-norm statistics alike
+    if bad is not None:
+        raise ModelFileError(f"{path}: {bad} holds NaN or infinite values (a diverged training?)")
     model.load_state_dict(tensors, strict=True)
     model.eval()
-    for name, param in model.named_parameters():
-        if not torch.isfinite(param).all():
-            raise ModelFileError(f"{path}: weight {name} holds NaN or infinite values")
     logger.info("loaded model %r from %s", metadata.get("name"), path)
     return LoadedModel(model=model, config=config, metadata=metadata, path=path)
 
@@ -577,6 +593,18 @@ def _looks_like_path(text: str) -> bool:
     return text.endswith(suffixes) or "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
+def _check_access(path: Path) -> None:
+    """Raise ModelFileError when ``path`` exists but may not be read (not "does not exist")."""
+    try:
+        path.stat()
+    except PermissionError as exc:
+        raise ModelFileError(f"{path}: permission denied ({exc.strerror or exc})") from exc
+    except OSError:
+        return
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise ModelFileError(f"{path}: permission denied (the file may not be read)")
+
+
 def resolve_model(name_or_path: str | Path | None) -> Path:
     """The file of a model given by registered name or by path.
 
@@ -593,6 +621,7 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     else:
         text = (name_or_path or "").strip() or DEFAULT_MODEL
     candidate = Path(text).expanduser()
+    _check_access(candidate)
     if candidate.is_file():
         return candidate
     if isinstance(name_or_path, Path) or _looks_like_path(text):
