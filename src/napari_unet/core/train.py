@@ -90,7 +90,6 @@ class TrainConfig:
     targets: TargetConfig = field(default_factory=TargetConfig)
 
     def __post_init__(self) -> None:
-        from .errors import UserError
 
         if self.epochs < 1:
             raise UserError(f"The number of epochs must be at least 1, got {self.epochs}.")
