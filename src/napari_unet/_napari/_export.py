@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet._napari._layer_info import layer_axes, physical_sizes
+from napari_unet._napari._layout import Message, fit_in_dock
 from napari_unet._napari._workers import Job, start_job
 from napari_unet._napari._writer import with_tiff_suffix
 from napari_unet.core import io
@@ -201,7 +202,7 @@ class ExportWidget(Container):
         self.image_layer = ComboBox(label="Image", choices=self._image_choices, enabled=False)
         self.overwrite = CheckBox(text="Overwrite existing files", value=False)
         self.export_button = PushButton(text="Export")
-        self.status = Label(value="")
+        self.status = Message(value="")
         super().__init__(
             widgets=[
                 self.labels_layer,
@@ -224,6 +225,7 @@ class ExportWidget(Container):
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._on_active_layer()
         self._on_labels_changed(self.labels_layer.value)
+        fit_in_dock(self)
 
     # ---- choices and defaults ------------------------------------------------------------
 
