@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt
 
 from napari_unet._napari._segment import SegmentWidget
 from napari_unet._napari._segment_job import PlaneLabels
@@ -203,10 +204,24 @@ def test_cancel_leaves_no_half_layer_and_other_labels_untouched(segment, qtbot, 
     widget.run_button.native.click()
     assert widget.busy and widget.run_button.text == "Cancel"
     qtbot.waitUntil(lambda: calls["n"] >= 1, timeout=TIMEOUT)
+    qtbot.wait(600)  # longer than a double click
     widget.run_button.native.click()
     wait(qtbot, widget)
     np.testing.assert_array_equal(mine.data, before)
     assert names(viewer) == ["movie", "mine"] and widget.run_button.text == "Run"
+
+
+def test_a_double_click_on_run_does_not_cancel_the_run(segment, qtbot, crop, calls):
+    viewer, widget = segment
+    viewer.add_image(crop, name="crop")
+    calls["sleep"] = 0.2
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    qtbot.mouseDClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    widget.run_button.native.click()  # a third quick click, as a trembling hand does
+    assert widget.busy and not widget.job.cancelled
+    wait(qtbot, widget)
+    assert "crop labels [starter]" in names(viewer)
+    assert "Cancelled" not in widget.status.value
 
 
 def test_edited_labels_go_to_a_new_layer_and_replace_asks(segment, qtbot, crop):

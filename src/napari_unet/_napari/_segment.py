@@ -31,6 +31,7 @@ than 64 megapixels) is segmented block by block into a new zarr-backed Labels la
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -100,6 +101,7 @@ class SegmentWidget(SegmentForm):
         self._kept = ProbabilityStore()
         self._model_before: ModelChoice | None = None
         self._device_type = "cpu"
+        self._run_clicked_at = -float("inf")
         super().__init__(self._image_choices, self._model_choices, self._output_choices)
         self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
         self._show_device()
@@ -330,10 +332,12 @@ class SegmentWidget(SegmentForm):
         self._update_apply()
 
     def _on_run_clicked(self, *_: Any) -> None:
-        if self.busy:
-            self.cancel()
-        else:
+        if not self.busy:
             self.run()
+            self._run_clicked_at = time.monotonic()
+        elif time.monotonic() - self._run_clicked_at > _double_click_seconds():
+            self.cancel()
+        # else: the second click of a double click on Run, not a Cancel
 
     def _on_threshold_changed(self, *_: Any) -> None:
         self._timer.start()  # restarts the pause
@@ -588,6 +592,13 @@ class SegmentWidget(SegmentForm):
             on_finished=self._on_finished,
         )  # fmt: skip
         return self.job
+
+
+def _double_click_seconds() -> float:
+    """The desktop's double-click interval in seconds (at least 0.4 s)."""
+    from qtpy.QtWidgets import QApplication
+
+    return max(QApplication.doubleClickInterval(), 400) / 1000
 
 
 def _single_shot(delay_ms: int, callback: Any) -> Any:
