@@ -299,7 +299,7 @@ class SegmentWidget(SegmentForm):
         self._update_apply()
 
     def _update_apply(self) -> None:
-        """"Apply thresholds" works for instance models on images segmented in memory."""
+        """Enable "Apply thresholds" for instance models on images segmented in memory."""
         from ._segment_blockwise import NO_RETHRESHOLD
 
         blockwise = self._blockwise()
