@@ -117,6 +117,7 @@ def test_this_plane_then_whole_stack_plane_by_plane(segment, qtbot, stack):
     assert plane.data.shape == (5, 160, 160)
     np.testing.assert_allclose(plane.scale, (1, 0.5, 0.5))
     np.testing.assert_allclose(plane.translate, (0, 3, 7))
+    assert plane.axis_labels == ("T", "Y", "X")
     _, expected = drain(predict_labels(stack[3], "YX", get_model("starter"), device="cpu"))
     np.testing.assert_array_equal(plane.data[3], expected)
     assert expected.max() > 3

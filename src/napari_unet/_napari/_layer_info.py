@@ -104,7 +104,8 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
     ``rgb=True``; a channel axis ``"C"`` of an image is split with ``channel_axis`` into one layer
     per channel (napari takes views, not copies). ``scale`` is the pixel size for Y and X, the Z
     spacing for Z (1 when unknown) and 1 for T; ``units`` is ``"um"`` where the file gave a size,
-    else ``"pixel"``. ``metadata`` holds ``"axes"`` (of each layer's
+    else ``"pixel"``; ``axis_labels`` are the axes' letters (``"T"``, ``"Z"``, ``"Y"``, ``"X"``),
+    which napari shows on the stack sliders. ``metadata`` holds ``"axes"`` (of each layer's
     data after the split), ``"pixel_size"``, ``"z_spacing"`` and ``"source_path"``.
 
     Args:
@@ -126,8 +127,10 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
         "z_spacing": image.z_spacing,
         "source_path": str(image.path) if image.path is not None else None,
     }
+    # the stack sliders are labelled with the file's axes ("T", "Z") instead of "-3"
+    axis_labels = tuple(a for a in layer_axes_ if a != "S")
     kwargs: dict[str, Any] = {"name": name, "scale": scale, "units": units,
-                              "metadata": metadata}
+                              "metadata": metadata, "axis_labels": axis_labels}
     if "S" in axes:
         kwargs["rgb"] = True
     if channel_axis is not None:
@@ -137,6 +140,7 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
             name=[f"{name} [ch{i}]" for i in range(n)],
             scale=[list(scale) for _ in range(n)],
             units=[list(units) for _ in range(n)],
+            axis_labels=[axis_labels for _ in range(n)],
             metadata=[dict(metadata) for _ in range(n)],
         )
     return image.data, kwargs, layer_type
