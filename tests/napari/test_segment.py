@@ -363,3 +363,26 @@ def test_without_any_model_run_says_so(segment, no_builtin_models, crop):
     widget.choose_model_file = lambda: None
     widget.model.value = "<load from file>"  # closing the dialog leaves no model, no loop
     assert widget.model.value is None
+
+
+def test_the_first_opening_loads_pytorch_in_the_background(
+    make_napari_viewer, qtbot, isolated_models, monkeypatch, crop
+):
+    """In a viewer where PyTorch is not imported yet, the widget opens at once with Run
+    disabled, and enables it (with the models listed) when the background import is done."""
+    from napari_unet._napari import _segment_engine
+
+    monkeypatch.setattr(_segment_engine, "engine_loaded", lambda: False)
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="crop")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert not widget.ready and not widget.run_button.enabled
+    assert widget.device_info.value == "Loading PyTorch..."
+    assert widget.run() is None
+    assert "still loading" in notices()[-1]
+    qtbot.waitUntil(lambda: widget.ready, timeout=TIMEOUT)
+    assert widget.run_button.enabled and widget.model.value.name == "starter"
+    assert widget.device_info.value.startswith("CPU")
+    assert widget.run() is not None
+    wait(qtbot, widget)
+    assert "crop labels [starter]" in names(viewer)

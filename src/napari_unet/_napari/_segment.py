@@ -43,6 +43,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 
 from . import _segment_layers as layers
+from ._segment_engine import load_engine
 from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
 from ._segment_job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
 from ._segment_logic import (
@@ -81,6 +82,8 @@ class SegmentWidget(SegmentForm):
     Attributes:
         viewer: the viewer.
         job: the running background job (a segmentation or a re-thresholding), else ``None``.
+        ready: whether PyTorch is loaded and the models listed (the first opening imports
+            PyTorch in the background; Run is disabled until then).
     """
 
     @property
@@ -104,8 +107,10 @@ class SegmentWidget(SegmentForm):
         self._run_clicked_at = -float("inf")
         super().__init__(self._image_choices, self._model_choices, self._output_choices)
         self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
-        self._show_device()
-        self.refresh_models()
+        self.ready = False
+        self._loader = load_engine(self._on_engine_ready, self._on_engine_failed)
+        if not self.ready:
+            self._show_loading()
         self._connect()
         active = viewer.layers.selection.active
         if isinstance(active, Image):
@@ -174,6 +179,9 @@ class SegmentWidget(SegmentForm):
         """
         if self.busy:
             show_info("A job is already running; cancel it first.")
+            return None
+        if not self.ready:
+            show_info("PyTorch is still loading; press Run again in a moment.")
             return None
         if self._blockwise():
             return self._start_blockwise()
@@ -346,13 +354,33 @@ class SegmentWidget(SegmentForm):
         if not self.busy:
             self.apply_thresholds(ask=False)
 
-    def _show_device(self) -> None:
-        from napari_unet.core.device import describe_device, gpu_hint, resolve_device
+    def _show_loading(self) -> None:
+        self.run_button.enabled = self.model.enabled = False
+        self.run_button.tooltip = "PyTorch is loading (a few seconds, the first time)"
+        self.device_info.value = "Loading PyTorch..."
 
-        device = resolve_device("auto")
-        self._device_type = device.type
-        hint = gpu_hint()
-        self.device_info.value = describe_device(device) + (f". Hint: {hint}." if hint else "")
+    def _on_engine_ready(self, device: tuple[str, str]) -> None:
+        """PyTorch is imported: show the device, list the models, enable Run."""
+        if self._destroyed():
+            return
+        self._device_type, self.device_info.value = device
+        self.refresh_models()
+        self.ready = True
+        self.run_button.enabled = self.model.enabled = True
+        self.run_button.tooltip = None
+
+    def _on_engine_failed(self, exc: BaseException) -> None:
+        if not self._destroyed():
+            self.device_info.value = "PyTorch could not be loaded."
+            _report(exc, "Loading PyTorch")
+
+    def _destroyed(self) -> bool:
+        """Whether the widget was closed (its Qt objects deleted)."""
+        try:
+            self.native.objectName()
+        except RuntimeError:
+            return True
+        return False
 
     # --- planning a run ----------------------------------------------------------------------
 
