@@ -118,7 +118,8 @@ viewer, the longest pause of a 10 ms Qt timer in the 8 s after, and when Run is 
 
 {table}
 
-Machine: {machine}.  
+Machine: {machine}.
+
 Command: `xvfb-run -a {command_line()}`
 """
         update_section("segment_open", body)
