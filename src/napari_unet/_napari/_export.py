@@ -23,8 +23,14 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, 
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from napari_unet._napari._layer_info import layer_axes, physical_sizes
+from napari_unet._napari._layer_info import (
+    labels_candidates,
+    layer_axes,
+    looks_like_labels,
+    physical_sizes,
+)
 from napari_unet._napari._layout import Message, fit_in_dock
+from napari_unet._napari._segment_hints import LayerHints
 from napari_unet._napari._workers import Job, start_job
 from napari_unet._napari._writer import with_tiff_suffix
 from napari_unet.core import io
@@ -255,11 +261,18 @@ class ExportWidget(Container):
         self._on_active_layer()
         self._on_labels_changed(self.labels_layer.value)
         fit_in_dock(self)
+        self.hints = LayerHints(viewer, channels=False)
+        self.insert(1, self.hints)
 
     # ---- choices and defaults ------------------------------------------------------------
 
-    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        """The Labels layers, then the Image layers that hold labels (a label TIFF opened by
+        napari's own reader), marked "(image)"."""
+        return [
+            (layer.name if isinstance(layer, Labels) else f"{layer.name} (image)", layer)
+            for layer in labels_candidates(self._viewer)
+        ]
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -297,6 +310,8 @@ class ExportWidget(Container):
         """The first image layer whose Y, X size (and stack size) matches ``labels``."""
         shape = tuple(np.shape(labels.data[0] if labels.multiscale else labels.data))
         for _, image in self._image_choices():
+            if image is labels or looks_like_labels(image):
+                continue
             data = image.data[0] if image.multiscale else image.data
             image_shape = tuple(np.shape(data))[: image.ndim]
             if image_shape == shape:
@@ -319,7 +334,7 @@ class ExportWidget(Container):
             UserError: nothing to export, no such folder, bad label values, uint16 too small,
                 or two outputs with the same name.
         """
-        layers = [layer for _, layer in self._labels_choices()]
+        layers = [layer for _, layer in self._labels_choices() if isinstance(layer, Labels)]
         if not self.all_layers.value:
             layers = [self.labels_layer.value] if self.labels_layer.value is not None else []
         if not layers:
@@ -346,7 +361,7 @@ class ExportWidget(Container):
     def _stems(self) -> dict[str, str]:
         """Stems of all Labels layers: the short :func:`clean_stem`, or the whole name made
         safe where two layers would share the short one."""
-        names = [layer.name for _, layer in self._labels_choices()]
+        names = [layer.name for layer in labels_candidates(self._viewer)]
         short = {name: clean_stem(name) for name in names}
         counts: dict[str, int] = {}
         for stem in short.values():

@@ -43,8 +43,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 
 from . import _segment_layers as layers
+from ._layer_info import as_labels_layer, looks_like_labels
 from ._segment_engine import load_engine
 from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
+from ._segment_hints import LayerHints
 from ._segment_job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
 from ._segment_logic import (
     build_postprocess,
@@ -112,9 +114,16 @@ class SegmentWidget(SegmentForm):
         if not self.ready:
             self._show_loading()
         self._connect()
+        self.hints = LayerHints(viewer)
+        self.insert(1, self.hints)
         active = viewer.layers.selection.active
-        if isinstance(active, Image):
+        if isinstance(active, Image) and not looks_like_labels(active):
             self.image.value = active.unique_id
+        else:  # e.g. the labels of a sample are the active layer
+            first = next((layer for layer in viewer.layers if isinstance(layer, Image)
+                          and not looks_like_labels(layer)), None)  # fmt: skip
+            if first is not None:
+                self.image.value = first.unique_id
         self._on_image_changed()
 
     # --- public interface --------------------------------------------------------------------
@@ -259,8 +268,12 @@ class SegmentWidget(SegmentForm):
             return choices
         shape = labels_shape(full_resolution(image).shape, axes)
         for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and tuple(layer.data.shape) == shape:
+            if tuple(np.shape(layer.data)) != shape:
+                continue
+            if isinstance(layer, Labels):
                 choices.append((f"Replace '{layer.name}'", layer.unique_id))
+            elif looks_like_labels(layer):  # a label TIFF that napari's reader opened
+                choices.append((f"Replace '{layer.name}' (made a Labels layer)", layer.unique_id))
         return choices
 
     def _set_model(self, choice: ModelChoice | None) -> None:
@@ -473,6 +486,8 @@ class SegmentWidget(SegmentForm):
         layer = layers.find_layer(self.viewer, value)
         if layer is None:
             raise UserError("The output layer no longer exists; choose another output.")
+        if isinstance(layer, Image):  # offered because it holds integer labels
+            layer = as_labels_layer(self.viewer, layer)
         if tuple(layer.data.shape) != shape:
             raise UserError(f"'{layer.name}' has shape {layer.data.shape}; labels need {shape}.")
         if not written_by_us(layer.metadata, layer.data):
