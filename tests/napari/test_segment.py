@@ -386,3 +386,29 @@ def test_the_first_opening_loads_pytorch_in_the_background(
     assert widget.run() is not None
     wait(qtbot, widget)
     assert "crop labels [starter]" in names(viewer)
+
+
+def test_pixel_size_field_calibrates_an_uncalibrated_image(segment, qtbot, crop, tmp_path):
+    """An image without calibration shows 0; a typed size reaches the layer where the reader
+    writes a file's calibration, and the labels made next take it."""
+    viewer, widget = segment
+    path = tmp_path / "plain.tif"
+    io.write_image(path, crop, "YX", None)
+    [image] = viewer.open(path, plugin="napari-unet")
+    assert image.metadata["pixel_size"] is None
+    assert widget.pixel_size.value == 0
+    widget.pixel_size.value = 0.65
+    assert image.metadata["pixel_size"] == (0.65, 0.65)
+    np.testing.assert_allclose(image.scale, (0.65, 0.65))
+    assert tuple(str(u) for u in image.units) == ("micrometer", "micrometer")
+    widget.run()
+    wait(qtbot, widget)
+    labels = viewer.layers["plain labels [starter]"]
+    np.testing.assert_allclose(labels.scale, (0.65, 0.65))
+    assert labels.metadata["pixel_size"] == (0.65, 0.65)
+    # a calibrated image shows its own size
+    calibrated = tmp_path / "calibrated.tif"
+    io.write_image(calibrated, crop, "YX", (0.25, 0.25))
+    [other] = viewer.open(calibrated, plugin="napari-unet")
+    widget.select_image(other)
+    assert widget.pixel_size.value == pytest.approx(0.25)

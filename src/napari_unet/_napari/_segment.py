@@ -66,6 +66,7 @@ from ._segment_logic import (
     written_by_us,
 )
 from ._segment_models import ModelChoice, ModelList, model_summary, model_tiling
+from ._segment_pixel import pixel_size_of, set_pixel_size
 
 if TYPE_CHECKING:
     import napari
@@ -293,6 +294,7 @@ class SegmentWidget(SegmentForm):
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_choices)
         self.image.changed.connect(self._on_image_changed)
+        self.pixel_size.changed.connect(self._on_pixel_size_changed)
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self._on_run_clicked)
         self.apply_button.changed.connect(lambda: self.apply_thresholds(ask=True))
@@ -315,9 +317,24 @@ class SegmentWidget(SegmentForm):
 
     def _on_image_changed(self, *_: Any) -> None:
         self.output.reset_choices()
+        self._show_pixel_size()
         axes = self._axes_of(self._image_layer())
         self.scope.enabled = bool(axes and leading_axes(axes))
         self._update_apply()
+
+    def _show_pixel_size(self) -> None:
+        image = self._image_layer()
+        axes = self._axes_of(image)
+        size = pixel_size_of(image, axes) if axes else None
+        with self.pixel_size.changed.blocked():
+            self.pixel_size.value = min(size or 0.0, self.pixel_size.max)
+        self.pixel_size.enabled = axes is not None
+
+    def _on_pixel_size_changed(self, value: float) -> None:
+        """A pixel size typed for the selected image: its scale and metadata take it."""
+        image = self._image_layer()
+        if image is not None and value > 0:
+            set_pixel_size(image, value)
 
     def _update_apply(self) -> None:
         """Enable "Apply thresholds" for instance models on images segmented in memory."""

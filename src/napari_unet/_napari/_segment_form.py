@@ -42,6 +42,11 @@ class SegmentForm(Container):
     ) -> None:
         self.image = ComboBox(label="Image", choices=image_choices, nullable=True)
         self.model = ComboBox(label="Model", choices=model_choices, nullable=True)
+        self.pixel_size = FloatSpinBox(
+            label="Pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.05,
+            tooltip="the image's pixel size, from its file; give it for an image without "
+            "calibration (0: unknown)",
+        )  # fmt: skip
         self.model_info = Message("About")
         self.device_info = Message("Device")
         self.scope = RadioButtons(
@@ -98,9 +103,10 @@ class SegmentForm(Container):
         self.status = Message("Status")
         super().__init__(
             widgets=[
-                self.image, self.model, self.model_info, self.device_info, self.scope,
-                self.output, self.interior_threshold, self.foreground_threshold, self.min_size,
-                self.apply_button, self.show_advanced, self.advanced, self.run_button,
+                self.image, self.pixel_size, self.model, self.model_info, self.device_info,
+                self.scope, self.output, self.interior_threshold, self.foreground_threshold,
+                self.min_size, self.apply_button, self.show_advanced, self.advanced,
+                self.run_button,
                 self.status,
             ],
         )  # fmt: skip
