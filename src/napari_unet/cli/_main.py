@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from napari_unet import __version__
 from napari_unet.cli._common import DEBUG_ENV, PROG, Parser, UsageError, error, one_line
+from napari_unet.cli._demo import add_demo, cmd_demo
 from napari_unet.cli._evaluate import add_evaluate, cmd_evaluate
 from napari_unet.cli._models import add_models, cmd_models
 from napari_unet.cli._predict import add_predict, cmd_predict
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate(sub, common).set_defaults(func=cmd_evaluate)
     add_train(sub, common).set_defaults(func=cmd_train)
     add_models(sub, common).set_defaults(func=cmd_models)
+    add_demo(sub, common).set_defaults(func=cmd_demo)
     return parser
 
 
