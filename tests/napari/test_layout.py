@@ -59,6 +59,10 @@ def test_all_three_docks_fit_a_laptop_window(laptop, qtbot):
         # each dock keeps a usable height, and what does not fit scrolls
         assert geometry.height() >= 140
         assert item.widget().findChild(QScrollArea) is not None
+    # Segment's and Export's controls fit the dock's width: no horizontal scrolling
+    for name in ("Segment", "Export"):
+        scroll = dock(laptop, name)[1].native.findChild(QScrollArea)
+        assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
     # the docks share the height in proportion to their content: none squeezed to the minimum
     heights = sorted(d.height() for d in docks)
     assert heights[-1] < 3 * heights[0]

@@ -39,7 +39,7 @@ MIN_WIDTH = 220
 #: A dock keeps at least this much height (or its whole content, when that is less).
 MIN_HEIGHT = 150
 #: Characters of a layer or model name that a drop-down list shows.
-COMBO_CHARS = 8
+COMBO_CHARS = 6
 
 _ZWSP = "\u200b"  # zero-width space: a place where a long path may break
 _FITTED = "_napari_unet_fitted"

@@ -11,7 +11,6 @@ from magicgui.widgets import (
     Container,
     FloatSpinBox,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
 
@@ -49,9 +48,9 @@ class SegmentForm(Container):
         )  # fmt: skip
         self.model_info = Message("About")
         self.device_info = Message("Device")
-        self.scope = RadioButtons(
+        self.scope = ComboBox(
             label="Scope", choices=[THIS_PLANE, WHOLE_STACK], value=WHOLE_STACK,
-            orientation="horizontal",
+            tooltip="for stacks and time-lapses: the plane the viewer shows, or all of them",
         )  # fmt: skip
         self.output = ComboBox(label="Output", choices=output_choices)
         self.interior_threshold = FloatSpinBox(
