@@ -94,6 +94,10 @@ def finetune(viewer) -> None:
     wait(lambda: len(widget.plot.scores) >= 3 or not widget.running, 900)
     wait(lambda: False, 1.0)
     grab(widget, "finetune_widget.png")
+    from qtpy.QtWidgets import QScrollArea
+
+    widget.native.findChild(QScrollArea).ensureWidgetVisible(widget.plot)  # the live plot
+    wait(lambda: False, 0.5)
     viewer.screenshot(str(IMAGES / "napari_window.png"), canvas_only=False)
     widget.stop()
     wait(lambda: not widget.running, 300)

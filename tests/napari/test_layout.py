@@ -59,10 +59,14 @@ def test_all_three_docks_fit_a_laptop_window(laptop, qtbot):
         # each dock keeps a usable height, and what does not fit scrolls
         assert geometry.height() >= 140
         assert item.widget().findChild(QScrollArea) is not None
-    # Segment's and Export's controls fit the dock's width: no horizontal scrolling
-    for name in ("Segment", "Export"):
-        scroll = dock(laptop, name)[1].native.findChild(QScrollArea)
+    # Segment's and Export's controls fit the dock's width: no horizontal scrolling; their main
+    # button and status line stay in view, below what scrolls
+    for name, button in (("Segment", "run_button"), ("Export", "export_button")):
+        widget = dock(laptop, name)[1]
+        scroll = widget.native.findChild(QScrollArea)
         assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
+        for pinned in (getattr(widget, button), widget.status):
+            assert pinned.native.isVisible() and not scroll.isAncestorOf(pinned.native)
     # the docks share the height in proportion to their content: none squeezed to the minimum
     heights = sorted(d.height() for d in docks)
     assert heights[-1] < 3 * heights[0]

@@ -260,7 +260,7 @@ class ExportWidget(Container):
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._on_active_layer()
         self._on_labels_changed(self.labels_layer.value)
-        fit_in_dock(self)
+        fit_in_dock(self, pinned=(self.export_button, self.status))
         self.hints = LayerHints(viewer, channels=False)
         self.insert(1, self.hints)
 

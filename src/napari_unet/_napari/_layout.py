@@ -7,6 +7,7 @@
 - the dock asks for :data:`DOCK_WIDTH` pixels of width, and no control can force it wider: lists
   show at least :data:`COMBO_CHARS` characters of a long layer name (the whole name in the
   drop-down), message lines wrap;
+- the main button and the status line can stay in view below the scroll area (``pinned``);
 - once docked, the docks of the same side of the window share its height in proportion to
   what their controls need (napari would otherwise shrink the first docks to their minimum).
 
@@ -16,9 +17,10 @@ also breaks long file paths.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from magicgui.widgets import Container, Label
+from magicgui.widgets import Container, Label, Widget
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
@@ -176,11 +178,19 @@ def narrow_lists(widget: QWidget) -> None:
         combo.setSizePolicy(QSizePolicy.Policy.Expanding, combo.sizePolicy().verticalPolicy())
 
 
-def fit_in_dock(container: Container, width: int = DOCK_WIDTH) -> Container:
+def fit_in_dock(
+    container: Container, width: int = DOCK_WIDTH, pinned: Sequence[Widget] = ()
+) -> Container:
     """Put ``container``'s controls in a vertical scroll area (see the module docstring);
     returns ``container``. Call it once, after the controls were added; widgets appended later
     go into the scroll area as well. Every :class:`~magicgui.widgets.Label` whose text is a
     message (not a row title) wraps.
+
+    Args:
+        container: the widget.
+        width: the width the dock asks for.
+        pinned: controls of ``container`` (the main button, the status line) kept below the
+            scroll area, in this order, so that they are always in view.
     """
     outer: QWidget = container.native
     if outer.property(_FITTED):
@@ -192,6 +202,10 @@ def fit_in_dock(container: Container, width: int = DOCK_WIDTH) -> Container:
     layout.setContentsMargins(0, 0, 0, 0)
     outer.setLayout(layout)
     layout.addWidget(_Scroll(content, width))
+    for widget in pinned:
+        row = _row_of(widget.native, content)
+        if row is not None:
+            layout.addWidget(row)
     for label in _message_labels(container):
         wrap(label)
     narrow_lists(content)
@@ -199,6 +213,13 @@ def fit_in_dock(container: Container, width: int = DOCK_WIDTH) -> Container:
     container._dock_watcher = watcher  # type: ignore[attr-defined]  # lives as long as the widget
     QTimer.singleShot(0, watcher.share_height)
     return container
+
+
+def _row_of(native: QWidget, content: QWidget) -> QWidget | None:
+    """The child of ``content`` that holds ``native`` (its labelled row), or ``None``."""
+    while native is not None and native.parentWidget() is not content:
+        native = native.parentWidget()
+    return native
 
 
 def _message_labels(container: Container) -> list[Label]:

@@ -111,7 +111,7 @@ class SegmentForm(Container):
         )  # fmt: skip
         self.advanced.visible = False
         self.show_advanced.changed.connect(self._toggle_advanced)
-        fit_in_dock(self)
+        fit_in_dock(self, pinned=(self.run_button, self.status))
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)
