@@ -38,12 +38,27 @@ def wait(condition: Callable[[], bool], seconds: float) -> None:
 
 
 def grab(widget, name: str) -> None:
-    """Save the whole of a widget's controls (also what its dock scrolls out of view)."""
+    """Save the whole of a widget's controls: what its dock scrolls out of view, and the rows
+    kept in view below the scroll area (the main button, the status line)."""
+    from qtpy.QtGui import QPainter, QPixmap
     from qtpy.QtWidgets import QScrollArea
 
     scroll = widget.native.findChild(QScrollArea)
-    content = scroll.widget() if scroll is not None else widget.native
-    content.grab().save(str(IMAGES / name))
+    if scroll is None:
+        widget.native.grab().save(str(IMAGES / name))
+        return
+    layout = widget.native.layout()
+    below = [layout.itemAt(i).widget() for i in range(1, layout.count())]
+    parts = [scroll.widget().grab()] + [row.grab() for row in below if row is not None]
+    image = QPixmap(max(p.width() for p in parts), sum(p.height() for p in parts))
+    image.fill(scroll.widget().palette().window().color())
+    painter = QPainter(image)
+    top = 0
+    for part in parts:
+        painter.drawPixmap(0, top, part)
+        top += part.height()
+    painter.end()
+    image.save(str(IMAGES / name))
 
 
 def docked(viewer, name: str):
@@ -96,7 +111,9 @@ def finetune(viewer) -> None:
     grab(widget, "finetune_widget.png")
     from qtpy.QtWidgets import QScrollArea
 
-    widget.native.findChild(QScrollArea).ensureWidgetVisible(widget.plot)  # the live plot
+    scroll = widget.native.findChild(QScrollArea)  # show the live plot in the window
+    top = widget.plot.mapTo(scroll.widget(), widget.plot.rect().topLeft()).y()
+    scroll.verticalScrollBar().setValue(top - 60)
     wait(lambda: False, 0.5)
     viewer.screenshot(str(IMAGES / "napari_window.png"), canvas_only=False)
     widget.stop()
