@@ -1,15 +1,17 @@
-"""Take the documentation screenshots in a real napari viewer (run under Xvfb).
+"""Take the documentation screenshots in a real napari viewer (run under Xvfb), in a window of
+a laptop screen's size (1366 x 768) with the three widgets docked, as ``napari-unet demo`` opens.
 
-    xvfb-run -a -s "-screen 0 1400x1000x24" python scripts/screenshots.py
+    QT_API=pyqt6 xvfb-run -a -s "-screen 0 1366x768x24" python scripts/screenshots.py
 
-Everything goes through the plugin as a user would use it: the shipped sample opened from
-File > Open Sample, the widgets docked from the Plugins menu's entries. Saves in ``docs/images/``:
+Everything goes through the plugin as a user would use it: the shipped sample opened as
+File > Open Sample does, the widgets docked from the plugin's manifest. Saves in
+``docs/images/``:
 
+- ``napari_window.png``: the whole window while Fine-tune trains, after Segment ran;
 - ``predict_sample.png`` and ``predict_sample_zoom.png``: the sample with the starter model's
-  labels (whole window, and a close-up of touching nuclei drawn as contours);
-- ``segment_widget.png``: the Segment widget after a run;
-- ``finetune_widget.png``: the Fine-tune widget during a short training run, with its live plot;
-- ``export_widget.png``: the Export widget.
+  labels (the canvas, and a close-up of touching nuclei drawn as contours);
+- ``segment_widget.png``, ``finetune_widget.png`` (during a short training run, with its live
+  plot), ``export_widget.png``: each widget's controls, whole (in the window they scroll).
 """
 
 from __future__ import annotations
@@ -35,23 +37,50 @@ def wait(condition: Callable[[], bool], seconds: float) -> None:
     QApplication.processEvents()
 
 
+def grab(widget, name: str) -> None:
+    """Save the whole of a widget's controls: what its dock scrolls out of view, and the rows
+    kept in view below the scroll area (the main button, the status line)."""
+    from qtpy.QtGui import QPainter, QPixmap
+    from qtpy.QtWidgets import QScrollArea
+
+    scroll = widget.native.findChild(QScrollArea)
+    if scroll is None:
+        widget.native.grab().save(str(IMAGES / name))
+        return
+    layout = widget.native.layout()
+    below = [layout.itemAt(i).widget() for i in range(1, layout.count())]
+    parts = [scroll.widget().grab()] + [row.grab() for row in below if row is not None]
+    image = QPixmap(max(p.width() for p in parts), sum(p.height() for p in parts))
+    image.fill(scroll.widget().palette().window().color())
+    painter = QPainter(image)
+    top = 0
+    for part in parts:
+        painter.drawPixmap(0, top, part)
+        top += part.height()
+    painter.end()
+    image.save(str(IMAGES / name))
+
+
+def docked(viewer, name: str):
+    return viewer.window.add_plugin_dock_widget("napari-unet", name)[1]
+
+
 def segment(viewer) -> None:
     """Segment the sample with the starter model; screenshots of the result and the widget."""
     image = viewer.layers["nuclei"]
-    truth = viewer.layers["nuclei ground truth"] if "nuclei ground truth" in viewer.layers else None
-    if truth is not None:
-        truth.visible = False
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    widget = docked(viewer, "Segment")
+    wait(lambda: widget.ready, 120)
     widget.select_image(image)
     widget.run()
     wait(lambda: not widget.busy, 600)
     labels = [layer for layer in viewer.layers if layer.name.startswith("nuclei labels")][-1]
     labels.opacity = 0.45
     labels.contour = 0
-    viewer.scale_bar.visible = True
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)  # napari >= 0.9
+    (overlays.scale_bar if overlays is not None else viewer.scale_bar).visible = True
     viewer.reset_view()
     wait(lambda: False, 0.5)
-    viewer.screenshot(str(IMAGES / "segment_widget.png"), canvas_only=False)
+    grab(widget, "segment_widget.png")
     viewer.screenshot(str(IMAGES / "predict_sample.png"), canvas_only=True)
     labels.contour = 2
     labels.opacity = 1.0
@@ -67,27 +96,37 @@ def segment(viewer) -> None:
 def finetune(viewer) -> None:
     """Fine-tune the starter on the predicted labels (as if corrected) for a minute; screenshot
     while it trains, then Stop."""
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
+    widget = docked(viewer, "Fine-tune")
     row = next(iter(widget.pair_rows))
     row.image.value = viewer.layers["nuclei"]
-    row.labels_layer.value = [layer for layer in viewer.layers
-                              if layer.name.startswith("nuclei labels")][-1]
+    row.labels_layer.value = [
+        layer for layer in viewer.layers if layer.name.startswith("nuclei labels")
+    ][-1]
     widget.model_name.value = "my nuclei"
     widget.budget.value = "minutes"
     widget.minutes.value = 5.0
     widget.train()
     wait(lambda: len(widget.plot.scores) >= 3 or not widget.running, 900)
     wait(lambda: False, 1.0)
-    viewer.screenshot(str(IMAGES / "finetune_widget.png"), canvas_only=False)
+    grab(widget, "finetune_widget.png")
+    from qtpy.QtWidgets import QScrollArea
+
+    scroll = widget.native.findChild(QScrollArea)  # show the live plot in the window
+    top = widget.plot.mapTo(scroll.widget(), widget.plot.rect().topLeft()).y()
+    scroll.verticalScrollBar().setValue(top - 60)
+    wait(lambda: False, 0.5)
+    viewer.screenshot(str(IMAGES / "napari_window.png"), canvas_only=False)
     widget.stop()
     wait(lambda: not widget.running, 300)
 
 
-def export(viewer) -> None:
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
+def export(viewer, window: bool) -> None:
+    widget = docked(viewer, "Export")
     widget.folder.value = tempfile.gettempdir()
     wait(lambda: False, 6.0)  # napari's notifications fade after a few seconds
-    viewer.screenshot(str(IMAGES / "export_widget.png"), canvas_only=False)
+    grab(widget, "export_widget.png")
+    if window:  # without a training run: the window after Segment ran
+        viewer.screenshot(str(IMAGES / "napari_window.png"), canvas_only=False)
 
 
 def main() -> int:
@@ -96,19 +135,23 @@ def main() -> int:
     import napari
     import napari._qt.qt_main_window as main_window
 
-    # napari's notice that PyQt5 support is deprecated would sit on the canvas in every picture
+    from napari_unet._napari._demo import build_demo
+
+    # under PyQt5, napari's notice that its support is deprecated would sit on the canvas
     main_window.SHOW_QT_WARNING = False
 
     with tempfile.TemporaryDirectory() as models:
         os.environ["NAPARI_UNET_MODELS"] = models  # the user's own models stay untouched
         viewer = napari.Viewer(show=True)
-        viewer.window._qt_window.resize(1400, 950)
-        viewer.open_sample("napari-unet", "nuclei")
+        viewer.window._qt_window.resize(1366, 768)
+        build_demo(viewer)  # the sample and the three widgets, as `napari-unet demo` opens
+        wait(lambda: False, 0.5)
         IMAGES.mkdir(parents=True, exist_ok=True)
         segment(viewer)
-        if "--no-finetune" not in sys.argv:
+        training = "--no-finetune" not in sys.argv
+        if training:
             finetune(viewer)
-        export(viewer)
+        export(viewer, window=not training)
         viewer.close()
     return 0
 

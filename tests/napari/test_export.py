@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet._napari._export import ExportWidget, label_dtype, planes
+from napari_unet._napari._export import ExportWidget, clean_stem, label_dtype, planes, safe_name
 from napari_unet.core import io
 from napari_unet.core.errors import UserError
 
@@ -32,7 +32,7 @@ def test_exports_one_layer_readable_by_tifffile(export):
     labels = _labels((3, 20, 24))
     viewer.add_labels(labels, name="my cells", scale=(2.0, 0.25, 0.25), metadata={"axes": "ZYX"})
     assert widget.labels_layer.value.name == "my cells"
-    assert widget.file_name.value == "my cells.tif"
+    assert widget.file_name.value == "my_cells.tif"
     widget.file_name.value = "corrected"
     written = widget.export()
     assert written == [out / "corrected.tif"]
@@ -79,9 +79,9 @@ def test_one_file_per_plane_with_image_planes(export):
     assert widget.image_layer.value.name == "movie"  # picked because the shapes match
     written = widget.export()
     names = sorted(p.name for p in written)
-    assert names[:2] == ["movie ground truth_t000.tif", "movie ground truth_t001.tif"]
+    assert names[:2] == ["movie_ground_truth_t000.tif", "movie_ground_truth_t001.tif"]
     assert "movie_t011.tif" in names and len(written) == 24
-    np.testing.assert_array_equal(tifffile.imread(out / "movie ground truth_t007.tif"), labels[7])
+    np.testing.assert_array_equal(tifffile.imread(out / "movie_ground_truth_t007.tif"), labels[7])
     np.testing.assert_array_equal(tifffile.imread(out / "movie_t007.tif"), image[7])
 
 
@@ -176,3 +176,61 @@ def test_the_selected_labels_layer_is_the_one_offered(export):
     assert widget.labels_layer.value is second  # the newest layer is the active one
     viewer.layers.selection.active = first
     assert widget.labels_layer.value is first and widget.file_name.value == "first.tif"
+
+
+def _raw_file(folder, name="img2d.tif"):
+    """A real image TIFF on disk (what a user opens), and its bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    io.write_image(path, RNG.integers(0, 999, (20, 24)).astype(np.uint16), "YX", (0.5, 0.5))
+    return path, path.read_bytes()
+
+
+@pytest.mark.parametrize("plugin", ["napari-unet", "napari"])
+def test_never_writes_over_the_file_a_layer_was_read_from(make_napari_viewer, tmp_path, plugin):
+    """Even with "Also export the image" and "Overwrite existing files" ticked, exporting into
+    the image's own folder keeps the original: the image goes beside it under another name,
+    and a labels file named like it is refused."""
+    raw, original = _raw_file(tmp_path / "data")
+    viewer = make_napari_viewer()
+    [image] = viewer.open(raw, plugin=plugin)
+    viewer.add_labels(_labels((20, 24)), name="img2d labels [starter]")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
+    assert widget.folder.value == raw.parent
+    widget.with_image.value = True
+    widget.image_layer.value = image
+    widget.overwrite.value = True
+    written = widget.export()
+    assert sorted(p.name for p in written) == ["img2d_image.tif", "img2d_labels.tif"]
+    assert raw.read_bytes() == original
+    np.testing.assert_array_equal(tifffile.imread(raw.parent / "img2d_image.tif"), image.data)
+    widget.with_image.value = False
+    widget.file_name.value = "img2d.tif"
+    assert widget.export() == []
+    assert "read from" in widget.status.value and "never written over" in widget.status.value
+    assert raw.read_bytes() == original
+
+
+def test_default_folder_and_names_come_from_the_image(make_napari_viewer, tmp_path):
+    """Labels made by Segment have no file: the folder is the image's, the name a clean one."""
+    raw, _ = _raw_file(tmp_path / "my data")
+    viewer = make_napari_viewer()
+    viewer.open(raw, plugin="napari-unet")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Export")
+    viewer.add_labels(_labels((20, 24)), name="img2d labels [starter]")
+    assert widget.folder.value == raw.parent
+    assert widget.file_name.value == "img2d_labels.tif"
+    viewer.add_labels(_labels((20, 24)), name="img2d labels [tuned] (2)")
+    assert widget.file_name.value == "img2d_labels.tif"
+    widget.all_layers.value = True
+    names = sorted(p.name for p in widget.export())
+    # the short names would collide: each keeps its model's name
+    assert names == ["img2d_labels_starter.tif", "img2d_labels_tuned_2.tif"]
+
+
+def test_clean_names():
+    assert clean_stem("img2d labels [starter]") == "img2d_labels"
+    assert clean_stem("img2d labels [starter] (2)") == "img2d_labels"
+    assert clean_stem("[x]") == "x"
+    assert safe_name("a  b/c:d [m]") == "a_b_c_d_m"
+    assert safe_name("...") == "labels"

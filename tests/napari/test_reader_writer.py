@@ -236,3 +236,19 @@ def test_uncompressed_labels_can_be_painted(make_napari_viewer, tmp_path):
     layer.paint((1, 5, 5), 7, refresh=True)
     assert layer.data[1, 5, 5] == 7
     assert tifffile.imread(path).max() == 0  # the file itself is untouched
+
+
+def test_stack_sliders_are_labelled_with_the_file_axes(make_napari_viewer, tmp_path):
+    """A hyperstack's sliders say T and Z (napari's default would be "-4", "-3")."""
+    viewer = make_napari_viewer()
+    data = RNG.integers(0, 1000, (2, 3, 2, 16, 18)).astype(np.uint16)  # T Z C Y X
+    path = tmp_path / "hyper.tif"
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "TZCYX"})
+    layers = viewer.open(str(path), plugin="napari-unet")
+    assert all(layer.axis_labels == ("T", "Z", "Y", "X") for layer in layers)
+    assert tuple(viewer.dims.axis_labels) == ("T", "Z", "Y", "X")
+    movie = tmp_path / "movie.tif"
+    tifffile.imwrite(movie, data[:, 0, 0], imagej=True, metadata={"axes": "TYX"})
+    other = make_napari_viewer()
+    other.open(str(movie), plugin="napari-unet")
+    assert tuple(other.dims.axis_labels) == ("T", "Y", "X")

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from napari.utils.notifications import notification_manager
+from qtpy.QtCore import Qt
 
 from napari_unet._napari._segment import SegmentWidget
 from napari_unet._napari._segment_job import PlaneLabels
@@ -116,6 +117,7 @@ def test_this_plane_then_whole_stack_plane_by_plane(segment, qtbot, stack):
     assert plane.data.shape == (5, 160, 160)
     np.testing.assert_allclose(plane.scale, (1, 0.5, 0.5))
     np.testing.assert_allclose(plane.translate, (0, 3, 7))
+    assert plane.axis_labels == ("T", "Y", "X")
     _, expected = drain(predict_labels(stack[3], "YX", get_model("starter"), device="cpu"))
     np.testing.assert_array_equal(plane.data[3], expected)
     assert expected.max() > 3
@@ -203,10 +205,24 @@ def test_cancel_leaves_no_half_layer_and_other_labels_untouched(segment, qtbot, 
     widget.run_button.native.click()
     assert widget.busy and widget.run_button.text == "Cancel"
     qtbot.waitUntil(lambda: calls["n"] >= 1, timeout=TIMEOUT)
+    qtbot.wait(600)  # longer than a double click
     widget.run_button.native.click()
     wait(qtbot, widget)
     np.testing.assert_array_equal(mine.data, before)
     assert names(viewer) == ["movie", "mine"] and widget.run_button.text == "Run"
+
+
+def test_a_double_click_on_run_does_not_cancel_the_run(segment, qtbot, crop, calls):
+    viewer, widget = segment
+    viewer.add_image(crop, name="crop")
+    calls["sleep"] = 0.2
+    qtbot.mouseClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    qtbot.mouseDClick(widget.run_button.native, Qt.MouseButton.LeftButton)
+    widget.run_button.native.click()  # a third quick click, as a trembling hand does
+    assert widget.busy and not widget.job.cancelled
+    wait(qtbot, widget)
+    assert "crop labels [starter]" in names(viewer)
+    assert "Cancelled" not in widget.status.value
 
 
 def test_edited_labels_go_to_a_new_layer_and_replace_asks(segment, qtbot, crop):
@@ -347,3 +363,52 @@ def test_without_any_model_run_says_so(segment, no_builtin_models, crop):
     widget.choose_model_file = lambda: None
     widget.model.value = "<load from file>"  # closing the dialog leaves no model, no loop
     assert widget.model.value is None
+
+
+def test_the_first_opening_loads_pytorch_in_the_background(
+    make_napari_viewer, qtbot, isolated_models, monkeypatch, crop
+):
+    """In a viewer where PyTorch is not imported yet, the widget opens at once with Run
+    disabled, and enables it (with the models listed) when the background import is done."""
+    from napari_unet._napari import _segment_engine
+
+    monkeypatch.setattr(_segment_engine, "engine_loaded", lambda: False)
+    viewer = make_napari_viewer()
+    viewer.add_image(crop, name="crop")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
+    assert not widget.ready and not widget.run_button.enabled
+    assert widget.device_info.value == "Loading PyTorch..."
+    assert widget.run() is None
+    assert "still loading" in notices()[-1]
+    qtbot.waitUntil(lambda: widget.ready, timeout=TIMEOUT)
+    assert widget.run_button.enabled and widget.model.value.name == "starter"
+    assert widget.device_info.value.startswith("CPU")
+    assert widget.run() is not None
+    wait(qtbot, widget)
+    assert "crop labels [starter]" in names(viewer)
+
+
+def test_pixel_size_field_calibrates_an_uncalibrated_image(segment, qtbot, crop, tmp_path):
+    """An image without calibration shows 0; a typed size reaches the layer where the reader
+    writes a file's calibration, and the labels made next take it."""
+    viewer, widget = segment
+    path = tmp_path / "plain.tif"
+    io.write_image(path, crop, "YX", None)
+    [image] = viewer.open(path, plugin="napari-unet")
+    assert image.metadata["pixel_size"] is None
+    assert widget.pixel_size.value == 0
+    widget.pixel_size.value = 0.65
+    assert image.metadata["pixel_size"] == (0.65, 0.65)
+    np.testing.assert_allclose(image.scale, (0.65, 0.65))
+    assert tuple(str(u) for u in image.units) == ("micrometer", "micrometer")
+    widget.run()
+    wait(qtbot, widget)
+    labels = viewer.layers["plain labels [starter]"]
+    np.testing.assert_allclose(labels.scale, (0.65, 0.65))
+    assert labels.metadata["pixel_size"] == (0.65, 0.65)
+    # a calibrated image shows its own size
+    calibrated = tmp_path / "calibrated.tif"
+    io.write_image(calibrated, crop, "YX", (0.25, 0.25))
+    [other] = viewer.open(calibrated, plugin="napari-unet")
+    widget.select_image(other)
+    assert widget.pixel_size.value == pytest.approx(0.25)

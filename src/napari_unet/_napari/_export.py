@@ -19,11 +19,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, LineEdit, PushButton
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit, PushButton
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info
 
-from napari_unet._napari._layer_info import layer_axes, physical_sizes
+from napari_unet._napari._layer_info import (
+    labels_candidates,
+    layer_axes,
+    looks_like_labels,
+    physical_sizes,
+)
+from napari_unet._napari._layout import Message, fit_in_dock
+from napari_unet._napari._segment_hints import LayerHints
 from napari_unet._napari._workers import Job, start_job
 from napari_unet._napari._writer import with_tiff_suffix
 from napari_unet.core import io
@@ -57,10 +64,39 @@ class ExportFile:
 
 
 def safe_name(name: str) -> str:
-    """``name`` made safe as a file name (characters other than letters, digits, ``._-`` and
-    space become ``_``)."""
-    cleaned = re.sub(r"[^\w.\- ]", "_", name).strip(" .")
+    """``name`` made safe as a file name: characters other than letters, digits and ``.-``
+    become ``_`` (spaces and brackets too), runs of ``_`` become one, and none is left at the
+    ends: ``"img2d labels [starter]"`` -> ``"img2d_labels_starter"``."""
+    cleaned = re.sub(r"[^\w.\-]+", "_", name)
+    cleaned = re.sub(r"_+", "_", cleaned).strip("_ .")
     return cleaned or "labels"
+
+
+def clean_stem(name: str) -> str:
+    """A short file stem for a layer: its name without what Segment appends (the model in
+    brackets, a `` (2)`` counter), made safe: ``"img2d labels [starter] (2)"`` ->
+    ``"img2d_labels"``."""
+    short = re.sub(r"\s*(\[[^\]]*\]|\(\d+\))", "", name).strip()
+    return safe_name(short or name)
+
+
+def source_paths(layers: Any) -> set[Path]:
+    """The files that ``layers`` were read from (``layer.source.path``, or the reader's
+    ``metadata["source_path"]``), resolved."""
+    found: set[Path] = set()
+    for layer in layers:
+        metadata = layer.metadata if isinstance(layer.metadata, dict) else {}
+        for path in (getattr(layer.source, "path", None), metadata.get("source_path")):
+            if path:
+                found.add(_resolved(Path(path)))
+    return found
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.expanduser().resolve()
+    except OSError:
+        return path
 
 
 def planes(shape: tuple[int, ...], axes: str) -> Iterator[tuple[tuple[int, ...], str]]:
@@ -201,7 +237,7 @@ class ExportWidget(Container):
         self.image_layer = ComboBox(label="Image", choices=self._image_choices, enabled=False)
         self.overwrite = CheckBox(text="Overwrite existing files", value=False)
         self.export_button = PushButton(text="Export")
-        self.status = Label(value="")
+        self.status = Message(value="")
         super().__init__(
             widgets=[
                 self.labels_layer,
@@ -224,11 +260,19 @@ class ExportWidget(Container):
         viewer.layers.selection.events.active.connect(self._on_active_layer)
         self._on_active_layer()
         self._on_labels_changed(self.labels_layer.value)
+        fit_in_dock(self, pinned=(self.export_button, self.status))
+        self.hints = LayerHints(viewer, channels=False)
+        self.insert(1, self.hints)
 
     # ---- choices and defaults ------------------------------------------------------------
 
-    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Labels)]
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        """The Labels layers, then the Image layers that hold labels (a label TIFF opened by
+        napari's own reader), marked "(image)"."""
+        return [
+            (layer.name if isinstance(layer, Labels) else f"{layer.name} (image)", layer)
+            for layer in labels_candidates(self._viewer)
+        ]
 
     def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
@@ -243,19 +287,31 @@ class ExportWidget(Container):
     def _on_labels_changed(self, layer: Labels | None) -> None:
         if layer is None:
             return
-        self.file_name.value = f"{safe_name(layer.name)}.tif"
-        source = (layer.metadata or {}).get("source_path")
-        if source and Path(self.folder.value) == self._default_folder:
-            if Path(source).parent.is_dir():
-                self.folder.value = Path(source).parent
+        self.file_name.value = f"{clean_stem(layer.name)}.tif"
         image = self._matching_image(layer)
         if image is not None:
             self.image_layer.value = image
+        if Path(self.folder.value) == self._default_folder:
+            folder = self._source_folder([layer] + ([image] if image is not None else []))
+            if folder is not None:
+                self.folder.value = self._default_folder = folder
+
+    def _source_folder(self, first: list[Any]) -> Path | None:
+        """The folder of the file that the labels, else their image, else any layer was read
+        from (where the user keeps the data), or ``None``."""
+        others = [layer for layer in self._viewer.layers if layer not in first]
+        for layer in [*first, *others]:
+            for path in sorted(source_paths([layer])):
+                if path.parent.is_dir():
+                    return path.parent
+        return None
 
     def _matching_image(self, labels: Labels) -> Image | None:
         """The first image layer whose Y, X size (and stack size) matches ``labels``."""
         shape = tuple(np.shape(labels.data[0] if labels.multiscale else labels.data))
         for _, image in self._image_choices():
+            if image is labels or looks_like_labels(image):
+                continue
             data = image.data[0] if image.multiscale else image.data
             image_shape = tuple(np.shape(data))[: image.ndim]
             if image_shape == shape:
@@ -278,7 +334,7 @@ class ExportWidget(Container):
             UserError: nothing to export, no such folder, bad label values, uint16 too small,
                 or two outputs with the same name.
         """
-        layers = [layer for _, layer in self._labels_choices()]
+        layers = [layer for _, layer in self._labels_choices() if isinstance(layer, Labels)]
         if not self.all_layers.value:
             layers = [self.labels_layer.value] if self.labels_layer.value is not None else []
         if not layers:
@@ -299,8 +355,18 @@ class ExportWidget(Container):
 
     def _stem(self, layer: Labels) -> str:
         if self.all_layers.value or not self.file_name.value.strip():
-            return safe_name(layer.name)
+            return self._stems().get(layer.name, safe_name(layer.name))
         return with_tiff_suffix(safe_name(self.file_name.value.strip())).stem
+
+    def _stems(self) -> dict[str, str]:
+        """Stems of all Labels layers: the short :func:`clean_stem`, or the whole name made
+        safe where two layers would share the short one."""
+        names = [layer.name for layer in labels_candidates(self._viewer)]
+        short = {name: clean_stem(name) for name in names}
+        counts: dict[str, int] = {}
+        for stem in short.values():
+            counts[stem] = counts.get(stem, 0) + 1
+        return {n: stem if counts[stem] == 1 else safe_name(n) for n, stem in short.items()}
 
     def _plan_image(self, folder: Path, labels: Labels, taken: set[Path]) -> list[ExportFile]:
         image = self.image_layer.value
@@ -311,12 +377,25 @@ class ExportWidget(Container):
             data = labels.data[0] if labels.multiscale else labels.data
             axes = layer_axes(data.ndim, labels.metadata, allowed="TZCYX")
             planes_of = (tuple(data.shape[:-2]), axes[:-2])
-        files = plan_image(image, folder, safe_name(image.name), planes_of)
-        if any(f.path in taken for f in files):  # same name as the labels: keep both
-            files = plan_image(image, folder, f"{safe_name(image.name)}_image", planes_of)
+        stem = safe_name(image.name)
+        files = plan_image(image, folder, stem, planes_of)
+        sources = source_paths(self._viewer.layers)
+        if any(f.path in taken or _resolved(f.path) in sources for f in files):
+            # the labels' name, or the image's own file: write beside it under another name
+            files = plan_image(image, folder, f"{stem}_image", planes_of)
         return files
 
     def _check_overwrite(self, files: list[ExportFile]) -> None:
+        """Refuse files that a layer was read from (always) and existing files (unless
+        "Overwrite existing files" is ticked)."""
+        sources = source_paths(self._viewer.layers)
+        for item in files:
+            if _resolved(item.path) in sources:
+                raise UserError(
+                    f"'{item.path.name}' in '{item.path.parent}' is a file that an open layer "
+                    "was read from; it is never written over. Nothing was written: change the "
+                    "name or the folder."
+                )
         existing = [f.path for f in files if f.path.exists()]
         if existing and not self.overwrite.value:
             raise UserError(_describe_existing(existing))

@@ -21,6 +21,7 @@ from napari_unet.core.errors import UserError
 from napari_unet.core.io import file_state
 
 from ._finetune_form import FinetuneForm
+from ._layout import fit_in_dock
 from ._training_data import collect_inputs
 from ._training_job import SCRATCH, TrainRequest, augment_config
 
@@ -71,6 +72,7 @@ class FinetuneWidget(FinetuneForm):
         self.refresh_models()
         self.add_pair()
         self.native.destroyed.connect(self._on_destroyed)
+        fit_in_dock(self)
 
     # ----------------------------------------------------------------------------- models
 

@@ -3,6 +3,10 @@
 Layers opened by the reader carry ``layer.metadata`` with ``"axes"`` (axes of the layer's data,
 letters from ``"TZCYXS"``), ``"pixel_size"`` ((y, x) µm or None), ``"z_spacing"`` (µm or None)
 and ``"source_path"``. Layers without that metadata get axes inferred from their shape.
+
+Layers that napari's own reader opened carry no such metadata: :func:`labels_candidates`,
+:func:`as_labels_layer`, :func:`channel_candidate` and :func:`split_channels` help the widgets
+offer label TIFFs (opened as Image layers) as labels, and a short first axis as channels.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from napari_unet.core.io import ImageData, positive_number
 
@@ -104,7 +110,8 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
     ``rgb=True``; a channel axis ``"C"`` of an image is split with ``channel_axis`` into one layer
     per channel (napari takes views, not copies). ``scale`` is the pixel size for Y and X, the Z
     spacing for Z (1 when unknown) and 1 for T; ``units`` is ``"um"`` where the file gave a size,
-    else ``"pixel"``. ``metadata`` holds ``"axes"`` (of each layer's
+    else ``"pixel"``; ``axis_labels`` are the axes' letters (``"T"``, ``"Z"``, ``"Y"``, ``"X"``),
+    which napari shows on the stack sliders. ``metadata`` holds ``"axes"`` (of each layer's
     data after the split), ``"pixel_size"``, ``"z_spacing"`` and ``"source_path"``.
 
     Args:
@@ -126,8 +133,15 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
         "z_spacing": image.z_spacing,
         "source_path": str(image.path) if image.path is not None else None,
     }
-    kwargs: dict[str, Any] = {"name": name, "scale": scale, "units": units,
-                              "metadata": metadata}
+    # the stack sliders are labelled with the file's axes ("T", "Z") instead of "-3"
+    axis_labels = tuple(a for a in layer_axes_ if a != "S")
+    kwargs: dict[str, Any] = {
+        "name": name,
+        "scale": scale,
+        "units": units,
+        "metadata": metadata,
+        "axis_labels": axis_labels,
+    }
     if "S" in axes:
         kwargs["rgb"] = True
     if channel_axis is not None:
@@ -137,6 +151,7 @@ def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerD
             name=[f"{name} [ch{i}]" for i in range(n)],
             scale=[list(scale) for _ in range(n)],
             units=[list(units) for _ in range(n)],
+            axis_labels=[axis_labels for _ in range(n)],
             metadata=[dict(metadata) for _ in range(n)],
         )
     return image.data, kwargs, layer_type
@@ -152,3 +167,115 @@ def display_name(path: str | Path) -> str:
     if name.lower().endswith(".ome"):
         name = name[:-4]
     return name or Path(path).name
+
+
+# --- layers opened by napari's own reader ---------------------------------------------------------
+
+#: Largest first axis that may be channels rather than planes (:func:`channel_candidate`).
+MAX_CHANNELS = 4
+_SAMPLE_PIXELS = 1 << 18
+
+
+def looks_like_labels(layer: Any) -> bool:
+    """Whether an Image layer probably holds labels: integer values, no colour samples, and a
+    label-like name (``labels``, ``mask``, ``seg``...) or mostly background (a quarter or more
+    of a sample of its pixels is 0). napari's own reader opens label TIFFs as Image layers."""
+    from napari.layers import Image
+
+    from ._reader import _LABEL_WORDS
+
+    if not isinstance(layer, Image) or layer.rgb or layer.multiscale:
+        return False
+    data = layer.data
+    if getattr(data, "dtype", None) is None or data.dtype.kind not in "iu" or data.ndim < 2:
+        return False
+    if _LABEL_WORDS.search(layer.name):
+        return True
+    step = max(1, int((data.size / _SAMPLE_PIXELS) ** (1 / data.ndim)))
+    sample = np.asarray(data[tuple(slice(None, None, step) for _ in range(data.ndim))])
+    return sample.size > 0 and float(np.mean(sample == 0)) >= 0.25 and sample.min() >= 0
+
+
+def labels_candidates(viewer: Any) -> list[Any]:
+    """The layers a labels picker offers: the Labels layers, then the Image layers that
+    :func:`looks_like_labels` (convert one with :func:`as_labels_layer` before editing it)."""
+    from napari.layers import Labels
+
+    labels = [layer for layer in viewer.layers if isinstance(layer, Labels)]
+    return labels + [layer for layer in viewer.layers if looks_like_labels(layer)]
+
+
+def _source_of(layer: Any) -> dict[str, Any]:
+    metadata = dict(layer.metadata) if isinstance(layer.metadata, Mapping) else {}
+    path = getattr(layer.source, "path", None)
+    if path and not metadata.get("source_path"):
+        metadata["source_path"] = str(path)  # so that Export still never writes over it
+    return metadata
+
+
+def as_labels_layer(viewer: Any, layer: Any) -> Any:
+    """Replace the integer Image layer ``layer`` of ``viewer`` by a Labels layer with the same
+    data (copied when read-only, so that it can be painted), name, geometry and metadata, at the
+    same place in the layer list; returns the new layer. A Labels layer is returned as it is.
+
+    Raises:
+        ValueError: the layer does not hold integer values.
+    """
+    from napari.layers import Labels
+
+    if isinstance(layer, Labels):
+        return layer
+    data = layer.data
+    if data.dtype.kind not in "iu" or layer.rgb:
+        raise ValueError(f"'{layer.name}' holds {data.dtype} values, not integer labels.")
+    array = np.asarray(data)
+    if not array.flags.writeable:
+        array = np.array(array)
+    labels = Labels(
+        array, name=layer.name, scale=layer.scale, translate=layer.translate,
+        units=layer.units, axis_labels=layer.axis_labels, metadata=_source_of(layer),
+    )  # fmt: skip
+    index = viewer.layers.index(layer)
+    viewer.layers.remove(layer)
+    viewer.layers.insert(index, labels)
+    return labels
+
+
+def channel_candidate(layer: Any) -> int | None:
+    """The number of channels of an Image layer whose first axis is short (2 to
+    :data:`MAX_CHANNELS`) and not known to be anything else (no ``"axes"`` in its metadata, as
+    napari's own reader leaves it), else ``None``: such an axis is more often channels than Z."""
+    from napari.layers import Image
+
+    if not isinstance(layer, Image) or layer.rgb or layer.multiscale or layer.ndim < 3:
+        return None
+    if isinstance(layer.metadata, Mapping) and layer.metadata.get("axes"):
+        return None
+    n = int(layer.data.shape[0])
+    return n if 2 <= n <= MAX_CHANNELS and not looks_like_labels(layer) else None
+
+
+def split_channels(viewer: Any, layer: Any) -> list[Any]:
+    """Replace the Image layer ``layer`` by one layer per entry of its first axis, named
+    ``"<name> [ch0]"``, ``"<name> [ch1]"``... (as the napari-unet reader names channels), with
+    the same geometry for the remaining axes; returns the new layers."""
+    from napari.layers import Image
+
+    metadata = _source_of(layer)
+    rest = infer_axes(layer.ndim - 1)
+    metadata["axes"] = rest
+    index = viewer.layers.index(layer)
+    viewer.layers.remove(layer)
+    added = []
+    for i in range(int(layer.data.shape[0])):
+        channel = Image(
+            layer.data[i], name=f"{layer.name} [ch{i}]", scale=layer.scale[1:],
+            translate=layer.translate[1:], units=layer.units[1:], axis_labels=tuple(rest),
+            metadata=dict(metadata), blending="additive", colormap=_CHANNEL_COLOURS[i],
+        )  # fmt: skip
+        viewer.layers.insert(index + i, channel)
+        added.append(channel)
+    return added
+
+
+_CHANNEL_COLOURS = ("green", "magenta", "cyan", "yellow")

@@ -31,6 +31,7 @@ than 64 megapixels) is segmented block by block into a new zarr-backed Labels la
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -42,7 +43,10 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 
 from . import _segment_layers as layers
+from ._layer_info import as_labels_layer, looks_like_labels
+from ._segment_engine import load_engine
 from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
+from ._segment_hints import LayerHints
 from ._segment_job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
 from ._segment_logic import (
     build_postprocess,
@@ -62,6 +66,7 @@ from ._segment_logic import (
     written_by_us,
 )
 from ._segment_models import ModelChoice, ModelList, model_summary, model_tiling
+from ._segment_pixel import pixel_size_of, set_pixel_size
 from ._segment_stack import stack_settings
 
 if TYPE_CHECKING:
@@ -81,6 +86,8 @@ class SegmentWidget(SegmentForm):
     Attributes:
         viewer: the viewer.
         job: the running background job (a segmentation or a re-thresholding), else ``None``.
+        ready: whether PyTorch is loaded and the models listed (the first opening imports
+            PyTorch in the background; Run is disabled until then).
     """
 
     @property
@@ -101,14 +108,24 @@ class SegmentWidget(SegmentForm):
         self._kept = ProbabilityStore()
         self._model_before: ModelChoice | None = None
         self._device_type = "cpu"
+        self._run_clicked_at = -float("inf")
         super().__init__(self._image_choices, self._model_choices, self._output_choices)
         self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
-        self._show_device()
-        self.refresh_models()
+        self.ready = False
+        self._loader = load_engine(self._on_engine_ready, self._on_engine_failed)
+        if not self.ready:
+            self._show_loading()
         self._connect()
+        self.hints = LayerHints(viewer)
+        self.insert(1, self.hints)
         active = viewer.layers.selection.active
-        if isinstance(active, Image):
+        if isinstance(active, Image) and not looks_like_labels(active):
             self.image.value = active.unique_id
+        else:  # e.g. the labels of a sample are the active layer
+            first = next((layer for layer in viewer.layers if isinstance(layer, Image)
+                          and not looks_like_labels(layer)), None)  # fmt: skip
+            if first is not None:
+                self.image.value = first.unique_id
         self._on_image_changed()
 
     # --- public interface --------------------------------------------------------------------
@@ -173,6 +190,9 @@ class SegmentWidget(SegmentForm):
         """
         if self.busy:
             show_info("A job is already running; cancel it first.")
+            return None
+        if not self.ready:
+            show_info("PyTorch is still loading; press Run again in a moment.")
             return None
         if self._blockwise():
             return self._start_blockwise()
@@ -250,8 +270,12 @@ class SegmentWidget(SegmentForm):
             return choices
         shape = labels_shape(full_resolution(image).shape, axes)
         for layer in self.viewer.layers:
-            if isinstance(layer, Labels) and tuple(layer.data.shape) == shape:
+            if tuple(np.shape(layer.data)) != shape:
+                continue
+            if isinstance(layer, Labels):
                 choices.append((f"Replace '{layer.name}'", layer.unique_id))
+            elif looks_like_labels(layer):  # a label TIFF that napari's reader opened
+                choices.append((f"Replace '{layer.name}' (made a Labels layer)", layer.unique_id))
         return choices
 
     def _set_model(self, choice: ModelChoice | None) -> None:
@@ -271,6 +295,7 @@ class SegmentWidget(SegmentForm):
         for layer in self.viewer.layers:
             layer.events.name.connect(self._refresh_choices)
         self.image.changed.connect(self._on_image_changed)
+        self.pixel_size.changed.connect(self._on_pixel_size_changed)
         self.model.changed.connect(self._on_model_changed)
         self.run_button.changed.connect(self._on_run_clicked)
         self.apply_button.changed.connect(lambda: self.apply_thresholds(ask=True))
@@ -293,12 +318,27 @@ class SegmentWidget(SegmentForm):
 
     def _on_image_changed(self, *_: Any) -> None:
         self.output.reset_choices()
+        self._show_pixel_size()
         axes = self._axes_of(self._image_layer())
         self.scope.enabled = bool(axes and leading_axes(axes))
         self._update_apply()
 
+    def _show_pixel_size(self) -> None:
+        image = self._image_layer()
+        axes = self._axes_of(image)
+        size = pixel_size_of(image, axes) if axes else None
+        with self.pixel_size.changed.blocked():
+            self.pixel_size.value = min(size or 0.0, self.pixel_size.max)
+        self.pixel_size.enabled = axes is not None
+
+    def _on_pixel_size_changed(self, value: float) -> None:
+        """A pixel size typed for the selected image: its scale and metadata take it."""
+        image = self._image_layer()
+        if image is not None and value > 0:
+            set_pixel_size(image, value)
+
     def _update_apply(self) -> None:
-        """"Apply thresholds" works for instance models on images segmented in memory."""
+        """Enable "Apply thresholds" for instance models on images segmented in memory."""
         from ._segment_blockwise import NO_RETHRESHOLD
 
         blockwise = self._blockwise()
@@ -331,10 +371,12 @@ class SegmentWidget(SegmentForm):
         self._update_apply()
 
     def _on_run_clicked(self, *_: Any) -> None:
-        if self.busy:
-            self.cancel()
-        else:
+        if not self.busy:
             self.run()
+            self._run_clicked_at = time.monotonic()
+        elif time.monotonic() - self._run_clicked_at > _double_click_seconds():
+            self.cancel()
+        # else: the second click of a double click on Run, not a Cancel
 
     def _on_threshold_changed(self, *_: Any) -> None:
         self._timer.start()  # restarts the pause
@@ -343,13 +385,33 @@ class SegmentWidget(SegmentForm):
         if not self.busy:
             self.apply_thresholds(ask=False)
 
-    def _show_device(self) -> None:
-        from napari_unet.core.device import describe_device, gpu_hint, resolve_device
+    def _show_loading(self) -> None:
+        self.run_button.enabled = self.model.enabled = False
+        self.run_button.tooltip = "PyTorch is loading (a few seconds, the first time)"
+        self.device_info.value = "Loading PyTorch..."
 
-        device = resolve_device("auto")
-        self._device_type = device.type
-        hint = gpu_hint()
-        self.device_info.value = describe_device(device) + (f". Hint: {hint}." if hint else "")
+    def _on_engine_ready(self, device: tuple[str, str]) -> None:
+        """PyTorch is imported: show the device, list the models, enable Run."""
+        if self._destroyed():
+            return
+        self._device_type, self.device_info.value = device
+        self.refresh_models()
+        self.ready = True
+        self.run_button.enabled = self.model.enabled = True
+        self.run_button.tooltip = None
+
+    def _on_engine_failed(self, exc: BaseException) -> None:
+        if not self._destroyed():
+            self.device_info.value = "PyTorch could not be loaded."
+            _report(exc, "Loading PyTorch")
+
+    def _destroyed(self) -> bool:
+        """Whether the widget was closed (its Qt objects deleted)."""
+        try:
+            self.native.objectName()
+        except RuntimeError:
+            return True
+        return False
 
     # --- planning a run ----------------------------------------------------------------------
 
@@ -442,6 +504,8 @@ class SegmentWidget(SegmentForm):
         layer = layers.find_layer(self.viewer, value)
         if layer is None:
             raise UserError("The output layer no longer exists; choose another output.")
+        if isinstance(layer, Image):  # offered because it holds integer labels
+            layer = as_labels_layer(self.viewer, layer)
         if tuple(layer.data.shape) != shape:
             raise UserError(f"'{layer.name}' has shape {layer.data.shape}; labels need {shape}.")
         if not written_by_us(layer.metadata, layer.data):
@@ -594,6 +658,13 @@ class SegmentWidget(SegmentForm):
             on_finished=self._on_finished,
         )  # fmt: skip
         return self.job
+
+
+def _double_click_seconds() -> float:
+    """The desktop's double-click interval in seconds (at least 0.4 s)."""
+    from qtpy.QtWidgets import QApplication
+
+    return max(QApplication.doubleClickInterval(), 400) / 1000
 
 
 def _single_shot(delay_ms: int, callback: Any) -> Any:

@@ -10,11 +10,11 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FloatSpinBox,
-    Label,
     PushButton,
-    RadioButtons,
     SpinBox,
 )
+
+from ._layout import Message, fit_in_dock
 
 #: Value of the model list's last entry, which opens a file dialog.
 LOAD_FROM_FILE = "<load from file>"
@@ -23,18 +23,6 @@ NEW_LAYER = "<new layer>"
 THIS_PLANE = "this plane"
 WHOLE_STACK = "whole stack"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def _wrapping_label(title: str) -> Label:
-    from qtpy.QtCore import Qt
-    from qtpy.QtWidgets import QSizePolicy
-
-    label = Label(label=title, value="")
-    label.native.setWordWrap(True)
-    label.native.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter)
-    policy = QSizePolicy.Policy
-    label.native.setSizePolicy(policy.Expanding, policy.Preferred)
-    return label
 
 
 class SegmentForm(Container):
@@ -53,11 +41,16 @@ class SegmentForm(Container):
     ) -> None:
         self.image = ComboBox(label="Image", choices=image_choices, nullable=True)
         self.model = ComboBox(label="Model", choices=model_choices, nullable=True)
-        self.model_info = _wrapping_label("About")
-        self.device_info = _wrapping_label("Device")
-        self.scope = RadioButtons(
+        self.pixel_size = FloatSpinBox(
+            label="Pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.05,
+            tooltip="the image's pixel size, from its file; give it for an image without "
+            "calibration (0: unknown)",
+        )  # fmt: skip
+        self.model_info = Message("About")
+        self.device_info = Message("Device")
+        self.scope = ComboBox(
             label="Scope", choices=[THIS_PLANE, WHOLE_STACK], value=WHOLE_STACK,
-            orientation="horizontal",
+            tooltip="for stacks and time-lapses: the plane the viewer shows, or all of them",
         )  # fmt: skip
         self.output = ComboBox(label="Output", choices=output_choices)
         self.interior_threshold = FloatSpinBox(
@@ -106,17 +99,19 @@ class SegmentForm(Container):
             ],
         )  # fmt: skip
         self.run_button = PushButton(text="Run")
-        self.status = _wrapping_label("Status")
+        self.status = Message("Status")
         super().__init__(
             widgets=[
-                self.image, self.model, self.model_info, self.device_info, self.scope,
-                self.output, self.interior_threshold, self.foreground_threshold, self.min_size,
-                self.apply_button, self.show_advanced, self.advanced, self.run_button,
+                self.image, self.pixel_size, self.model, self.model_info, self.device_info,
+                self.scope, self.output, self.interior_threshold, self.foreground_threshold,
+                self.min_size, self.apply_button, self.show_advanced, self.advanced,
+                self.run_button,
                 self.status,
             ],
         )  # fmt: skip
         self.advanced.visible = False
         self.show_advanced.changed.connect(self._toggle_advanced)
+        fit_in_dock(self, pinned=(self.run_button, self.status))
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)

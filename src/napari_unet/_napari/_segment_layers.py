@@ -114,6 +114,9 @@ def add_labels(
     }
     if geometry.units is not None:
         kwargs["units"] = geometry.units
+    axes = geometry.metadata.get("axes")
+    if isinstance(axes, str) and len(axes) == np.ndim(data):
+        kwargs["axis_labels"] = tuple(axes)  # the stack sliders say "T", "Z"
     return viewer.add_labels(data, **kwargs)
 
 

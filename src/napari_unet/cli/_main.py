@@ -22,6 +22,7 @@ from napari_unet.cli._common import (
     sigterm_as_interrupt,
     system_error_line,
 )
+from napari_unet.cli._demo import add_demo, cmd_demo
 from napari_unet.cli._evaluate import add_evaluate, cmd_evaluate
 from napari_unet.cli._export_model import add_export_model, cmd_export_model
 from napari_unet.cli._import_model import add_import_model, cmd_import_model
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_models(sub, common).set_defaults(func=cmd_models)
     add_export_model(sub, common).set_defaults(func=cmd_export_model)
     add_import_model(sub, common).set_defaults(func=cmd_import_model)
+    add_demo(sub, common).set_defaults(func=cmd_demo)
     return parser
 
 
