@@ -65,11 +65,11 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
 def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> None:
     """Refuse patches and batches that cannot fit, before any file is written (the memory
     estimate only on the CPU, whose memory holds the activations)."""
-    from napari_unet.core.io import _available_memory
+    from napari_unet.core.io import available_memory
     from napari_unet.core.limits import check_training
 
     architecture = base.config if base is not None else model_config
-    available = _available_memory() if device.type == "cpu" else None
+    available = available_memory() if device.type == "cpu" else None
     check_training(config.patch_size, config.batch_size, architecture.base_channels, available)
 
 
