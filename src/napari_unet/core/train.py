@@ -262,8 +262,6 @@ def train(
     """
     config = config or TrainConfig()
     if base is not None and base.metadata.get("trainable") is False:
-        from .errors import UserError
-
         raise UserError(f"{base.name} is a bioimage.io package of another architecture: it can "
                         "only predict; fine-tuning needs a napari-unet model")  # fmt: skip
     output = Path(output).expanduser()
