@@ -78,7 +78,7 @@ def test_no_correction_is_refused_with_a_reason(layer):
     with pytest.raises(NotAnnotated, match="No object of 'cells labels' was corrected"):
         collect_inputs([(image, layer)], REVIEWED)
     accept_objects(layer, [1, 2])
-    with pytest.raises(NotAnnotated, match="accepted 2 objects .* but corrected none"):
+    with pytest.raises(NotAnnotated, match=r"accepted 2 objects .* but corrected none"):
         collect_inputs([(image, layer)], REVIEWED)
 
 
