@@ -18,7 +18,7 @@ def objects() -> np.ndarray:
     """(60, 80) labels with four square objects 1-4, 16 px apart."""
     labels = np.zeros((60, 80), np.int32)
     for i, x in enumerate((4, 22, 40, 58)):
-        labels[20:32, x:x + 12] = i + 1
+        labels[20:32, x : x + 12] = i + 1
     return labels
 
 
@@ -100,8 +100,9 @@ def test_review_survives_save_and_reopen(layer, tmp_path):
     layer.data_setitem((np.array([25]), np.array([34])), 2)
     accept_objects(layer, [1])
     path = tmp_path / "cells_labels.tif"
-    (written,) = write_labels(str(path), layer.data, {"metadata": layer.metadata,
-                                                      "scale": (1.0, 1.0)})
+    (written,) = write_labels(
+        str(path), layer.data, {"metadata": layer.metadata, "scale": (1.0, 1.0)}
+    )
     assert sidecar_path(written).is_file()
     data, kwargs, kind = read_layers(written)[0]
     assert kind == "labels"

@@ -22,16 +22,20 @@ TIMEOUT = 60_000
 
 @pytest.fixture
 def tiny(isolated_models):
-    return save_model(isolated_models / "tiny.safetensors", build_model(TINY, seed=0),
-                      new_metadata(TINY, name="tiny"))
+    return save_model(
+        isolated_models / "tiny.safetensors",
+        build_model(TINY, seed=0),
+        new_metadata(TINY, name="tiny"),
+    )
 
 
 @pytest.fixture
 def loop(make_napari_viewer, tiny):
     """A viewer with an image and labels as Segment left them, and the Fine-tune widget."""
     viewer = make_napari_viewer()
-    image, labels = make_image(SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0),
-                               seed=1, dtype=np.uint16)
+    image, labels = make_image(
+        SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0), seed=1, dtype=np.uint16
+    )
     viewer.add_image(image, name="cells")
     layer = viewer.add_labels(labels.copy(), name="cells labels (tiny)")
     mark_written(layer, "tiny", "cells")

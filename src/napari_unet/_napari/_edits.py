@@ -93,8 +93,13 @@ def _plane_numbers(shape: tuple[int, ...], index: tuple[np.ndarray, ...]) -> np.
     return np.ravel_multi_index(index[:-2], shape[:-2])
 
 
-def _record(state: dict[str, Any], shape: tuple[int, ...], index: tuple[np.ndarray, ...],
-            old: np.ndarray, new: Any) -> None:
+def _record(
+    state: dict[str, Any],
+    shape: tuple[int, ...],
+    index: tuple[np.ndarray, ...],
+    old: np.ndarray,
+    new: Any,
+) -> None:
     """Record changed pixels at data ``index`` (one int array per axis), with their old values
     and new value(s)."""
     if len(shape) < 2 or not index or index[0].size == 0:
@@ -220,8 +225,9 @@ def _changed_since_segment(layer: Any, labels: np.ndarray) -> bool:
     return METADATA_KEY in layer.metadata and not written_by_us(layer.metadata, labels)
 
 
-def review_mask(layer: Any, labels: np.ndarray | None = None,
-                margin: int = REVIEW_MARGIN) -> Review:
+def review_mask(
+    layer: Any, labels: np.ndarray | None = None, margin: int = REVIEW_MARGIN
+) -> Review:
     """What the user reviewed in ``layer``.
 
     Args:
@@ -231,14 +237,18 @@ def review_mask(layer: Any, labels: np.ndarray | None = None,
     """
     labels = np.asarray(layer.data if labels is None else labels)
     state = review_state(layer) or {}
-    edited = {int(k): v for k, v in (state.get("edited") or {}).items()
-              if np.shape(v) == labels.shape[-2:]}
+    edited = {
+        int(k): v
+        for k, v in (state.get("edited") or {}).items()
+        if np.shape(v) == labels.shape[-2:]
+    }
     accepted = _ids(state.get("accepted"))
     present = accepted & {int(v) for v in np.unique(labels)} if accepted else set()
     mask = reviewed_mask(labels, edited, _ids(state.get("touched")), present, margin)
     edited_pixels = int(sum(int(np.count_nonzero(v)) for v in edited.values()))
     untracked = bool(state.get("untracked")) or (
-        edited_pixels == 0 and _changed_since_segment(layer, labels))
+        edited_pixels == 0 and _changed_since_segment(layer, labels)
+    )
     return Review(mask, reviewed_objects(labels, mask), edited_pixels, len(present), untracked)
 
 
@@ -275,8 +285,9 @@ def _unpack(text: str, shape: tuple[int, int]) -> np.ndarray:
     return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
 
-def save_review(labels_path: str | os.PathLike, metadata: Mapping[str, Any] | None,
-                labels: np.ndarray) -> Path | None:
+def save_review(
+    labels_path: str | os.PathLike, metadata: Mapping[str, Any] | None, labels: np.ndarray
+) -> Path | None:
     """Write the review state in ``metadata`` next to the labels file just written (or remove a
     stale review file when there is nothing to save); returns the file written."""
     state = (metadata or {}).get(REVIEW_KEY)
@@ -286,7 +297,10 @@ def save_review(labels_path: str | os.PathLike, metadata: Mapping[str, Any] | No
         target.unlink(missing_ok=True)
         return None
     content = {
-        "format": _FORMAT, "version": 1, "shape": list(labels.shape), "crc32": _crc(labels),
+        "format": _FORMAT,
+        "version": 1,
+        "shape": list(labels.shape),
+        "crc32": _crc(labels),
         "accepted": sorted(_ids(state.get("accepted"))),
         "touched": sorted(_ids(state.get("touched"))),
         "edited": {str(k): _pack(v) for k, v in edited.items() if np.shape(v) == labels.shape[-2:]},
@@ -312,10 +326,12 @@ def load_review(labels_path: str | os.PathLike, labels: np.ndarray) -> dict[str,
             logger.warning("%s: the labels changed since the review was saved; ignored", source)
             return None
         plane = tuple(labels.shape[-2:])
-        return {"accepted": _ids(content.get("accepted")),
-                "touched": _ids(content.get("touched")),
-                "edited": {int(k): _unpack(v, plane) for k, v in content["edited"].items()},
-                "untracked": bool(content.get("untracked"))}
+        return {
+            "accepted": _ids(content.get("accepted")),
+            "touched": _ids(content.get("touched")),
+            "edited": {int(k): _unpack(v, plane) for k, v in content["edited"].items()},
+            "untracked": bool(content.get("untracked")),
+        }
     except (OSError, ValueError, KeyError, TypeError, zlib.error) as exc:
         logger.warning("cannot read the review file %s: %s", source, exc)
         return None

@@ -21,7 +21,10 @@ class CloseGuard(QObject):
         widget.native.installEventFilter(self)
 
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if (event.type() == QEvent.Type.ParentChange and watched.parent() is None
-                and self._widget.running):
+        if (
+            event.type() == QEvent.Type.ParentChange
+            and watched.parent() is None
+            and self._widget.running
+        ):
             QTimer.singleShot(0, self._widget.closed_while_training)
         return False

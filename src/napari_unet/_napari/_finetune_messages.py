@@ -21,17 +21,21 @@ def comparison(status: Any) -> str:
     """``"AP50 0.78 → 0.86 on your 4 held-out crops"``, or what stands in for it."""
     crops = int(getattr(status, "validation_crops", 0) or 0)
     if status is None or crops == 0:
-        return ("there was too little annotation to hold some out for a check, so its accuracy "
-                "is not measured (annotate more objects or a larger region to get a before/after "
-                "score)")
+        return (
+            "there was too little annotation to hold some out for a check, so its accuracy "
+            "is not measured (annotate more objects or a larger region to get a before/after "
+            "score)"
+        )
     before, after = dict(status.baseline or {}), dict(status.best or {})
     named = _score_name(before)
     if named is None:
         return "no score yet"
     key, text = named
     value_after = after.get(key, before[key])
-    return (f"{text} {before[key]:.2f} → {value_after:.2f} on your {crops} held-out "
-            f"crop{'s' if crops != 1 else ''}")
+    return (
+        f"{text} {before[key]:.2f} → {value_after:.2f} on your {crops} held-out "
+        f"crop{'s' if crops != 1 else ''}"
+    )
 
 
 def stop_reason(status: Any, config: Any) -> str:
@@ -58,11 +62,15 @@ def finished_message(status: Any, name: str, saved: bool, config: Any) -> str:
     """The message of a run that ended by itself."""
     why = stop_reason(status, config)
     if not saved:
-        return (f"Finished ({why}): the new model did not beat its base ({comparison(status)}). "
-                "No model was saved; the base model stays selected.")
+        return (
+            f"Finished ({why}): the new model did not beat its base ({comparison(status)}). "
+            "No model was saved; the base model stays selected."
+        )
     if not getattr(status, "validation_crops", 0):
-        return (f"Finished ({why}): model {name!r} saved, but {comparison(status)}. It is not "
-                "selected in Segment: choose it there to try it.")
+        return (
+            f"Finished ({why}): model {name!r} saved, but {comparison(status)}. It is not "
+            "selected in Segment: choose it there to try it."
+        )
     return f"Finished ({why}): model {name!r} saved; {comparison(status)}."
 
 
@@ -73,4 +81,3 @@ def stopped_message(status: Any, name: str, saved: bool) -> str:
     if not getattr(status, "validation_crops", 0):
         return f"Stopped: the latest model is saved as {name!r}; {comparison(status)}."
     return f"Stopped: the best model so far is saved as {name!r}; {comparison(status)}."
-

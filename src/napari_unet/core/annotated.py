@@ -31,8 +31,10 @@ def _grow(seed: np.ndarray, margin: int) -> np.ndarray:
         return seed.copy()
     ys, xs = np.nonzero(seed)
     h, w = seed.shape
-    box = (slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
-           slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)))
+    box = (
+        slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
+        slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)),
+    )
     grown = np.zeros_like(seed)
     grown[box] = binary_dilation(seed[box], structure=_disk(margin))
     return grown
