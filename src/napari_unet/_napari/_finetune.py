@@ -156,7 +156,7 @@ class FinetuneWidget(FinetuneForm):
         if typed and typed not in (self._suggested, self.trained_model):
             return
         base = self.base_model.value
-        stem = "my-model" if base in (None, SCRATCH) else _tuned_stem(Path(base).stem)
+        stem = "my-model" if base in (None, SCRATCH) else messages.tuned_stem(Path(base).stem)
         self._suggested = free_name(stem, [e.name for e in list_models()])
         self.model_name.value = self._suggested
 
@@ -309,7 +309,7 @@ class FinetuneWidget(FinetuneForm):
         elif status.kind == "validation" and ("ap_50" in status.metrics
                                               or "pixel_iou" in status.metrics):
             self.plot.add_score(status.step, status.metrics["score"])
-        self.status.value = _status_text(status)
+        self.status.value = messages.status_text(status)
 
     def _saved(self) -> bool:
         """Whether this run wrote its model file."""
@@ -476,29 +476,3 @@ def _window_method(viewer: Any, name: str) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return getattr(viewer.window, name, None)
-
-
-def _tuned_stem(stem: str) -> str:
-    """The name stem of a model tuned from ``stem``: ``starter`` -> ``starter-tuned``; a tuned
-    model's next round keeps the stem (``starter-tuned-2`` -> ``starter-tuned``, numbered anew)."""
-    import re
-
-    match = re.fullmatch(r"(.*-tuned)(-\d+)?", stem)
-    return match.group(1) if match else f"{stem}-tuned"
-
-
-def _status_text(status: Any) -> str:
-    """One line on a training run: epoch, step, loss, validation, time left."""
-    import math
-
-    parts = [f"epoch {status.epoch}", f"step {status.step}"]
-    if math.isfinite(status.loss):
-        parts.append(f"loss {status.loss:.4f}")
-    score = status.metrics.get("score") if "ap_50" in status.metrics or \
-        "pixel_iou" in status.metrics else None
-    if score is not None:
-        parts.append(f"validation {score:.3f}")
-    left = status.seconds_left
-    if math.isfinite(left):
-        parts.append(f"about {left / 60:.0f} min left" if left >= 90 else f"{left:.0f} s left")
-    return " · ".join(parts)

@@ -81,3 +81,32 @@ def stopped_message(status: Any, name: str, saved: bool) -> str:
     if not getattr(status, "validation_crops", 0):
         return f"Stopped: the latest model is saved as {name!r}; {comparison(status)}."
     return f"Stopped: the best model so far is saved as {name!r}; {comparison(status)}."
+
+
+def tuned_stem(stem: str) -> str:
+    """The name stem of a model tuned from ``stem``: ``starter`` -> ``starter-tuned``; a tuned
+    model's next round keeps the stem (``starter-tuned-2`` -> ``starter-tuned``, numbered anew)."""
+    import re
+
+    match = re.fullmatch(r"(.*-tuned)(-\d+)?", stem)
+    return match.group(1) if match else f"{stem}-tuned"
+
+
+def status_text(status: Any) -> str:
+    """One line on a training run: epoch, step, loss, validation, time left."""
+    import math
+
+    parts = [f"epoch {status.epoch}", f"step {status.step}"]
+    if math.isfinite(status.loss):
+        parts.append(f"loss {status.loss:.4f}")
+    score = (
+        status.metrics.get("score")
+        if "ap_50" in status.metrics or "pixel_iou" in status.metrics
+        else None
+    )
+    if score is not None:
+        parts.append(f"validation {score:.3f}")
+    left = status.seconds_left
+    if math.isfinite(left):
+        parts.append(f"about {left / 60:.0f} min left" if left >= 90 else f"{left:.0f} s left")
+    return " · ".join(parts)
