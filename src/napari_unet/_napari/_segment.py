@@ -42,6 +42,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 
 from . import _segment_layers as layers
+from ._edits import watch_viewer
 from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
 from ._segment_job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
 from ._segment_logic import (
@@ -105,6 +106,7 @@ class SegmentWidget(SegmentForm):
         self._show_device()
         self.refresh_models()
         self._connect()
+        watch_viewer(viewer)  # follow the user's corrections of the labels (see _edits)
         active = viewer.layers.selection.active
         if isinstance(active, Image):
             self.image.value = active.unique_id
