@@ -415,3 +415,16 @@ def test_training_leaves_torch_settings_as_they_were(tmp_path, pairs):
     drain(train(pairs, tmp_path / "m", config=quick(), device="cpu", model_config=TINY))
     assert torch.get_num_threads() == threads
     assert torch.backends.cudnn.benchmark == benchmark
+
+
+def test_a_moving_average_of_the_weights_is_saved_when_asked(tmp_path, pairs):
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    raw = drain(train(pairs, tmp_path / "raw", base=base, config=quick(), device="cpu"))
+    ema = drain(train(pairs, tmp_path / "ema", base=base, config=quick(ema_decay=0.9),
+                      device="cpu"))
+    # same seed and steps: the averaged weights lie between the base's and the raw ones
+    name = next(k for k, v in base.model.state_dict().items() if v.dtype.is_floating_point)
+    start, end = base.model.state_dict()[name], raw.model.state_dict()[name]
+    averaged = ema.model.state_dict()[name]
+    assert not torch.equal(averaged, end)
+    assert (averaged - start).abs().sum() < (end - start).abs().sum()

@@ -3,7 +3,7 @@
 :func:`train` fine-tunes a model (or trains one from scratch) on :class:`~.data.TrainingPair`
 planes: random patches biased toward the annotated pixels, elastic-deformation augmentation on the
 training device, the U-Net paper's border-weighted cross-entropy restricted to annotated pixels,
-AdamW with warm-up and a cosine decay fitted to the budget (steps or time), an exponential moving
+AdamW with warm-up and a cosine decay fitted to the budget (steps or time), optionally a moving
 average of the weights, validation on held-out blocks through the real inference and
 post-processing path (the starting model is scored on the same blocks first), early stopping on
 smoothed scores, and the best model saved atomically after every improvement. Closing the
@@ -65,8 +65,11 @@ class TrainConfig:
         stop_after: early stopping waits until this share of the budget (steps or time) is
             used.
         ema_decay: validate and save an exponential moving average of the weights with this
-            decay per step (0: the raw weights). It is warmed up: the decay is at most
-            ``(1 + step) / (10 + step)``.
+            decay per step (0, the default: the raw weights). It is warmed up: the decay is at
+            most ``(1 + step) / (10 + step)``. Off by default: in ``benchmarks/finetune.py``
+            (1.5 CPU minutes, 3 seeds) a decay of 0.99 lost 0.018 AP, in every seed; the
+            smoothed early stopping and the 128 px validation blocks gained 0.025 AP over the
+            previous defaults, in every seed.
         seed: seed of the patch sampler, the augmentation and a new network.
         amp: mixed precision (autocast) on CUDA.
         cpu_bf16: bfloat16 autocast when training on a CPU with native bfloat16 instructions
@@ -96,7 +99,7 @@ class TrainConfig:
     patience: int = 10
     smooth_validations: int = 3
     stop_after: float = 0.5
-    ema_decay: float = 0.99
+    ema_decay: float = 0.0
     seed: int = 0
     amp: bool = True
     cpu_bf16: bool = True
