@@ -369,9 +369,12 @@ def _epoch(run: _Run, task: str, meta: dict[str, Any]) -> Generator[Progress, No
             break
     run.epoch += 1
     if not run.crops:  # nothing held out: keep the latest weights, nothing to compare
-        run.save({"loss": run.smoothed}, meta)
+        metrics = {"loss": run.smoothed}
         yield Progress("train", run.step, run.total_steps, f"epoch {run.epoch}: loss "
-                       f"{run.smoothed:.4f} (no validation)", run.status("saved", {}))
+                       f"{run.smoothed:.4f} (no validation)", run.status("validation", metrics))
+        run.save(metrics, meta)
+        yield Progress("train", run.step, run.total_steps, f"saved {run.output.name}",
+                       run.status("saved", metrics))
         return False
     metrics = run.validate(task)
     improved = metrics["score"] > run.best["score"]
