@@ -34,7 +34,9 @@ objects):
 ``no-elastic`` (elastic deformation off, the rigid, scaling and intensity augmentations kept),
 ``no-weight-map`` (the border term off, ``TargetConfig(w0=0)``; the class balance stays), ``fp32``
 (no bfloat16 autocast on the CPU: fewer steps per minute, more precise gradients; the default uses
-bf16 where the CPU has native bfloat16 instructions).
+bf16 where the CPU has native bfloat16 instructions), ``previous`` (the training defaults before
+smoothed early stopping that waits for half the budget, and smaller validation blocks),
+``ema`` (the defaults plus a moving average of the weights).
 
 **Clock.** ``--clock wall`` (default) measures the budget and the checkpoint marks in wall-clock
 time. ``--clock cpu`` measures them in this process's CPU time (``time.process_time``), so other
@@ -89,12 +91,18 @@ CONFIGS: dict[str, dict[str, object]] = {
     "no-elastic": {"augment": AugmentConfig(elastic=False)},
     "no-weight-map": {"targets": TargetConfig(w0=0.0)},
     "fp32": {"cpu_bf16": False},
+    "previous": {"ema_decay": 0.0, "smooth_validations": 1, "stop_after": 0.0,
+                 "validation_block": 192, "val_fraction": 0.15},
+    "ema": {"ema_decay": 0.99},
 }
 LABELS = {
     "default": "fine-tuned, defaults (elastic on, weight map on, bf16 where the CPU has it)",
     "no-elastic": "fine-tuned, elastic deformation off",
     "no-weight-map": "fine-tuned, border weight map off (class balance kept)",
     "fp32": "fine-tuned, float32 on the CPU (bf16 off)",
+    "previous": "fine-tuned, the previous defaults (raw weights, early stopping on single "
+                "validations from the start, one 192 px block per 15% held out)",
+    "ema": "fine-tuned, a moving average of the weights (decay 0.99)",
 }
 MIN_DISTANCES = (2, 3, 4, 5, 6, 8, 10, 12)
 Pair = tuple[np.ndarray, np.ndarray]  # image (H, W) float32, labels (H, W) uint16

@@ -163,7 +163,9 @@ def test_metadata_of_the_saved_model(tmp_path, pairs):
     assert prov["data_hashes"] and prov["data_hashes"][0].startswith("sha256:")
     assert prov["settings"]["steps_per_epoch"] == 3 and prov["settings"]["steps"] == 3
     assert prov["settings"]["augment"]["elastic"] is True
-    assert "score" in prov["metrics"] and "baseline" in prov["metrics"]
+    # too little annotation for a held-out split: no score, and the file says so
+    assert "score" not in prov["metrics"] and prov["metrics"]["baseline"] == {}
+    assert prov["metrics"]["scored_on"].startswith("no held-out data")
     assert prov["created"][:4].isdigit() and prov["version"]
     # the base model is not changed by fine-tuning
     for key, value in build_model(TINY, seed=5).state_dict().items():
@@ -340,3 +342,89 @@ def test_a_killed_write_leaves_no_model_file(tmp_path):
     with pytest.raises(ModelNotFoundError):
         load_model(target)
     assert weights_module._entries(tmp_path, builtin=False) == []  # and it is never listed
+
+
+# --------------------------------------------------------------------------------------------
+# budget, honest results, rounds
+
+
+class FakeClock:
+    """A clock that advances ``tick`` seconds each time it is read."""
+
+    def __init__(self, tick: float) -> None:
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_the_time_budget_ends_training_with_a_fake_clock(tmp_path, pairs):
+    clock = FakeClock(1.0)  # one second per reading: a few readings per step
+    config = quick(epochs=1000, max_minutes=0.5, steps_per_epoch=2)
+    events = list(_events(train(pairs, tmp_path / "m", config=config, device="cpu",
+                                model_config=TINY, clock=clock)))
+    steps = [e.payload for e in events if e.payload.kind == "step"]
+    end = events[-1].payload
+    assert end.kind == "end" and end.reason == "budget"
+    assert 2 <= len(steps) < 30  # 30 s of fake time, each step reads the clock more than once
+    assert clock.now >= 30
+    # the time left shrinks toward 0 as the budget is used
+    assert steps[-1].seconds_left < steps[0].seconds_left
+
+
+def _events(gen):
+    while True:
+        try:
+            yield next(gen)
+        except StopIteration:
+            return
+
+
+def _validated_pairs():
+    image, labels = make_image(SyntheticConfig(shape=(300, 300), radius=(6.0, 10.0),
+                                               debris=0.0), seed=4)
+    return make_pairs(image, labels, "YX", 1, NormalizeConfig(), name="big")
+
+
+def test_a_run_that_does_not_beat_its_base_writes_nothing(tmp_path):
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    config = quick(epochs=2, steps_per_epoch=1, learning_rate=0.0, val_fraction=0.2,
+                   patience=0)
+    gen = train(_validated_pairs(), tmp_path / "m", base=base, config=config, device="cpu",
+                require_improvement=True)
+    events = list(_events(gen))
+    end = events[-1].payload
+    assert end.validation_crops >= 1 and end.baseline["score"] == end.best["score"]
+    assert not end.saved and not (tmp_path / "m.safetensors").exists()
+    assert drain(train(_validated_pairs(), tmp_path / "m", base=base, config=config,
+                       device="cpu", require_improvement=True)) is None
+
+
+def test_rounds_are_kept_in_the_provenance(tmp_path, pairs):
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    first = drain(train(pairs, tmp_path / "one", base=base, config=quick(), device="cpu"))
+    second = drain(train(pairs, tmp_path / "two", base=first, config=quick(), device="cpu"))
+    rounds = second.metadata["provenance"]["metrics"]["rounds"]
+    assert [r["base"] for r in rounds] == ["base", "one"]
+    assert all("before" in r and "after" in r and "scored_on" in r for r in rounds)
+
+
+def test_training_leaves_torch_settings_as_they_were(tmp_path, pairs):
+    threads, benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    drain(train(pairs, tmp_path / "m", config=quick(), device="cpu", model_config=TINY))
+    assert torch.get_num_threads() == threads
+    assert torch.backends.cudnn.benchmark == benchmark
+
+
+def test_a_moving_average_of_the_weights_is_saved_when_asked(tmp_path, pairs):
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    raw = drain(train(pairs, tmp_path / "raw", base=base, config=quick(), device="cpu"))
+    ema = drain(train(pairs, tmp_path / "ema", base=base, config=quick(ema_decay=0.9),
+                      device="cpu"))
+    # same seed and steps: the averaged weights lie between the base's and the raw ones
+    name = next(k for k, v in base.model.state_dict().items() if v.dtype.is_floating_point)
+    start, end = base.model.state_dict()[name], raw.model.state_dict()[name]
+    averaged = ema.model.state_dict()[name]
+    assert not torch.equal(averaged, end)
+    assert (averaged - start).abs().sum() < (end - start).abs().sum()

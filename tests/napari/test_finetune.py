@@ -11,7 +11,7 @@ from napari.layers import Labels
 from napari_unet._napari import _finetune
 from napari_unet._napari._finetune import FinetuneWidget
 from napari_unet._napari._plot import TrainingPlot
-from napari_unet._napari._training_data import SHAPES, WHOLE
+from napari_unet._napari._training_data import PLANES, SHAPES, WHOLE
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.model import build_model
 from napari_unet.core.synthetic import SyntheticConfig, make_image
@@ -58,6 +58,7 @@ def finetune(make_napari_viewer, qtbot, tiny, sample):
     widget.batch_size.value = 2
     widget.patch_size.value = 64
     widget.augmentation.value = "light"
+    widget.rule.value = WHOLE  # the labels are ground truth, every object right
     widget.confirm = lambda message: pytest.fail(f"unexpected question: {message}")
     yield viewer, widget
     if widget.running:
@@ -83,8 +84,8 @@ def test_opens_with_the_selected_pair(finetune):
     assert widget.train_button.enabled and not widget.stop_button.enabled
 
 
-def test_train_saves_the_model_and_selects_it_in_segment(finetune, qtbot, isolated_models,
-                                                         errors):
+def test_a_model_without_held_out_check_is_saved_but_not_selected(finetune, qtbot,
+                                                                 isolated_models, errors):
     viewer, widget = finetune
     train(qtbot, widget)
     assert errors == []
@@ -102,7 +103,14 @@ def test_train_saves_the_model_and_selects_it_in_segment(finetune, qtbot, isolat
 
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     assert isinstance(segment, SegmentWidget)
-    assert segment.model.value.name == "tiny-tuned"
+    # 96 x 96 px is too little annotation for held-out crops: no score to show, and the model
+    # is not put in Segment's place of the one the user chose
+    assert segment.model.value.name != "tiny-tuned"
+    assert "too little annotation" in widget.status.value
+    assert "validation score" not in widget.status.value
+    assert "Finished (all 2 epochs done)" in widget.status.value
+    metrics = model.metadata["provenance"]["metrics"]
+    assert "score" not in metrics and metrics["scored_on"].startswith("no held-out")
 
 
 def test_train_in_a_separate_process(finetune, qtbot, isolated_models, errors):
@@ -125,6 +133,7 @@ def test_validation_scores_reach_the_plot(make_napari_viewer, qtbot, tiny, isola
     viewer.add_labels(labels, name="big labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     widget.backend = "thread"
+    widget.rule.value = WHOLE
     widget.refresh_models(select="tiny")
     widget.epochs.value, widget.steps_per_epoch.value = 2, 1
     widget.batch_size.value, widget.patch_size.value = 1, 64
@@ -132,9 +141,18 @@ def test_validation_scores_reach_the_plot(make_napari_viewer, qtbot, tiny, isola
     # enough annotation to hold out validation blocks: a score before training and per epoch
     assert [step for step, _ in widget.plot.scores] == [0, 1, 2]
     assert all(0 <= score <= 1 for _, score in widget.plot.scores)
-    assert "validation" in widget.status.value
-    metrics = read_metadata(isolated_models / "tiny-tuned.safetensors")["provenance"]["metrics"]
-    assert "ap_50" in metrics and "baseline" in metrics
+    # the base and the new model scored on the same crops, both reported
+    status = widget.last_status
+    assert status.kind == "end" and status.validation_crops >= 1 and "ap_50" in status.baseline
+    before = f"AP50 {status.baseline['ap_50']:.2f} → {status.best['ap_50']:.2f}"
+    assert before in widget.status.value and "held-out crop" in widget.status.value
+    output = isolated_models / "tiny-tuned.safetensors"
+    if status.best["score"] > status.baseline["score"]:
+        metrics = read_metadata(output)["provenance"]["metrics"]
+        assert metrics["baseline"] == status.baseline and "held-out" in metrics["scored_on"]
+        assert metrics["rounds"][-1]["before"] == status.baseline
+    else:  # not better than its base: said, and nothing saved
+        assert "did not beat its base" in widget.status.value and not output.exists()
 
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
@@ -151,7 +169,7 @@ def test_stop_keeps_the_best_checkpoint(finetune, qtbot, isolated_models, backen
     assert widget.last_status.step < 1000 * 2
     assert widget.trained_model == "tiny-tuned"
     # the status line tells the outcome instead of keeping the last step's "time left"
-    assert widget.status.value.startswith("Stopped: the best model so far is saved as")
+    assert widget.status.value.startswith("Stopped: the latest model is saved as")
 
 
 def test_painting_during_training_does_not_reach_the_run(finetune, qtbot, isolated_models):
@@ -190,6 +208,7 @@ def test_planes_with_labels_on_a_stack(make_napari_viewer, qtbot, tiny, sample, 
     widget.epochs.value, widget.steps_per_epoch.value = 1, 1
     widget.batch_size.value, widget.patch_size.value = 1, 64
     assert widget.pairs == [(viewer.layers["stack"], viewer.layers["stack labels"])]
+    widget.rule.value = PLANES
     train(qtbot, widget)
     assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == 96 * 96
     widget.rule.value = WHOLE

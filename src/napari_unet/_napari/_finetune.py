@@ -1,11 +1,15 @@
 """The Fine-tune widget: train a model on corrected labels, with a live plot and Stop.
 
 The user lists (image, labels) pairs, says what counts as annotated, picks the base model, the
-budget and the augmentation, names the new model and presses Train. The labels are copied at that
-moment (painting may go on); training runs in a separate process by default (see
+budget and the augmentation, names the new model and presses Train. By default only what the user
+reviewed counts (see :mod:`._edits`), and the widget says how much that is. The labels are copied
+at that moment (painting may go on); training runs in a separate process by default (see
 :mod:`._process`; ``backend = "thread"`` runs it in a napari thread worker instead), the loss and
-validation score appear in the plot, and Stop keeps the best checkpoint. The model is saved in the
-user's model folder and selected in the Segment widget; "Apply to image" runs it there.
+validation score appear in the plot, and Stop keeps the best checkpoint. A model is saved only
+when it beats its base on the held-out crops (or when there is too little annotation to hold any
+out); one that beat it is selected in the Segment widget and as the base of the next round, and
+"Apply to image" runs it there. Closing the panel during training asks first; closing the viewer
+stops the run (napari's task status).
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 from napari_unet.core.io import file_state
 
+from . import _finetune_messages as messages
+from ._edits import watch_viewer
 from ._finetune_form import FinetuneForm
 from ._layout import fit_in_dock
-from ._training_data import collect_inputs
+from ._training_data import NotAnnotated, collect_inputs, describe_annotation
 from ._training_job import SCRATCH, TrainRequest, augment_config
 
 if TYPE_CHECKING:
@@ -63,7 +69,10 @@ class FinetuneWidget(FinetuneForm):
         self.threads: int | None = _training_threads()
         self.trained_model: str | None = None
         self.last_status: Any = None
+        self._task_id: Any = None
+        self._config: Any = None
         super().__init__(viewer)
+        watch_viewer(viewer)
         self.base_model.changed.connect(self._suggest_name)
         self.preview_button.changed.connect(self.preview_augmentation)
         self.train_button.changed.connect(self.train)
@@ -72,7 +81,51 @@ class FinetuneWidget(FinetuneForm):
         self.refresh_models()
         self.add_pair()
         self.native.destroyed.connect(self._on_destroyed)
+        viewer.layers.events.inserted.connect(self._layer_added)
+        viewer.layers.events.removed.connect(self.update_annotated)
+        for layer in viewer.layers:
+            self._follow(layer)
+        self.rule.changed.connect(self.update_annotated)
+        self.shapes_layer.changed.connect(self.update_annotated)
+        self.pair_rows.changed.connect(self.update_annotated)
+        from ._finetune_guard import CloseGuard
+
+        self._guard = CloseGuard(self)
+        self.update_annotated()
         fit_in_dock(self)
+
+    # ------------------------------------------------------------------------ layers
+
+    def _follow(self, layer: Any) -> None:
+        from napari.layers import Labels
+
+        if isinstance(layer, Labels):
+            layer.events.paint.connect(self.update_annotated)
+
+    def _layer_added(self, event: Any) -> None:
+        """A layer opened after the widget: fill the pairs that lack an image or labels."""
+        from napari.layers import Image
+
+        if self._closed:
+            return
+        self._follow(event.value)
+        self.reset_choices()
+        for row in self.pair_rows:
+            if row.image.value is None and isinstance(event.value, Image):
+                row.image.value = event.value
+            if row.labels_layer.value is None:
+                row.pick_labels()
+        self.update_annotated()
+
+    def update_annotated(self, *_: Any) -> None:
+        """Say how much of the listed labels counts as annotated under the chosen rule."""
+        if self._closed:
+            return
+        try:
+            text = describe_annotation(self.pairs, self.rule.value, self.shapes_layer.value)
+        except (UserError, ValueError, RuntimeError) as exc:
+            text = str(exc)
+        self.annotated_info.value = text
 
     # ----------------------------------------------------------------------------- models
 
@@ -105,7 +158,7 @@ class FinetuneWidget(FinetuneForm):
         if typed and typed not in (self._suggested, self.trained_model):
             return
         base = self.base_model.value
-        stem = "my-model" if base in (None, SCRATCH) else f"{Path(base).stem}-tuned"
+        stem = "my-model" if base in (None, SCRATCH) else messages.tuned_stem(Path(base).stem)
         self._suggested = free_name(stem, [e.name for e in list_models()])
         self.model_name.value = self._suggested
 
@@ -172,6 +225,8 @@ class FinetuneWidget(FinetuneForm):
             request = self._request()
             if request is not None:
                 self._start(request)
+        except NotAnnotated as exc:  # nothing to learn from: say so, change nothing
+            self._tell(str(exc), show_warning)
         except UserError as exc:
             show_error(str(exc))
         except Exception as exc:  # an unexpected failure is reported, never raised into Qt
@@ -183,6 +238,7 @@ class FinetuneWidget(FinetuneForm):
 
         self.plot.clear()
         self.last_status = None
+        self._config = request.config
         self._run_name, self._run_output = request.name, request.output
         self._before = file_state(request.output)
         callbacks = {"on_progress": self._on_progress, "on_result": self._on_result,
@@ -201,6 +257,40 @@ class FinetuneWidget(FinetuneForm):
             self._job = start_job(training_job(request), description, **callbacks)
         self.train_button.enabled = False
         self.stop_button.enabled = True
+        self._register_task(description)
+
+    def _register_task(self, description: str) -> None:
+        """Tell napari a task runs, so that closing the viewer asks first and then stops it."""
+        from napari.utils.task_status import Status
+
+        register = _window_method(self._viewer, "_register_task_status")
+        if register is not None:
+            self._task_id = register("napari-unet", Status.BUSY, description,
+                                     cancel_callback=self._abandon)
+
+    def _task_done(self) -> None:
+        from napari.utils.task_status import Status
+
+        update = _window_method(self._viewer, "_update_task_status")
+        if self._task_id is not None and update is not None:
+            update(self._task_id, Status.COMPLETED)
+        self._task_id = None
+
+    def _abandon(self) -> bool:
+        """Stop the run because the viewer closes (napari's cancel callback)."""
+        self._on_destroyed()
+        return True
+
+    def closed_while_training(self) -> None:
+        """The panel was closed during training: stop the run, or keep it (and the panel)."""
+        if not self.running:
+            return
+        if self.confirm("Training is running. Stop it? (The best model so far is kept.)\n"
+                        "No: keep training, and keep the Fine-tune panel open."):
+            self.stop()
+        else:
+            self._viewer.window.add_dock_widget(self, name="Fine-tune (napari-unet)",
+                                                area="right")
 
     def stop(self) -> None:
         """Stop training at the next step; the best model so far is kept."""
@@ -221,7 +311,7 @@ class FinetuneWidget(FinetuneForm):
         elif status.kind == "validation" and ("ap_50" in status.metrics
                                               or "pixel_iou" in status.metrics):
             self.plot.add_score(status.step, status.metrics["score"])
-        self.status.value = _status_text(status)
+        self.status.value = messages.status_text(status)
 
     def _saved(self) -> bool:
         """Whether this run wrote its model file."""
@@ -231,18 +321,19 @@ class FinetuneWidget(FinetuneForm):
     def _on_result(self, path: Any) -> None:
         if self._closed:
             return
-        self._tell(f"Finished: model {self._run_name!r} saved{self._best_text()}.", show_info)
-        self._publish(self._run_name)
+        saved = path is not None and self._saved()
+        self._tell(messages.finished_message(self.last_status, self._run_name, saved,
+                                             self._config), show_info)
+        if saved:
+            self._publish(self._run_name, messages.improved(self.last_status))
 
     def _on_cancelled(self) -> None:
         if self._closed:
             return
-        if self._saved():
-            self._tell(f"Stopped: the best model so far is saved as {self._run_name!r}"
-                       f"{self._best_text()}.", show_info)
-            self._publish(self._run_name)
-        else:
-            self._tell("Stopped before a model was saved.", show_info)
+        saved = self._saved()
+        self._tell(messages.stopped_message(self.last_status, self._run_name, saved), show_info)
+        if saved:
+            self._publish(self._run_name, messages.improved(self.last_status))
 
     def _on_error(self, exc: BaseException) -> None:
         if self._closed:
@@ -254,7 +345,7 @@ class FinetuneWidget(FinetuneForm):
             message += f" The best model so far is saved as {self._run_name!r}."
         self._tell(message, show_error)
         if self._saved():
-            self._publish(self._run_name)
+            self._publish(self._run_name, messages.improved(self.last_status))
 
     def _tell(self, message: str, notify: Any) -> None:
         """The run's outcome, in the status line (which would otherwise keep the last step's
@@ -262,11 +353,8 @@ class FinetuneWidget(FinetuneForm):
         self.status.value = message
         notify(message)
 
-    def _best_text(self) -> str:
-        best = getattr(self.last_status, "best", None) or {}
-        return f" (validation score {best['score']:.3f})" if "score" in best else ""
-
     def _on_finished(self) -> None:
+        self._task_done()
         if self._closed:
             return
         self.train_button.enabled = True
@@ -292,14 +380,15 @@ class FinetuneWidget(FinetuneForm):
             return None
         return widget
 
-    def _publish(self, name: str) -> None:
-        """Make the new model known: base model list, Segment widget, Apply button."""
+    def _publish(self, name: str, better: bool) -> None:
+        """Make the new model known: base model list, Apply button and, when it beat its base,
+        the Segment widget and the base of the next round."""
         self.trained_model = name
         self.apply_button.enabled = True
-        self.refresh_models()
+        self.refresh_models(select=name if better else None)
         segment = self._segment_widget()
         if segment is not None:
-            segment.refresh_models(select=name)
+            segment.refresh_models(select=name if better else None)
 
     def apply_to_image(self) -> None:
         """Segment the chosen image with the model trained last (through the Segment widget)."""
@@ -369,6 +458,9 @@ class FinetuneWidget(FinetuneForm):
         translate = (float(extent[0][-2]), float(extent[1][-1]) + 10 * scale[-1])
         common = {"scale": scale, "translate": translate,
                   "metadata": {"augmentation_preview": True}}
+        units = getattr(image_layer, "units", None)
+        if units is not None:  # in the image's units (e.g. µm), as it is shown
+            common["units"] = tuple(units[-2:])
         name = f"augmentation preview ({self.augmentation.value})"
         if images.shape[0] == 1:
             added = [self._viewer.add_image(images[0], name=name, **common)]
@@ -379,18 +471,10 @@ class FinetuneWidget(FinetuneForm):
         return added
 
 
-def _status_text(status: Any) -> str:
-    """One line on a training run: epoch, step, loss, validation, time left."""
-    import math
+def _window_method(viewer: Any, name: str) -> Any:
+    """A method of napari's window that has no public form yet (task status), or ``None``."""
+    import warnings
 
-    parts = [f"epoch {status.epoch}", f"step {status.step}"]
-    if math.isfinite(status.loss):
-        parts.append(f"loss {status.loss:.4f}")
-    score = status.metrics.get("score") if "ap_50" in status.metrics or \
-        "pixel_iou" in status.metrics else None
-    if score is not None:
-        parts.append(f"validation {score:.3f}")
-    left = status.seconds_left
-    if math.isfinite(left):
-        parts.append(f"about {left / 60:.0f} min left" if left >= 90 else f"{left:.0f} s left")
-    return " · ".join(parts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return getattr(viewer.window, name, None)

@@ -22,7 +22,7 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels, Shapes
 
 from ._plot import TrainingPlot
-from ._training_data import ANNOTATED_RULES, PLANES, SHAPES, matching_labels
+from ._training_data import ANNOTATED_RULES, REVIEWED, SHAPES, matching_labels
 from ._training_job import AUGMENT_LEVELS, augment_config
 
 if TYPE_CHECKING:
@@ -81,11 +81,15 @@ class FinetuneForm(Container):
         self.pair_rows = Container(labels=False, label="image, labels")
         self.pair_rows.margins = (0, 0, 0, 0)
         self.add_pair_button = PushButton(text="Add pair")
-        self.rule = ComboBox(label="annotated", choices=ANNOTATED_RULES, value=PLANES,
-                             tooltip="Which pixels of the labels were reviewed: everything, the "
-                             "planes with labels, or the regions drawn in a Shapes layer")
+        self.rule = ComboBox(label="annotated", choices=ANNOTATED_RULES, value=REVIEWED,
+                             tooltip="What training learns from: the objects you corrected, "
+                             "deleted or accepted (with a margin, plus the regions of a Shapes "
+                             "layer if you choose one), everything, only the regions drawn in a "
+                             "Shapes layer, or the planes of a stack that have labels")
         self.shapes_layer = ComboBox(label="regions", choices=self._layer_choices(Shapes),
-                                     nullable=True, visible=False)
+                                     nullable=True, tooltip="Regions you reviewed completely")
+        self.annotated_info = Label(value="")
+        self.annotated_info.native.setWordWrap(True)
         self.base_model = ComboBox(label="base model", choices=lambda _: self._models)
         self.model_name = LineEdit(label="save as", tooltip="Name of the new model (saved in "
                                    "your model folder)")
@@ -109,6 +113,7 @@ class FinetuneForm(Container):
         self.stop_button = PushButton(text="Stop", enabled=False,
                                       tooltip="Stop training; the best model so far is kept")
         self.status = Label(value="")
+        self.status.native.setWordWrap(True)  # a long message must not widen the dock
         self.plot = TrainingPlot()
         self.apply_target = ComboBox(label="apply to", choices=self._layer_choices(Image),
                                      nullable=True)
@@ -116,6 +121,7 @@ class FinetuneForm(Container):
         buttons = Container(widgets=[self.train_button, self.stop_button], layout="horizontal",
                             labels=False)
         self.extend([self.pair_rows, self.add_pair_button, self.rule, self.shapes_layer,
+                     self.annotated_info,
                      self.base_model, self.model_name, self.budget, self.epochs, self.minutes,
                      self.augmentation, self.elastic, self.preview_button, self.advanced,
                      self.advanced_box, buttons, self.status, self.apply_target,
@@ -135,7 +141,7 @@ class FinetuneForm(Container):
         return choices
 
     def _rule_changed(self, rule: str) -> None:
-        self.shapes_layer.visible = rule == SHAPES
+        self.shapes_layer.visible = rule in (SHAPES, REVIEWED)
 
     def _budget_changed(self, kind: str) -> None:
         self.epochs.visible = kind == "epochs"

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_unet._napari._edits import attach_review, watch_current_viewer
 from napari_unet._napari._layer_info import LayerData, display_name, layer_data
 from napari_unet.core.io import LABELS_SOFTWARE, ImageData, available_memory, read_image
 from napari_unet.core.lazy import is_zarr_path, open_lazy
@@ -73,6 +74,7 @@ def get_reader(path: PathLike | Sequence[PathLike]) -> Callable[..., list[LayerD
         return None
 
     def reader(_path: PathLike | Sequence[PathLike]) -> list[LayerData]:
+        watch_current_viewer()  # follow edits of the labels layers (see _edits)
         return layers
 
     return reader
@@ -99,7 +101,10 @@ def read_layers(path: PathLike) -> list[LayerData]:
     if layer_type == "labels" and not image.data.flags.writeable:
         # labels are edited with the brush: a read-only memory map would refuse the paint
         image.data = np.array(image.data)
-    return [layer_data(image, display_name(path), layer_type)]
+    layer = layer_data(image, display_name(path), layer_type)
+    if layer_type == "labels":
+        attach_review(layer, path)
+    return [layer]
 
 
 def opens_lazily(path: PathLike, available: int | None = None) -> bool:

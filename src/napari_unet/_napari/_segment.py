@@ -43,6 +43,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.errors import UserError
 
 from . import _segment_layers as layers
+from ._edits import watch_viewer
 from ._layer_info import as_labels_layer, looks_like_labels
 from ._segment_engine import load_engine
 from ._segment_form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
@@ -118,6 +119,7 @@ class SegmentWidget(SegmentForm):
         self._connect()
         self.hints = LayerHints(viewer)
         self.insert(1, self.hints)
+        watch_viewer(viewer)  # follow the user's corrections of the labels (see _edits)
         active = viewer.layers.selection.active
         if isinstance(active, Image) and not looks_like_labels(active):
             self.image.value = active.unique_id

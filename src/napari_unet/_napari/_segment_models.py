@@ -85,11 +85,16 @@ def model_summary(choice: ModelChoice | None) -> str:
     if parent and parent != meta.get("name"):
         parts.append(f"from {parent}")
     metrics = provenance.get("metrics") or {}
+    scores = []
     for key, text in (("ap_50", "AP50"), ("pixel_iou", "IoU")):
         value = metrics.get(key)
         if isinstance(value, int | float):
-            parts.append(f"{text} {value:.2f}")
-    return " · ".join(parts)
+            scores.append(f"{text} {value:.2f}")
+    if scores:  # and where the scores come from (models differ: they are not comparable)
+        where = metrics.get("scored_on")
+        scores[-1] += f" on {where}" if isinstance(where, str) else \
+            " on held-out blocks of its own training data"
+    return " · ".join(parts + scores)
 
 
 def model_tiling(choice: ModelChoice, device_type: str) -> TilingConfig:

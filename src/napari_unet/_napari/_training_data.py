@@ -22,11 +22,12 @@ from ._training_job import TrainingInput
 
 logger = logging.getLogger(__name__)
 
+REVIEWED = "objects you reviewed"
 WHOLE = "whole layer"
 PLANES = "planes that have labels"
 SHAPES = "regions in a Shapes layer"
-#: What counts as annotated, as offered in the widget.
-ANNOTATED_RULES = (PLANES, WHOLE, SHAPES)
+#: What counts as annotated, as offered in the widget (the first is the default).
+ANNOTATED_RULES = (REVIEWED, WHOLE, SHAPES, PLANES)
 
 _FILLED = ("rectangle", "ellipse", "polygon")
 
@@ -136,9 +137,70 @@ def shapes_mask(shapes_layer: Any, labels_layer: Any) -> np.ndarray:
     return mask
 
 
+class NotAnnotated(UserError):
+    """A pair with nothing to learn from under the chosen rule (the message says why)."""
+
+
+def _unreviewed(labels_layer: Any, review: Any) -> NotAnnotated:
+    name = labels_layer.name
+    if review.untracked:
+        return NotAnnotated(
+            f"{name!r} was changed in a way that cannot be followed (not with napari's painting "
+            "tools), so what you corrected is not known: choose 'whole layer' if every object "
+            "is right, or mark the reviewed regions with a Shapes layer.")
+    if review.accepted:
+        return NotAnnotated(
+            f"You accepted {review.accepted} object{'s' if review.accepted != 1 else ''} of "
+            f"{name!r} but corrected none: the model already segments them this way, so training "
+            "on them alone cannot improve it. Correct a few objects first.")
+    return NotAnnotated(
+        f"No object of {name!r} was corrected or accepted: there is nothing to learn from. "
+        "Correct some objects with the brush, eraser or fill (or delete wrong ones) first; "
+        "choose 'whole layer' if every object of the layer is right.")
+
+
+def _rule_mask(labels_layer: Any, labels: np.ndarray, rule: str,
+               shapes_layer: Any | None) -> np.ndarray | None:
+    """The annotated mask of a pair under ``rule`` (``None``: the core's default rule).
+
+    Raises:
+        NotAnnotated: nothing to learn from (nothing reviewed, only accepted objects, unedited
+            model output, or shapes that cover nothing).
+    """
+    from ._edits import review_mask
+    from ._segment_logic import written_by_us
+
+    if rule == SHAPES:
+        mask = shapes_mask(shapes_layer, labels_layer)
+        if not mask.any():
+            raise NotAnnotated(f"No region covers {labels_layer.name!r}.")
+        return mask
+    if rule == REVIEWED:
+        review = review_mask(labels_layer, labels)
+        extra = shapes_mask(shapes_layer, labels_layer) if shapes_layer is not None else None
+        if not review.corrected and (extra is None or not extra.any()):
+            raise _unreviewed(labels_layer, review)
+        return review.mask if extra is None else review.mask | extra
+    if not labels.any():
+        raise UserError(f"The labels {labels_layer.name!r} are all zero: there is nothing to "
+                        "learn from. Paint some objects, or mark the reviewed regions with a "
+                        "Shapes layer.")
+    if written_by_us(labels_layer.metadata, labels):
+        raise NotAnnotated(
+            f"{labels_layer.name!r} is a model's unedited output: training on it teaches the "
+            "model its own mistakes and cannot improve it. Correct some objects first.")
+    if rule == WHOLE and labels.ndim > 2:
+        return np.ones(labels.shape, dtype=bool)
+    return None
+
+
 def _pair_input(image_layer: Any, labels_layer: Any, rule: str,
-                shapes_layer: Any | None) -> TrainingInput | None:
-    """One pair read and checked; ``None`` when the Shapes layer marks none of its pixels."""
+                shapes_layer: Any | None) -> TrainingInput:
+    """One pair read and checked.
+
+    Raises:
+        NotAnnotated: see :func:`_rule_mask`.
+    """
     axes = layer_axes(image_layer)
     expected = labels_shape(image_layer)
     found = tuple(layer_array(labels_layer).shape)
@@ -149,19 +211,42 @@ def _pair_input(image_layer: Any, labels_layer: Any, rule: str,
         )
     labels = np.array(layer_array(labels_layer), copy=True)
     name = f"{image_layer.name!r} with {labels_layer.name!r}"
-    mask = None
-    if rule == SHAPES:
-        mask = shapes_mask(shapes_layer, labels_layer)
-        if not mask.any():
-            return None
-    elif not labels.any():
-        raise UserError(f"The labels {labels_layer.name!r} are all zero: there is nothing to "
-                        "learn from. Paint some objects, or mark the reviewed regions with a "
-                        "Shapes layer.")
-    elif rule == WHOLE and labels.ndim > 2:
-        mask = np.ones(labels.shape, dtype=bool)
+    mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
     image = np.asarray(layer_array(image_layer))
     return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
+
+
+def describe_annotation(pairs: Sequence[tuple[Any, Any]], rule: str,
+                        shapes_layer: Any | None = None) -> str:
+    """One line for the user: how much of the listed labels counts as annotated."""
+    from napari_unet.core.annotated import reviewed_objects
+
+    if rule == SHAPES and shapes_layer is None:
+        return "annotated: choose the Shapes layer of the reviewed regions"
+    objects = pixels = total = 0
+    for image_layer, labels_layer in pairs:
+        if image_layer is None or labels_layer is None:
+            continue
+        labels = np.asarray(layer_array(labels_layer))
+        if labels.size > 50_000_000:
+            return "annotated: counted when training starts (large layer)"
+        try:
+            mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
+        except UserError:
+            mask = np.zeros(labels.shape, bool)
+        if mask is None:
+            mask = np.ones(labels.shape, bool)
+            if labels.ndim > 2 and rule == PLANES:
+                planes = labels.reshape(-1, *labels.shape[-2:])
+                mask = np.broadcast_to(planes.reshape(len(planes), -1).any(1)[:, None, None],
+                                       planes.shape).reshape(labels.shape)
+        objects += reviewed_objects(labels, mask)
+        pixels += int(np.count_nonzero(mask))
+        total += labels.size
+    if not pixels:
+        return "annotated: nothing yet (correct some objects, or choose another rule)"
+    return (f"annotated: {objects} object{'s' if objects != 1 else ''}, "
+            f"{100 * pixels / total:.1f}% of the image")
 
 
 def collect_inputs(
@@ -171,19 +256,23 @@ def collect_inputs(
 
     Args:
         pairs: the pairs; a repeated pair is read once.
-        rule: one of :data:`ANNOTATED_RULES`: every pixel of the labels is annotated
-            (:data:`WHOLE`), the planes with at least one label are (:data:`PLANES`, the core's
-            rule: a 2D image is annotated everywhere), or the pixels inside the shapes of
-            ``shapes_layer`` are (:data:`SHAPES`).
+        rule: one of :data:`ANNOTATED_RULES`: the objects the user reviewed, with a margin, plus
+            the regions of ``shapes_layer`` when given (:data:`REVIEWED`, see :mod:`._edits`);
+            every pixel of the labels is annotated (:data:`WHOLE`), the planes with at least
+            one label are (:data:`PLANES`, the core's rule: a 2D image is annotated
+            everywhere), or the pixels inside the shapes of ``shapes_layer`` are
+            (:data:`SHAPES`).
         shapes_layer: a napari Shapes layer (for :data:`SHAPES`).
 
     Returns:
-        ``(inputs, skipped)``: the inputs (labels copied), and the names of pairs that no shape
-        covers (:data:`SHAPES` only).
+        ``(inputs, skipped)``: the inputs (labels copied), and the names of pairs with nothing
+        to learn from under the rule (not used).
 
     Raises:
         UserError: no pair, labels that do not fit their image, all-zero labels, no Shapes layer
             or shapes that cover no labels, or no object in any annotated region.
+        NotAnnotated: no pair has anything to learn from (nothing corrected, only accepted
+            objects, a model's unedited output).
     """
     if rule not in ANNOTATED_RULES:
         raise UserError(f"Unknown annotation rule {rule!r}.")
@@ -197,16 +286,18 @@ def collect_inputs(
         raise UserError("Add at least one pair of an image layer and its labels layer.")
     if rule == SHAPES and shapes_layer is None:
         raise UserError("Choose the Shapes layer whose regions are annotated (or another rule).")
-    inputs, skipped = [], []
+    inputs, skipped, reasons = [], [], []
     for image_layer, labels_layer in unique:
-        item = _pair_input(image_layer, labels_layer, rule, shapes_layer)
-        if item is None:
+        try:
+            inputs.append(_pair_input(image_layer, labels_layer, rule, shapes_layer))
+        except NotAnnotated as exc:
             skipped.append(f"{image_layer.name!r} with {labels_layer.name!r}")
-        else:
-            inputs.append(item)
-    if not inputs:
+            reasons.append(str(exc))
+    if not inputs and rule == SHAPES:
         raise UserError(f"No rectangle, ellipse or polygon of {shapes_layer.name!r} covers the "
                         "labels: draw the reviewed regions over them.")
+    if not inputs:
+        raise NotAnnotated(" ".join(dict.fromkeys(reasons)) + " No model was trained.")
     if not any(item.labels[item.mask].any() if item.mask is not None else True
                for item in inputs):
         raise UserError("None of the annotated regions holds an object (the labels are 0 "

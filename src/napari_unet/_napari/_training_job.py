@@ -138,7 +138,7 @@ def _bar_event(event: Progress, started: float, done: int) -> Progress:
     return Progress(event.stage, done, BAR_STEPS, event.message, event.payload)
 
 
-def training_job(request: TrainRequest) -> Generator[Progress, None, Path]:
+def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None]:
     """Prepare the pairs and train; the model is written to ``request.output``.
 
     Yields:
@@ -147,7 +147,8 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path]:
         TrainStatus`), with ``done``/``total`` rescaled to the share of the budget used.
 
     Returns:
-        The model file (the best checkpoint).
+        The model file (the best checkpoint), or ``None`` when no model beat the base model on
+        the held-out crops (nothing is written then).
     """
     import torch
 
@@ -167,7 +168,8 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path]:
         pairs = training_pairs(request.inputs, base, model_config, request.config.targets)
         started = time.perf_counter()
         gen = train(pairs, request.output, base=base, config=request.config,
-                    device=request.device, name=request.name, model_config=model_config)
+                    device=request.device, name=request.name, model_config=model_config,
+                    require_improvement=True)
         done = 0
         try:
             while True:
@@ -178,7 +180,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path]:
             result = end.value
         finally:
             gen.close()
-        return Path(result.path)
+        return Path(result.path) if result is not None else None
     finally:
         if request.threads:
             torch.set_num_threads(threads)

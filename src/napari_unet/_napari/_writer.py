@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet._napari._edits import save_review
 from napari_unet._napari._layer_info import layer_axes, physical_sizes
 from napari_unet._napari._reader import TIFF_SUFFIXES
 from napari_unet.core import io
@@ -56,6 +57,10 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         written = io.write_labels(target, labels, axes, pixel_size, z_spacing)
     except OSError as exc:
         raise UserError(f"Cannot save labels to '{target}': {exc.strerror or exc}.") from exc
+    try:  # which objects were reviewed, for Fine-tune (see _edits)
+        save_review(written, metadata, labels)
+    except OSError as exc:
+        logger.warning("cannot save the review state of %s: %s", written, exc)
     return [str(written)]
 
 

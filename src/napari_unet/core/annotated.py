@@ -1,0 +1,86 @@
+"""What counts as annotated when the user reviewed only some objects.
+
+A user corrects a few objects of a model's output (paints, erases, fills, relabels, deletes) and
+accepts others as they are. Only those count for training: the objects reviewed, the pixels
+changed (a deleted object's area is reviewed background, a painted area is reviewed), and a margin
+of background around them so that the network learns where objects end. The margin never takes in
+pixels of an object that was not reviewed: an untouched object is the model's own guess, and
+training on it would teach the model its own mistakes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+#: Background margin around reviewed objects and edited pixels, in pixels.
+REVIEW_MARGIN = 8
+
+
+def _disk(radius: int) -> np.ndarray:
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius
+
+
+def _grow(seed: np.ndarray, margin: int) -> np.ndarray:
+    """``seed`` (H, W) bool dilated by a disk of radius ``margin``, computed on its bounding box."""
+    from scipy.ndimage import binary_dilation
+
+    if margin <= 0 or not seed.any():
+        return seed.copy()
+    ys, xs = np.nonzero(seed)
+    h, w = seed.shape
+    box = (
+        slice(max(ys.min() - margin, 0), min(ys.max() + margin + 1, h)),
+        slice(max(xs.min() - margin, 0), min(xs.max() + margin + 1, w)),
+    )
+    grown = np.zeros_like(seed)
+    grown[box] = binary_dilation(seed[box], structure=_disk(margin))
+    return grown
+
+
+def reviewed_mask(
+    labels: np.ndarray,
+    edited: Mapping[int, np.ndarray],
+    touched: Iterable[int],
+    accepted: Iterable[int],
+    margin: int = REVIEW_MARGIN,
+) -> np.ndarray:
+    """The pixels of ``labels`` that the user reviewed.
+
+    Per 2D plane: the objects accepted (in every plane), the objects whose pixels were changed
+    (in the planes where something was changed), every changed pixel, and the background (label
+    0) within ``margin`` pixels of these.
+
+    Args:
+        labels: integer (*leading, H, W) labels as they are now.
+        edited: ``{plane: bool (H, W)}``, the changed pixels of each plane, planes numbered in C
+            order over the leading axes (a 2D image has plane 0).
+        touched: ids of the objects whose pixels were changed (before or after the change).
+        accepted: ids of the objects accepted as they are.
+        margin: background margin in pixels.
+
+    Returns:
+        bool array, the shape of ``labels``.
+    """
+    labels = np.asarray(labels)
+    planes = labels.reshape(-1, *labels.shape[-2:])
+    touched_ids = np.fromiter({int(i) for i in touched} - {0}, dtype=np.int64)
+    accepted_ids = np.fromiter({int(i) for i in accepted} - {0}, dtype=np.int64)
+    mask = np.zeros(planes.shape, dtype=bool)
+    for k, plane in enumerate(planes):
+        changed = edited.get(k)
+        ids = accepted_ids if changed is None else np.union1d(accepted_ids, touched_ids)
+        seed = np.isin(plane, ids) if ids.size else np.zeros(plane.shape, bool)
+        if changed is not None:
+            seed |= np.asarray(changed, dtype=bool)
+        if seed.any():
+            mask[k] = seed | (_grow(seed, margin) & (plane == 0))
+    return mask.reshape(labels.shape)
+
+
+def reviewed_objects(labels: np.ndarray, mask: np.ndarray) -> int:
+    """How many objects of ``labels`` lie (at least partly) in ``mask``."""
+    values = np.unique(np.asarray(labels)[np.asarray(mask, dtype=bool)])
+    return int(np.count_nonzero(values))
