@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_unet.core.errors import InputMismatchError
+from napari_unet.core.errors import InputMismatchError, UserError
+from napari_unet.core.labels import labels_dtype
 from napari_unet.core.postprocess import (
     PostprocessConfig,
     instances_from_probabilities,
-    labels_dtype,
     labels_from_probabilities,
     postprocess,
     semantic_from_probabilities,
@@ -210,6 +210,11 @@ def test_labels_dtype(max_id: int, dtype: type) -> None:
 def test_labels_dtype_rejects_ids_out_of_range(max_id: int) -> None:
     with pytest.raises(ValueError, match="label"):
         labels_dtype(max_id)
+
+
+def test_label_ids_beyond_uint32_are_a_user_error() -> None:
+    with pytest.raises(UserError, match="too large"):
+        labels_dtype(2**32)
 
 
 def dots(rows: int, cols: int) -> np.ndarray:

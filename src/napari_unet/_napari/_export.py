@@ -35,6 +35,7 @@ from napari_unet._napari._workers import Job, start_job
 from napari_unet._napari._writer import with_tiff_suffix
 from napari_unet.core import io
 from napari_unet.core.errors import UserError
+from napari_unet.core.labels import UINT16_MAX
 from napari_unet.core.progress import Progress, drain
 
 if TYPE_CHECKING:
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "uint16", "uint32")
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
 _UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
@@ -128,12 +128,12 @@ def label_dtype(name: str, data: Any, dtype: str | None) -> str:
         raise UserError(f"Labels layer '{name}' has negative ids (down to {low}).")
     if high > _UINT32_MAX:
         raise UserError(f"Labels layer '{name}' has ids up to {high}, too large for uint32.")
-    if dtype == "uint16" and high > _UINT16_MAX:
+    if dtype == "uint16" and high > UINT16_MAX:
         raise UserError(
             f"Labels layer '{name}' has ids up to {high}, more than uint16 can hold "
-            f"({_UINT16_MAX}): choose uint32 or auto."
+            f"({UINT16_MAX}): choose uint32 or auto."
         )
-    return dtype or ("uint32" if high > _UINT16_MAX else "uint16")
+    return dtype or ("uint32" if high > UINT16_MAX else "uint16")
 
 
 def plan_labels(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.errors import UserError
 from napari_unet.core.io import file_state
 
@@ -142,7 +143,7 @@ class FinetuneWidget(FinetuneForm):
         self.base_model.reset_choices()
         values = [value for _, value in self._models]
         wanted = [path for path in values if Path(path).stem == select]
-        wanted += [current] + [path for _, path in self._models if Path(path).stem == "starter"]
+        wanted += [current] + [path for _, path in self._models if Path(path).stem == DEFAULT_MODEL]
         chosen = next((v for v in wanted if v in values), values[0])
         self.base_model.value = chosen
         self._suggest_name()

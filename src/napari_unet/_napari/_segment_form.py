@@ -14,6 +14,8 @@ from magicgui.widgets import (
     SpinBox,
 )
 
+from napari_unet.core.config import PRECISIONS
+
 from ._layout import Message, fit_in_dock
 
 #: Value of the model list's last entry, which opens a file dialog.
@@ -22,7 +24,6 @@ LOAD_FROM_FILE = "<load from file>"
 NEW_LAYER = "<new layer>"
 THIS_PLANE = "this plane"
 WHOLE_STACK = "whole stack"
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 class SegmentForm(Container):

@@ -108,7 +108,8 @@ class _Planes:
 
     def add(self, probs: np.ndarray) -> np.ndarray:
         """Post-process the next plane's probabilities (K, 1, Y, X); returns its labels."""
-        from napari_unet.core.postprocess import labels_dtype, postprocess
+        from napari_unet.core.labels import labels_dtype
+        from napari_unet.core.postprocess import postprocess
         from napari_unet.core.progress import drain
 
         plane = drain(postprocess(probs, self.task, self.config))[0]

@@ -199,7 +199,7 @@ def merge_plane(
         plane: labels (Y, X), 0 background.
         instances: whether the labels are instance ids.
     """
-    from napari_unet.core.postprocess import labels_dtype
+    from napari_unet.core.labels import labels_dtype
 
     offset = 0
     if instances and stack.ndim > plane.ndim:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.errors import ModelFileError, UserError
 
 if TYPE_CHECKING:
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: The model selected when nothing else is.
-DEFAULT_MODEL = "starter"
 
 
 @dataclass(frozen=True)

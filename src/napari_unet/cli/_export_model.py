@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli._common import PROG, add_command
+from napari_unet.core.config import DEFAULT_MODEL
 
 _DESCRIPTION = (
     "Write a model as a bioimage.io model package (.zip) with PyTorch state-dict and "
@@ -56,7 +57,7 @@ def _authors(args: argparse.Namespace, loaded: Any) -> list[str]:
     recorded = loaded.metadata.get("authors")
     if isinstance(recorded, list) and recorded:
         return [str(a) for a in recorded]
-    if loaded.path is not None and loaded.metadata.get("name") == "starter":
+    if loaded.path is not None and loaded.metadata.get("name") == DEFAULT_MODEL:
         return ["napari-unet developers"]
     return []
 

@@ -30,6 +30,7 @@ from napari_unet.cli._paths import (
 from napari_unet.cli._progress import ProgressReporter
 from napari_unet.cli._rescale import add_rescale_options
 from napari_unet.cli._stacks import add_stack_options, predict_image, warn_blockwise_stacks
+from napari_unet.core.config import PRECISIONS
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -80,7 +81,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
     add_device_option(p, "the network")
     p.add_argument(
         "--precision",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISIONS,
         default="auto",
         help=("arithmetic of the network (default auto: bf16/fp16 on CUDA, bf16 on CPUs with "
               "native bfloat16 instructions, where it is about twice as fast as fp32 with the "

@@ -263,7 +263,7 @@ def predict_blockwise(
 
 
 def _labels_dtype(n_objects: int | None) -> np.dtype:
-    from .postprocess import labels_dtype
+    from .labels import labels_dtype
 
     return np.dtype(np.uint8) if n_objects is None else labels_dtype(n_objects)
 

@@ -16,6 +16,11 @@ Task = Literal["instances", "semantic"]
 
 T = TypeVar("T")
 
+#: The model used when none is named: the built-in starter.
+DEFAULT_MODEL = "starter"
+#: Arithmetic a predictor accepts (see :func:`~napari_unet.core.device.resolve_precision`).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

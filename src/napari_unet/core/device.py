@@ -24,13 +24,13 @@ from pathlib import Path
 
 import torch
 
+from .config import PRECISIONS
 from .errors import Hint, UserError
 from .model import UNet, fuse_for_inference
 
 logger = logging.getLogger(__name__)
 
 #: Precisions a :class:`Predictor` accepts.
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 _DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 _DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"

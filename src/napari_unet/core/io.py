@@ -29,6 +29,7 @@ import tifffile
 
 from napari_unet.core.errors import ImageReadError, UserError
 from napari_unet.core.imagej_tiff import fits_classic, imagej_layout, imagej_order
+from napari_unet.core.labels import labels_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -590,13 +591,6 @@ def _resolution_sizes(page: Any, unit_um: float | None) -> PixelSize | None:
 # --------------------------------------------------------------------------------------------
 
 
-def _label_dtype(max_id: int) -> np.dtype:
-    """uint16 when ``max_id`` fits, else uint32 (labels are never int64)."""
-    if max_id > np.iinfo(np.uint32).max:
-        raise UserError(f"Label id {max_id} is too large for a label image (at most 2**32 - 1).")
-    return np.dtype(np.uint16 if max_id <= np.iinfo(np.uint16).max else np.uint32)
-
-
 def _as_label_array(labels: np.ndarray, dtype: str | None = None) -> np.ndarray:
     """``labels`` (any integer, bool or integer-valued float array) as uint16 or uint32.
 
@@ -618,7 +612,7 @@ def _as_label_array(labels: np.ndarray, dtype: str | None = None) -> np.ndarray:
     low, high = labels.min(), labels.max()
     if low < 0:
         raise UserError(f"Labels must not be negative; the smallest label is {low}.")
-    needed = _label_dtype(int(high))
+    needed = labels_dtype(int(high))
     if dtype is not None and np.dtype(dtype).itemsize < needed.itemsize:
         raise UserError(
             f"Label ids go up to {int(high)}, which does not fit in {np.dtype(dtype)} "

@@ -29,14 +29,13 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from .errors import InputMismatchError
+from .labels import labels_dtype
 from .progress import Progress, drain
 
 logger = logging.getLogger(__name__)
 
 Mode = Literal["instances", "semantic"]
 
-_UINT16_MAX = int(np.iinfo(np.uint16).max)
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
 @dataclass(frozen=True)
@@ -72,22 +71,6 @@ class PostprocessConfig:
             raise ValueError("min_size and min_seed_size must be zero or positive")
         if self.seed_sigma < 0:
             raise ValueError(f"seed_sigma must be zero or positive, got {self.seed_sigma}")
-
-
-def labels_dtype(max_id: int) -> np.dtype:
-    """The label dtype for ids up to ``max_id``: uint16 when it fits, else uint32 (never int64).
-
-    Raises:
-        ValueError: ``max_id`` is negative or does not fit in uint32.
-    """
-    max_id = int(max_id)
-    if max_id < 0:
-        raise ValueError(f"label ids cannot be negative, got {max_id}")
-    if max_id <= _UINT16_MAX:
-        return np.dtype(np.uint16)
-    if max_id <= _UINT32_MAX:
-        return np.dtype(np.uint32)
-    raise ValueError(f"{max_id} labels do not fit in uint32")
 
 
 def semantic_from_probabilities(probs: np.ndarray) -> np.ndarray:

@@ -30,6 +30,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
+from .labels import labels_dtype
+
 logger = logging.getLogger(__name__)
 
 Kind = Literal["nuclei", "cells"]
@@ -572,10 +574,6 @@ def _finish_image(adu: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
     raise ValueError(f"dtype must be float32 or uint16, got {dt}")
 
 
-def _labels_dtype(max_id: int) -> np.dtype:
-    return np.dtype(np.uint16) if max_id <= np.iinfo(np.uint16).max else np.dtype(np.uint32)
-
-
 def _relabel(labels: np.ndarray, n_shapes: int) -> np.ndarray:
     """Consecutive ids 1..N in drawing order; keeps the leading axes."""
     present = np.zeros(n_shapes + 1, bool)
@@ -583,7 +581,7 @@ def _relabel(labels: np.ndarray, n_shapes: int) -> np.ndarray:
     present[0] = False
     lut = np.zeros(n_shapes + 1, np.int64)
     lut[present] = np.arange(1, int(present.sum()) + 1)
-    return lut[labels].astype(_labels_dtype(int(present.sum())))
+    return lut[labels].astype(labels_dtype(int(present.sum())))
 
 
 def _set_shift(shapes: list[_Shape], shifts: np.ndarray) -> None:
@@ -637,7 +635,7 @@ def make_stack(config: SyntheticConfig, n_planes: int, seed: Seed = None, *,
         images.append(image)
         labels.append(lab)
     stacked = np.stack(labels)
-    return np.stack(images), stacked.astype(_labels_dtype(int(stacked.max())))
+    return np.stack(images), stacked.astype(labels_dtype(int(stacked.max())))
 
 
 def _walk(rng: np.random.Generator, n_planes: int, n: int, speed: float) -> np.ndarray:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .labels import labels_dtype
 from .synthetic import Seed, SyntheticConfig, _camera, _unit_noise
 
 logger = logging.getLogger(__name__)
@@ -309,8 +310,7 @@ def _clean_labels(labels: np.ndarray, min_size: int) -> np.ndarray:
             continue
         out[sl][own] = next_id
         next_id += 1
-    dtype = np.uint16 if next_id - 1 <= np.iinfo(np.uint16).max else np.uint32
-    return out.astype(dtype)
+    return out.astype(labels_dtype(next_id - 1))
 
 
 def _camera_config(cfg: Synthetic3DConfig) -> SyntheticConfig:

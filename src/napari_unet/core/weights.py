@@ -43,7 +43,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ModelConfig, TilingConfig, from_dict, to_dict
+from .config import DEFAULT_MODEL, ModelConfig, TilingConfig, from_dict, to_dict
 from .errors import Hint, ModelFileError, ModelNotFoundError, UserError
 from .io import atomic_path
 from .limits import check_architecture, finite_problem, normalize_problem, tiling_problem
@@ -56,7 +56,6 @@ FORMAT_VERSION = 1
 METADATA_KEY = "napari_unet"
 SUFFIX = ".safetensors"
 PACKAGE_SUFFIX = ".zip"  # bioimage.io packages put in the model folder by import-model
-DEFAULT_MODEL = "starter"
 MODELS_ENV = "NAPARI_UNET_MODELS"
 TASKS = ("instances", "semantic")
 INSTANCE_CLASSES = ("background", "interior", "boundary")
