@@ -169,7 +169,7 @@ class SegmentWidget(SegmentForm):
 
         path, _ = QFileDialog.getOpenFileName(
             self.native, "Load a napari-unet model", str(user_models_dir()),
-            "napari-unet models (*.safetensors);;All files (*)",
+            "Models (*.safetensors *.zip rdf.yaml *.rdf.yaml);;All files (*)",
         )  # fmt: skip
         return path or None
 
