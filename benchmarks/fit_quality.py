@@ -103,8 +103,10 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: float
         w -= step
         if np.abs(step).max() < 1e-8:
             break
-    return QualityModel(names, tuple(np.round(mean, 5)), tuple(np.round(scale, 5)),
-                        tuple(np.round(w[1:], 5)), round(float(w[0]), 5))
+    def rounded(values: np.ndarray) -> tuple[float, ...]:
+        return tuple(round(float(v), 5) for v in values)
+
+    return QualityModel(names, rounded(mean), rounded(scale), rounded(w[1:]), round(float(w[0]), 5))
 
 
 def calibration(q: np.ndarray, right: np.ndarray, bins: int = 5) -> list[list[object]]:

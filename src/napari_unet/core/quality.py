@@ -57,20 +57,78 @@ class QualityModel:
         return 1.0 / (1.0 + np.exp(-np.clip(logit, -30.0, 30.0)))
 
 
-# Fitted by: python scripts/fit_quality.py   (see that script for the data; figures in
+# Fitted by: python benchmarks/fit_quality.py --write   (see that script for the data; figures in
 # docs/benchmarks.md, "Per-object quality"). Do not edit by hand: re-run the script.
 PLAIN = QualityModel(
     features=FEATURE_NAMES,
-    mean=(np.float64(4.92159), np.float64(0.44243), np.float64(0.82576), np.float64(0.40715), np.float64(0.37313), np.float64(0.9105), np.float64(0.51245), np.float64(0.69597), np.float64(0.9546), np.float64(0.32032)),
-    scale=(np.float64(0.98985), np.float64(0.52202), np.float64(0.17944), np.float64(0.15351), np.float64(0.19256), np.float64(0.06002), np.float64(0.14944), np.float64(0.09875), np.float64(0.04751), np.float64(0.24231)),
-    coef=(np.float64(-0.599), np.float64(-1.03712), np.float64(-0.12393), np.float64(0.51158), np.float64(0.50193), np.float64(-0.02001), np.float64(-0.59745), np.float64(0.08656), np.float64(0.51968), np.float64(0.21972)),
+    mean=(4.92159, 0.44243, 0.82576, 0.40715, 0.37313, 0.9105, 0.51245, 0.69597, 0.9546, 0.32032),
+    scale=(
+        0.98985,
+        0.52202,
+        0.17944,
+        0.15351,
+        0.19256,
+        0.06002,
+        0.14944,
+        0.09875,
+        0.04751,
+        0.24231,
+    ),
+    coef=(
+        -0.599,
+        -1.03712,
+        -0.12393,
+        0.51158,
+        0.50193,
+        -0.02001,
+        -0.59745,
+        0.08656,
+        0.51968,
+        0.21972,
+    ),
     intercept=1.78868,
 )
 WITH_TTA = QualityModel(
     features=(*FEATURE_NAMES, AGREEMENT),
-    mean=(np.float64(4.92159), np.float64(0.44243), np.float64(0.82576), np.float64(0.40715), np.float64(0.37313), np.float64(0.9105), np.float64(0.51245), np.float64(0.69597), np.float64(0.9546), np.float64(0.32032), np.float64(0.8193)),
-    scale=(np.float64(0.98985), np.float64(0.52202), np.float64(0.17944), np.float64(0.15351), np.float64(0.19256), np.float64(0.06002), np.float64(0.14944), np.float64(0.09875), np.float64(0.04751), np.float64(0.24231), np.float64(0.1997)),
-    coef=(np.float64(-0.53939), np.float64(-1.01784), np.float64(-0.19747), np.float64(0.5297), np.float64(0.4656), np.float64(-0.10021), np.float64(-0.55371), np.float64(0.05051), np.float64(0.32765), np.float64(0.24268), np.float64(0.42315)),
+    mean=(
+        4.92159,
+        0.44243,
+        0.82576,
+        0.40715,
+        0.37313,
+        0.9105,
+        0.51245,
+        0.69597,
+        0.9546,
+        0.32032,
+        0.8193,
+    ),
+    scale=(
+        0.98985,
+        0.52202,
+        0.17944,
+        0.15351,
+        0.19256,
+        0.06002,
+        0.14944,
+        0.09875,
+        0.04751,
+        0.24231,
+        0.1997,
+    ),
+    coef=(
+        -0.53939,
+        -1.01784,
+        -0.19747,
+        0.5297,
+        0.4656,
+        -0.10021,
+        -0.55371,
+        0.05051,
+        0.32765,
+        0.24268,
+        0.42315,
+    ),
     intercept=1.78835,
 )
 
@@ -145,8 +203,11 @@ def quality_map(labels: np.ndarray, result: QualityResult) -> np.ndarray:
 # --- test-time augmentation -------------------------------------------------------------------
 
 #: (flip Y, flip X, rot90 times) of the augmented copies.
-TTA_TRANSFORMS: tuple[tuple[bool, bool, int], ...] = ((True, False, 0), (False, True, 0),
-                                                      (False, False, 1))
+TTA_TRANSFORMS: tuple[tuple[bool, bool, int], ...] = (
+    (True, False, 0),
+    (False, True, 0),
+    (False, False, 1),
+)
 
 
 def _transform(a: np.ndarray, y: int, x: int, t: tuple[bool, bool, int], inverse: bool) -> Any:
@@ -206,9 +267,12 @@ def tta_agreement(
         try:
             while True:
                 event = next(gen)
-                yield Progress("tta", i * max(event.total, 1) + event.done,
-                               len(transforms) * max(event.total, 1),
-                               f"augmented copy {i + 1}/{len(transforms)}: {event.message}")
+                yield Progress(
+                    "tta",
+                    i * max(event.total, 1) + event.done,
+                    len(transforms) * max(event.total, 1),
+                    f"augmented copy {i + 1}/{len(transforms)}: {event.message}",
+                )
         except StopIteration as stop:
             probs = stop.value
         finally:
