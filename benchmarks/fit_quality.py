@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import re
 import sys
@@ -41,7 +42,6 @@ from napari_unet.core.quality import (
     AGREEMENT,
     QualityModel,
     auroc,
-    feature_matrix,
     object_quality,
     right_objects,
     tta_agreement,
@@ -50,13 +50,21 @@ from napari_unet.core.synthetic import SyntheticConfig, make_image, random_confi
 from napari_unet.core.weights import get_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_description, markdown_table, update_section  # noqa: E402
+from _common import command_line, machine_description, markdown_table, update_section
 
 QUALITY_FILE = Path(__file__).resolve().parent.parent / "src/napari_unet/core/quality.py"
 SAMPLES = Path(__file__).resolve().parent.parent / "src/napari_unet/samples"
 ROD_DOMAIN = SyntheticConfig(
-    radius=(6.0, 10.0), elongation=0.85, irregularity=0.1, coverage=0.3, clustered=0.6,
-    texture=0.9, photons=40.0, blur=1.2, debris=0.4, gradient=0.6,
+    radius=(6.0, 10.0),
+    elongation=0.85,
+    irregularity=0.1,
+    coverage=0.3,
+    clustered=0.6,
+    texture=0.9,
+    photons=40.0,
+    blur=1.2,
+    debris=0.4,
+    gradient=0.6,
 )  # the domain of benchmarks/finetune.py
 
 
@@ -87,8 +95,9 @@ def collect(model, images, tta: bool) -> tuple[np.ndarray, np.ndarray | None, np
     return np.concatenate(feats), agreement, np.concatenate(rights)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: float = 1e-2
-                 ) -> QualityModel:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: float = 1e-2
+) -> QualityModel:
     """Logistic regression by Newton's method on standardised ``x`` (N, F), ``y`` bool (N,)."""
     mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-9
     z = np.column_stack([np.ones(len(x)), (x - mean) / scale])
@@ -103,6 +112,7 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, names: tuple[str, ...], l2: float
         w -= step
         if np.abs(step).max() < 1e-8:
             break
+
     def rounded(values: np.ndarray) -> tuple[float, ...]:
         return tuple(round(float(v), 5) for v in values)
 
@@ -113,26 +123,35 @@ def calibration(q: np.ndarray, right: np.ndarray, bins: int = 5) -> list[list[ob
     """Rows (bin, objects, mean quality, share right)."""
     edges = np.linspace(0, 1, bins + 1)
     rows = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         inside = (q >= lo) & ((q < hi) if hi < 1 else (q <= hi))
         if inside.any():
-            rows.append([f"{lo:.1f}-{hi:.1f}", int(inside.sum()), f"{q[inside].mean():.2f}",
-                         f"{right[inside].mean():.2f}"])
+            rows.append(
+                [
+                    f"{lo:.1f}-{hi:.1f}",
+                    int(inside.sum()),
+                    f"{q[inside].mean():.2f}",
+                    f"{right[inside].mean():.2f}",
+                ]
+            )
     return rows
 
 
 def _literal(name: str, model: QualityModel) -> str:
     features = "FEATURE_NAMES" if model.features == FEATURE_NAMES else "(*FEATURE_NAMES, AGREEMENT)"
-    return (f"{name} = QualityModel(\n    features={features},\n    mean={model.mean},\n"
-            f"    scale={model.scale},\n    coef={model.coef},\n"
-            f"    intercept={model.intercept},\n)\n")
+    return (
+        f"{name} = QualityModel(\n    features={features},\n    mean={model.mean},\n"
+        f"    scale={model.scale},\n    coef={model.coef},\n"
+        f"    intercept={model.intercept},\n)\n"
+    )
 
 
 def write_constants(plain: QualityModel, tta: QualityModel) -> None:
     text = QUALITY_FILE.read_text(encoding="utf-8")
     block = _literal("PLAIN", plain) + _literal("WITH_TTA", tta)
-    pattern = re.compile(r"PLAIN = QualityModel\(.*?\n\)\nWITH_TTA = QualityModel\(.*?\n\)\n",
-                         re.DOTALL)
+    pattern = re.compile(
+        r"PLAIN = QualityModel\(.*?\n\)\nWITH_TTA = QualityModel\(.*?\n\)\n", re.DOTALL
+    )
     if not pattern.search(text):
         raise SystemExit("could not find the constants in quality.py")
     QUALITY_FILE.write_text(pattern.sub(lambda _: block, text, count=1), encoding="utf-8")
@@ -141,7 +160,8 @@ def write_constants(plain: QualityModel, tta: QualityModel) -> None:
 def _sample() -> list[tuple[np.ndarray, np.ndarray]]:
     import tifffile
 
-    return [(tifffile.imread(SAMPLES / "nuclei.tif"), tifffile.imread(SAMPLES / "nuclei_labels.tif"))]
+    image = tifffile.imread(SAMPLES / "nuclei.tif")
+    return [(image, tifffile.imread(SAMPLES / "nuclei_labels.tif"))]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,23 +187,46 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         write_constants(plain, with_tta)
     rng = np.random.default_rng(202)
-    rods = [make_image(dataclasses.replace(ROD_DOMAIN, shape=(args.size, args.size)), rng)
-            for _ in range(max(4, args.test_images // 3))]
-    sets = {"held-out shifted synthetic": draw(303, args.test_images),
-            "rod-shaped nuclei (finetune.py domain)": rods, "samples/nuclei.tif": _sample()}
+    rods = [
+        make_image(dataclasses.replace(ROD_DOMAIN, shape=(args.size, args.size)), rng)
+        for _ in range(max(4, args.test_images // 3))
+    ]
+    sets = {
+        "held-out shifted synthetic": draw(303, args.test_images),
+        "rod-shaped nuclei (finetune.py domain)": rods,
+        "samples/nuclei.tif": _sample(),
+    }
     rows, calib = [], []
     for name, images in sets.items():
         tx, ta, ty = collect(model, images, tta=True)
         q_plain = plain.predict(tx)
         q_tta = with_tta.predict(np.column_stack([tx, ta]))
         best = max(FEATURE_NAMES, key=lambda f: auroc(tx[:, FEATURE_NAMES.index(f)], ty))
-        rows.append([name, len(ty), int((~ty).sum()), f"{auroc(q_plain, ty):.3f}",
-                     f"{auroc(q_tta, ty):.3f}", f"{auroc(ta, ty):.3f}",
-                     f"{best} {auroc(tx[:, FEATURE_NAMES.index(best)], ty):.3f}"])
+        rows.append(
+            [
+                name,
+                len(ty),
+                int((~ty).sum()),
+                f"{auroc(q_plain, ty):.3f}",
+                f"{auroc(q_tta, ty):.3f}",
+                f"{auroc(ta, ty):.3f}",
+                f"{best} {auroc(tx[:, FEATURE_NAMES.index(best)], ty):.3f}",
+            ]
+        )
         if name.startswith("held-out"):
             calib = calibration(q_plain, ty)
-    table = markdown_table(["images", "objects", "wrong", "AUROC quality", "AUROC with TTA",
-                            "AUROC TTA agreement alone", "best single feature"], rows)
+    table = markdown_table(
+        [
+            "images",
+            "objects",
+            "wrong",
+            "AUROC quality",
+            "AUROC with TTA",
+            "AUROC TTA agreement alone",
+            "best single feature",
+        ],
+        rows,
+    )
     ctable = markdown_table(["quality", "objects", "mean quality", "share right"], calib)
     print(table)
     print()

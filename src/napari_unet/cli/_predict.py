@@ -21,6 +21,7 @@ from napari_unet.cli._common import (
     non_negative_int,
     positive_int,
 )
+from napari_unet.cli._objects import add_objects_option, check_objects, write_objects
 from napari_unet.cli._paths import (
     LABELS_SUFFIX,
     PROBABILITIES_SUFFIX,
@@ -110,6 +111,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         metavar="P",
         help="probability of foreground within which objects grow (default 0.5)",
     )
+    add_objects_option(p)
     add_blockwise_options(p)
     return p
 
@@ -151,6 +153,7 @@ def _output_axes(axes: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
+    check_objects(args, blockwise=special is not None)
     if special is not None:
         return int(special(args))
     inputs = [Path(p).expanduser() for p in args.inputs]
@@ -233,6 +236,7 @@ def _predict_one(
             )
             written.append(prob_target)
         io.write_labels(target, labels, axes, image.pixel_size, image.z_spacing)
+        write_objects(args, source, image, labels, probs, loaded.task)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)

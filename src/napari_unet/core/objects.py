@@ -51,14 +51,18 @@ class ObjectFeatures:
     Attributes:
         ids: label id of each object, int64 (N,), ascending.
         matrix: float64 (N, F), the features of :data:`FEATURE_NAMES` in that order:
-            ``log_area`` (natural log of the pixel count), ``size_deviation`` (absolute log
-            ratio of the area to the median area of all the objects), ``seed_strength`` (highest interior
-            probability, smoothed over 3 pixels), ``interior_mean`` and ``interior_fraction``
-            (mean of p(interior), share of pixels where it exceeds 0.5), ``foreground_mean``
-            (mean of 1 - p(background)), ``entropy_mean`` (mean class entropy, 0..1),
-            ``rim_boundary`` (mean p(boundary) on the object's own edge pixels),
-            ``outside_separation`` (mean 1 - p(interior) just outside the object), ``touching``
-            (share of the outside ring that belongs to another object).
+
+            - ``log_area``: natural log of the pixel count;
+            - ``size_deviation``: absolute log ratio of the area to the median area of all the
+              objects;
+            - ``seed_strength``: highest interior probability, smoothed over 3 pixels;
+            - ``interior_mean``, ``interior_fraction``: mean of p(interior), share of pixels
+              where it exceeds 0.5;
+            - ``foreground_mean``: mean of 1 - p(background);
+            - ``entropy_mean``: mean class entropy, 0..1;
+            - ``rim_boundary``: mean p(boundary) on the object's own edge pixels;
+            - ``outside_separation``: mean 1 - p(interior) just outside the object;
+            - ``touching``: share of the outside ring that belongs to another object.
     """
 
     ids: np.ndarray
@@ -112,9 +116,7 @@ def _neighbour_pairs(codes: np.ndarray, spatial_ndim: int):
             yield tuple(here), tuple(there)
 
 
-def object_features(
-    probs: np.ndarray, labels: np.ndarray, spatial_ndim: int = 2
-) -> ObjectFeatures:
+def object_features(probs: np.ndarray, labels: np.ndarray, spatial_ndim: int = 2) -> ObjectFeatures:
     """Measure every object of ``labels`` in ``probs``.
 
     Args:
@@ -245,8 +247,9 @@ def likely_misses(
     core = ndi.binary_erosion(free, structure)
     regions, count = ndi.label(ndi.binary_dilation(core, structure) & free, structure)
     if count == 0:
-        return Misses(regions.astype(np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros(
-            (0, labels.ndim)))
+        return Misses(
+            regions.astype(np.int32), np.zeros(0, np.int64), np.zeros(0), np.zeros((0, labels.ndim))
+        )
     index = np.arange(1, count + 1)
     area = ndi.sum_labels(np.ones_like(foreground), regions, index).astype(np.int64)
     keep = area >= max(min_size, 1)
