@@ -62,7 +62,7 @@ def test_objects_table_of_a_2d_image_with_pixel_size(tmp_path, capsys):
     assert int(first["area"]) == (labels == ident).sum()
     assert float(first["area_um2"]) == pytest.approx(int(first["area"]) * 0.25)
     assert all(0.0 <= float(r["quality"]) <= 1.0 for r in rows)
-    ys, xs = np.nonzero(labels == ident)
+    ys, _xs = np.nonzero(labels == ident)
     assert float(first["centroid-0"]) == pytest.approx(ys.mean(), abs=1e-3)
     assert int(first["bbox-2"]) == ys.max() + 1
 

@@ -26,7 +26,7 @@ def _disc(shape, centre, radius):
 def _probs_for(confident, doubtful, shape=(64, 96)):
     """Probabilities (3, H, W) with confident objects (clear interior, clear boundary) and doubtful
     ones (interior barely above background, no boundary); and their labels."""
-    probs = np.zeros((3,) + shape, np.float32)
+    probs = np.zeros((3, *shape), np.float32)
     probs[0] = 0.97
     probs[1] = 0.02
     probs[2] = 0.01
