@@ -71,6 +71,7 @@ def objects_table(
     probs: np.ndarray | None = None,
     pixel_size: tuple[float, float] | None = None,
     z_spacing: float | None = None,
+    quality: Mapping[int, float] | None = None,
 ) -> Table:
     """Measure every object of ``labels``.
 
@@ -85,6 +86,8 @@ def objects_table(
             ``quality``.
         pixel_size: (y, x) pixel size in micrometres, or None.
         z_spacing: Z step in micrometres, or None.
+        quality: instead of ``probs``, the quality of each id measured earlier (e.g. by the
+            Review widget); ids missing from it get NaN (an empty cell in the CSV file).
 
     Returns:
         Column name -> array (one value per object), in the order of the module docstring; rows
@@ -125,6 +128,10 @@ def objects_table(
             result = object_quality(plane_probs, labels[index], spatial_ndim=len(spatial))
             lookup = dict(zip(result.ids.tolist(), result.quality.tolist(), strict=True))
             part["quality"] = np.array([lookup[int(i)] for i in part["label"]], dtype=np.float64)
+        elif quality is not None:
+            known = {int(k): float(v) for k, v in quality.items()}
+            values = [known.get(int(i), np.nan) for i in part["label"]]
+            part["quality"] = np.array(values, dtype=np.float64)
         n = len(part["label"])
         plane = {
             a.lower(): np.full(n, i, dtype=np.int64) for a, i in zip(plane_axes, index, strict=True)
@@ -175,6 +182,8 @@ def _cell(value: object) -> str:
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     number = float(value)  # type: ignore[arg-type]
+    if np.isnan(number):
+        return ""
     if number.is_integer() and abs(number) < 2**53:
         return str(int(number))
     return f"{number:.6g}"
