@@ -110,6 +110,9 @@ def test_quality_and_probability_layers(review):
         "cells p(boundary)",
     ]
     np.testing.assert_array_equal(added[1].data, probs[1])
+    widget.reset_choices()  # what napari does when layers are added
+    assert widget.next() is not None
+    assert widget.items.value == [widget.queue.position]
     assert tuple(added[1].scale) == (0.5, 0.5)
     assert "img" in [name for name, _ in widget._image_choices()]
     assert "cells quality" not in [name for name, _ in widget._image_choices()]

@@ -42,7 +42,7 @@ REVIEW_KEY = "napari_unet_review"
 QUALITY_KEY = "napari_unet_quality"
 CLASS_NAMES = ("background", "interior", "boundary")
 #: Share of the smaller canvas side that the object's bounding box fills after a move.
-ZOOM_FILL = 0.25
+ZOOM_FILL = 0.12
 
 
 def accept_objects(layer: Labels, ids: Iterable[int]) -> list[int]:
@@ -119,7 +119,7 @@ class ReviewWidget(Container):
         self.model_name = LineEdit(label="Model", value="starter")
         self.tta = CheckBox(text="Test-time augmentation (3 more passes)", value=False)
         self.rank_button = PushButton(text="Rank objects")
-        self.items = Select(label="Worst first", choices=[], allow_multiple=False)
+        self.items = Select(label="Worst first", choices=self._item_choices, allow_multiple=False)
         self.previous_button = PushButton(text="Previous (Shift-N)")
         self.next_button = PushButton(text="Next (N)")
         self.accept_button = PushButton(text="Accept (A)")
@@ -162,6 +162,11 @@ class ReviewWidget(Container):
     def _image_choices(self, _: Any = None) -> list[tuple[str, Image]]:
         return [(layer.name, layer) for layer in self.viewer.layers
                 if isinstance(layer, Image) and not layer.metadata.get(QUALITY_KEY)]  # fmt: skip
+
+    def _item_choices(self, _: Any = None) -> list[tuple[str, int]]:
+        if self.queue is None:
+            return []
+        return [(item.describe(), i) for i, item in enumerate(self.queue.items)]
 
     def _refresh_choices(self, _: Any = None) -> None:
         self.labels_layer.reset_choices()
@@ -226,7 +231,8 @@ class ReviewWidget(Container):
             "quality": [round(float(q), 4) for q in result.quality],
         }
         self._quality = result
-        self.items.choices = [(item.describe(), i) for i, item in enumerate(self.queue.items)]
+        with self.items.changed.blocked():
+            self.items.reset_choices()
         self.status.value = (f"{len(result.ids)} objects, {len(misses)} possible misses; worst "
                              "first.")  # fmt: skip
         self.next()
@@ -376,7 +382,7 @@ class ReviewWidget(Container):
             return self.viewer.layers[name]
         return self.viewer.add_image(
             data, name=name, colormap="inferno", contrast_limits=(0.0, 1.0), opacity=0.6,
-            scale=self._layer.scale, translate=self._layer.translate,
+            scale=self._layer.scale, translate=self._layer.translate, units=self._layer.units,
             metadata={QUALITY_KEY: True},
         )  # fmt: skip
 
@@ -395,6 +401,7 @@ class ReviewWidget(Container):
             added.append(self.viewer.add_image(
                 self.probabilities[k], name=title, colormap="gray", contrast_limits=(0.0, 1.0),
                 blending="additive", visible=k == 1, scale=self._layer.scale,
-                translate=self._layer.translate, metadata={QUALITY_KEY: True},
+                translate=self._layer.translate, units=self._layer.units,
+                metadata={QUALITY_KEY: True},
             ))  # fmt: skip
         return added
