@@ -214,3 +214,16 @@ def test_objects_table_multichannel_and_mismatch():
     assert table["intensity_mean-0"][0] == 2.0 and table["intensity_mean-1"][0] == 5.0
     with pytest.raises(InputMismatchError):
         objects_table(labels, "ZYX")
+
+
+def test_objects_table_rgb_and_z_stack_labelled_plane_by_plane():
+    labels = np.zeros((2, 16, 16), np.uint16)
+    labels[0, 2:6, 2:6], labels[1, 8:12, 8:12] = 1, 2  # ids per plane, no object over two planes
+    assert not is_volume(labels, "ZYX")
+    table = objects_table(labels, "ZYX")
+    np.testing.assert_array_equal(table["z"], [0, 1])
+    assert "centroid-2" not in table
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[..., 1] = 9
+    table = objects_table(labels[0], "YX", rgb, "YXS")
+    assert table["intensity_mean-1"][0] == 9 and table["intensity_mean-0"][0] == 0
