@@ -14,7 +14,9 @@ together with every true object it touches, plus a 3-pixel margin, and the label
 truth (a false positive becomes background, a merge is split, a fragment completed). The model is
 then fine-tuned from the current one for ``--minutes`` minutes of this process's CPU time
 (``core.train.train`` with the mask of everything corrected so far, one torch thread, no held-out
-validation), and scored on the test images. Three rounds; the corrections add up.
+validation), and scored on the test images. Three rounds; the corrections add up. When everything
+corrected so far is background (only false positives deleted), training refuses, as the product
+does, and the model stays as it was for that round.
 
 **Reference.** "Everything corrected": the same number of rounds and minutes with the pool's full
 ground truth. The goal of the issue is that the queue reaches its AP50 with at most half the
@@ -41,6 +43,7 @@ import torch
 from scipy import ndimage as ndi
 
 from napari_unet.core.data import AnnotatedImage, training_pairs
+from napari_unet.core.errors import UserError
 from napari_unet.core.metrics import match
 from napari_unet.core.predict import predict_labels
 from napari_unet.core.progress import drain
@@ -142,7 +145,11 @@ def fine_tune(
         patience=0,
         seed=seed,
     )
-    pairs = training_pairs(annotated, model, target_config=config.targets)
+    try:
+        pairs = training_pairs(annotated, model, target_config=config.targets)
+    except UserError as exc:  # e.g. only false positives deleted: the product refuses too
+        logging.warning("%s: training refused (%s); the model stays as it was", name, exc)
+        return model
     pairs = [p for p in pairs if p.targets.mask.any()]
     return drain(
         train(
