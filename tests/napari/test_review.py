@@ -149,10 +149,13 @@ def test_rank_runs_the_model_in_the_background(make_napari_viewer, qtbot):
     layer = viewer.add_labels(labels, name="raw labels")
     widget = ReviewWidget(viewer)
     widget.image_layer.value = viewer.layers["raw"]
+    widget.tta.value = True
     job = widget.rank()
     assert job is not None
     qtbot.waitUntil(lambda: widget.queue is not None and widget.job is None, timeout=60_000)
     assert widget.queue.counts()["objects"] == len(np.unique(labels)) - 1
+    assert widget._quality.agreement is not None  # test-time augmentation was used
+    assert layer.metadata["napari_unet_quality"]["ids"] == np.unique(labels)[1:].tolist()
     assert layer.selected_label == widget.queue.current.ident or widget.queue.current.kind == MISS
 
 
