@@ -133,8 +133,9 @@ def fine_tune(
 ):
     """Fine-tune ``model`` on the corrected parts of the pool (everything when notes is None)."""
     annotated = [
-        AnnotatedImage(image, truth, "YX", None if notes is None else note.mask)
+        AnnotatedImage(image, truth, "YX", None if note is None else note.mask)
         for (image, truth), note in zip(pool, notes or [None] * len(pool), strict=True)
+        if note is None or note.mask.any()  # images with no correction are not training data
     ]
     config = TrainConfig(
         epochs=10_000,

@@ -169,3 +169,20 @@ def test_keys_follow_the_layer_under_review(review):
     assert widget.queue.position == before
     _press(other, "n")
     assert widget.queue.position != before
+
+
+def test_next_goes_to_the_plane_of_the_object_in_a_stack(make_napari_viewer):
+    viewer = make_napari_viewer()
+    labels2d, probs2d = _scene((60, 80))
+    labels = np.zeros((3, 60, 80), np.uint16)
+    labels[2] = labels2d == 1  # one object, in the last plane
+    probs = np.zeros((3, 3, 60, 80), np.float32)
+    probs[0], probs[1], probs[2] = 0.97, 0.02, 0.01
+    probs[:, 2] = probs2d  # the object (and the other objects of the scene: cut off) there
+    layer = viewer.add_labels(labels, name="stack")
+    viewer.dims.set_point(0, 0)
+    widget = ReviewWidget(viewer)
+    queue = widget.set_probabilities(layer, probs)
+    assert queue.counts()["objects"] == 1
+    assert viewer.dims.current_step[0] == 2
+    assert queue.current.centroid[0] == 2
