@@ -194,7 +194,11 @@ class ReviewWidget(Container):
         if self.job is not None and self.job.running:
             return self.job
         data = full_resolution(image)
-        axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+        try:
+            axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
         labels = np.array(full_resolution(layer))
         self.status.value = "Ranking objects..."
         self.rank_button.enabled = False
