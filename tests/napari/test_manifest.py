@@ -29,7 +29,12 @@ def test_plugin_is_discovered_with_its_contributions():
     manager.discover()
     manifest = manager.get_manifest("napari-unet")
     contributions = manifest.contributions
-    assert [w.display_name for w in contributions.widgets] == ["Segment", "Fine-tune", "Export"]
+    assert [w.display_name for w in contributions.widgets] == [
+        "Segment",
+        "Fine-tune",
+        "Export",
+        "Review",
+    ]
     [reader] = contributions.readers
     assert {"*.tif", "*.tiff"} <= set(reader.filename_patterns)
     [writer] = contributions.writers
@@ -37,7 +42,7 @@ def test_plugin_is_discovered_with_its_contributions():
     assert {".tif", ".tiff"} <= set(writer.filename_extensions)
     assert [s.key for s in contributions.sample_data] == ["nuclei", "nuclei_stack"]
     menu = manifest.contributions.menus["napari/layers/segment"]
-    assert len(menu) == 3
+    assert len(menu) == 4
 
 
 @pytest.mark.parametrize(

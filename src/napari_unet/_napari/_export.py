@@ -236,6 +236,7 @@ class ExportWidget(Container):
         self.with_image = CheckBox(text="Also export the image", value=False)
         self.image_layer = ComboBox(label="Image", choices=self._image_choices, enabled=False)
         self.overwrite = CheckBox(text="Overwrite existing files", value=False)
+        self.objects = CheckBox(text="Also write the objects table (CSV)", value=False)
         self.export_button = PushButton(text="Export")
         self.status = Message(value="")
         super().__init__(
@@ -249,6 +250,7 @@ class ExportWidget(Container):
                 self.with_image,
                 self.image_layer,
                 self.overwrite,
+                self.objects,
                 self.export_button,
                 self.status,
             ]
@@ -408,7 +410,7 @@ class ExportWidget(Container):
         try:
             files = self.plan()
             self._check_overwrite(files)
-            written = drain(write_files(files))
+            written = drain(self._with_tables(write_files(files)))
         except UserError as exc:
             self._failed(exc)
             return []
@@ -423,21 +425,36 @@ class ExportWidget(Container):
         try:
             files = self.plan()
             self._check_overwrite(files)
+            # the labels as they are now: painting during the export must not reach the files
+            files = [replace(f, data=np.array(f.data)) if f.labels else f for f in files]
+            job = self._with_tables(write_files(files))
         except UserError as exc:
             self._failed(exc)
             return None
-        # the labels as they are now: painting during the export must not reach the files
-        files = [replace(f, data=np.array(f.data)) if f.labels else f for f in files]
         self.export_button.enabled = False
         self.status.value = f"Exporting {len(files)} file(s)..."
         self.job = start_job(
-            write_files(files),
+            job,
             "Exporting labels",
             on_result=self._succeeded,
             on_error=self._failed,
             on_finished=self._finished,
         )
         return self.job
+
+    def _with_tables(self, job: Generator[Progress, None, list[Path]]) -> Any:
+        """``job``, followed by the objects tables when "Also write the objects table" is on."""
+        if not self.objects.value:
+            return job
+        from napari_unet._napari._objects import plan_tables, then_tables
+
+        layers = [layer for _, layer in self._labels_choices()]
+        if not self.all_layers.value:
+            layers = [self.labels_layer.value]
+        image = self.image_layer.value  # for intensities, when it fits the labels
+        folder = Path(self.folder.value).expanduser()
+        stems = [self._stem(layer) for layer in layers]
+        return then_tables(job, plan_tables(layers, folder, stems, image, self.overwrite.value))
 
     def _succeeded(self, written: list[Path]) -> None:
         folder = written[0].parent if written else Path(self.folder.value)

@@ -21,6 +21,7 @@ from napari_unet.cli._common import (
     non_negative_int,
     positive_int,
 )
+from napari_unet.cli._objects import add_objects_option, check_objects, write_objects
 from napari_unet.cli._paths import (
     LABELS_SUFFIX,
     PROBABILITIES_SUFFIX,
@@ -115,6 +116,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
     )
     add_rescale_options(p)
     add_stack_options(p)
+    add_objects_option(p)
     add_blockwise_options(p)
     return p
 
@@ -158,6 +160,7 @@ def _output_axes(axes: str) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
+    check_objects(args, blockwise=special is not None)
     if special is not None:
         if args.diameter is not None or args.pixel_size is not None:
             logger.warning("blockwise and cluster runs do not rescale: --diameter and "
@@ -236,6 +239,7 @@ def _predict_one(
             io.write_probabilities(prob_target, probs, "C" + axes, pixel_size, z_spacing)
             written.append(prob_target)
         io.write_labels(target, labels, axes, pixel_size, z_spacing)
+        write_objects(args, source, image, labels, probs, loaded.task)
     except BaseException:
         for path in written:
             path.unlink(missing_ok=True)
