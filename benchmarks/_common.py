@@ -172,8 +172,11 @@ def benchmark_network() -> tuple[UNet, str]:
     try:
         model = get_model(None)
     except UserError:
-        return trained_network(ModelConfig()), ("the default architecture briefly trained (no "
-                                                "starter model installed)")
+        return trained_network(ModelConfig()), (
+            "the default architecture briefly trained (no starter model installed)"
+        )
     c = model.config
-    return model.model.eval(), (f"the built-in starter model (depth {c.depth}, "
-                                f"{c.base_channels} base channels, {c.norm} norm)")
+    return model.model.eval(), (
+        f"the built-in starter model (depth {c.depth}, "
+        f"{c.base_channels} base channels, {c.norm} norm)"
+    )

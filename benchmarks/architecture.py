@@ -66,8 +66,12 @@ def test_set(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     rng = np.random.default_rng(5000)
     found = [make_image(random_config(rng, (size, size)), seed=5000 + i) for i in range(n)]
     samples = builtin_models_dir().parent / "samples"
-    found.append((io.read_image(samples / "nuclei.tif").data,
-                  io.read_image(samples / "nuclei_labels.tif").data))
+    found.append(
+        (
+            io.read_image(samples / "nuclei.tif").data,
+            io.read_image(samples / "nuclei_labels.tif").data,
+        )
+    )
     return found
 
 
@@ -75,19 +79,22 @@ def pooled_ap(model: LoadedModel, test: list[tuple[np.ndarray, np.ndarray]]) -> 
     """AP at IoU 0.5 pooled over the test images (fp32 inference)."""
     tp = fp = fn = 0
     for image, truth in test:
-        _, labels = drain(predict_labels(np.asarray(image), "YX", model, device="cpu",
-                                         precision="fp32"))
+        _, labels = drain(
+            predict_labels(np.asarray(image), "YX", model, device="cpu", precision="fp32")
+        )
         score = evaluate(labels, np.asarray(truth))
         tp, fp, fn = tp + score["tp"], fp + score["fp"], fn + score["fn"]
     return tp / max(tp + fp + fn, 1)
 
 
-def speeds(models: dict[str, LoadedModel], precisions: list[str], rounds: int
-           ) -> dict[tuple[str, str], float]:
+def speeds(
+    models: dict[str, LoadedModel], precisions: list[str], rounds: int
+) -> dict[tuple[str, str], float]:
     """Megapixels per second of each model's tiled network on a 1024 x 1024 image, per
     precision, all timed interleaved so that load from other programs affects them alike."""
-    image = percentile_normalize(make_image(random_config(np.random.default_rng(7),
-                                                          (1024, 1024)), seed=7)[0])
+    image = percentile_normalize(
+        make_image(random_config(np.random.default_rng(7), (1024, 1024)), seed=7)[0]
+    )
     plane = np.ascontiguousarray(image[None], np.float32)
     jobs = {}
     for name, model in models.items():
@@ -96,16 +103,18 @@ def speeds(models: dict[str, LoadedModel], precisions: list[str], rounds: int
         halo = resolve_halo(tiling, config)
         for precision in precisions:
             predictor = Predictor(model.model, torch.device("cpu"), precision)
-            jobs[name, precision] = (lambda p=predictor, c=config, t=tiling, h=halo: drain(
-                predict_tiled(p, plane, c.out_classes, t, h, stride=c.stride)))
+            jobs[name, precision] = lambda p=predictor, c=config, t=tiling, h=halo: drain(
+                predict_tiled(p, plane, c.out_classes, t, h, stride=c.stride)
+            )
     best = interleaved_best(jobs, rounds)
     return {key: image.size / 1e6 / seconds for key, seconds in best.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=6.0,
-                        help="CPU minutes of training per candidate (6)")
+    parser.add_argument(
+        "--minutes", type=float, default=6.0, help="CPU minutes of training per candidate (6)"
+    )
     parser.add_argument("--candidates", default="3x16,4x8,4x16,4x24")
     parser.add_argument("--images", type=int, default=24, help="synthetic training images (24)")
     parser.add_argument("--test-images", type=int, default=4, help="held-out images (4)")
@@ -113,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="timing rounds (2)")
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr
+    )
     candidates = [parse_candidate(c) for c in args.candidates.split(",") if c.strip()]
     machine = machine_description()
     rng = np.random.default_rng(0)
@@ -130,41 +140,74 @@ def main(argv: list[str] | None = None) -> int:
         for config in candidates:
             name = f"{config.depth}x{config.base_channels}"
             torch.set_num_threads(args.threads)
-            train_config = TrainConfig(epochs=100_000, max_minutes=args.minutes,
-                                       steps_per_epoch=50, batch_size=8, patch_size=192,
-                                       learning_rate=2e-3, patience=0, val_fraction=0.1,
-                                       freeze_batchnorm=False)
+            train_config = TrainConfig(
+                epochs=100_000,
+                max_minutes=args.minutes,
+                steps_per_epoch=50,
+                batch_size=8,
+                patch_size=192,
+                learning_rate=2e-3,
+                patience=0,
+                val_fraction=0.1,
+                freeze_batchnorm=False,
+            )
             output = Path(tmp) / f"{name}.safetensors"
-            model = drain(train(pairs, output, config=train_config, device="cpu",
-                                model_config=config, clock=time.process_time))
+            model = drain(
+                train(
+                    pairs,
+                    output,
+                    config=train_config,
+                    device="cpu",
+                    model_config=config,
+                    clock=time.process_time,
+                )
+            )
             results[name] = (model, pooled_ap(model, test), output.stat().st_size / 1e6)
             log.info("%s: AP50 %.3f", name, results[name][1])
     torch.set_num_threads(2)
-    mps = speeds({name: model for name, (model, _, _) in results.items()}, precisions,
-                 args.rounds)
+    mps = speeds({name: model for name, (model, _, _) in results.items()}, precisions, args.rounds)
     rows = []
     for name, (model, ap, size_mb) in results.items():
         steps = model.metadata["provenance"]["settings"]["steps"]
         fastest = max(mps[name, p] for p in precisions)
-        rows.append([name, f"{count_parameters(model.model) / 1e6:.2f} M", f"{size_mb:.1f} MB",
-                     str(steps), f"{ap:.3f}", *(f"{mps[name, p]:.2f}" for p in precisions),
-                     "yes" if fastest >= SPEED_GOAL else "no"])
-    headers = ["depth x base", "parameters", "file", "steps (best checkpoint)", "AP50 (pooled)",
-               *(f"{p} MP/s" for p in precisions), f">= {SPEED_GOAL} MP/s"]
+        rows.append(
+            [
+                name,
+                f"{count_parameters(model.model) / 1e6:.2f} M",
+                f"{size_mb:.1f} MB",
+                str(steps),
+                f"{ap:.3f}",
+                *(f"{mps[name, p]:.2f}" for p in precisions),
+                "yes" if fastest >= SPEED_GOAL else "no",
+            ]
+        )
+    headers = [
+        "depth x base",
+        "parameters",
+        "file",
+        "steps (best checkpoint)",
+        "AP50 (pooled)",
+        *(f"{p} MP/s" for p in precisions),
+        f">= {SPEED_GOAL} MP/s",
+    ]
     table = markdown_table(headers, rows)
     sys.stdout.write(table + "\n")
     if not args.no_update:
-        update_section(SECTION, (
-            "## Starter architecture: accuracy against speed (`benchmarks/architecture.py`)\n\n"
-            f"Each candidate trained from scratch like the starter for {args.minutes:g} min of "
-            f"CPU time on {args.threads} thread(s) ({args.images} synthetic 320 px images), "
-            f"scored on {args.test_images} held-out synthetic 384 px images plus the shipped "
-            "sample (AP at IoU 0.5 pooled over all objects, fp32); speed of the tiled network "
-            "on a 1024 x 1024 image with 2 threads, best of "
-            f"{args.rounds} rounds, all candidates interleaved. An equal short budget favours "
-            "small networks.\n\n"
-            f"{table}\n\nMachine: {machine}. Total "
-            f"{(time.perf_counter() - started) / 60:.0f} min.  \nCommand: `{command_line()}`"))
+        update_section(
+            SECTION,
+            (
+                "## Starter architecture: accuracy against speed (`benchmarks/architecture.py`)\n\n"
+                f"Each candidate trained from scratch like the starter for {args.minutes:g} min of "
+                f"CPU time on {args.threads} thread(s) ({args.images} synthetic 320 px images), "
+                f"scored on {args.test_images} held-out synthetic 384 px images plus the shipped "
+                "sample (AP at IoU 0.5 pooled over all objects, fp32); speed of the tiled network "
+                "on a 1024 x 1024 image with 2 threads, best of "
+                f"{args.rounds} rounds, all candidates interleaved. An equal short budget favours "
+                "small networks.\n\n"
+                f"{table}\n\nMachine: {machine}. Total "
+                f"{(time.perf_counter() - started) / 60:.0f} min.  \nCommand: `{command_line()}`"
+            ),
+        )
     return 0
 
 

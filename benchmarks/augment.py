@@ -131,8 +131,10 @@ def main() -> None:
     except ImportError as exc:
         out(f"elasticdeform not importable ({exc}); comparing against nothing")
 
-    out(f"\nbatch {args.batch} x {args.size}x{args.size}, image + classes + weights + mask, "
-          f"best of {args.repeats}, torch {torch.__version__}; elasticdeform is single-threaded\n")
+    out(
+        f"\nbatch {args.batch} x {args.size}x{args.size}, image + classes + weights + mask, "
+        f"best of {args.repeats}, torch {torch.__version__}; elasticdeform is single-threaded\n"
+    )
     out("| method | torch threads | ms / sample | elasticdeform (linear) / this |")
     out("|---|---:|---:|---:|")
     # One phase per thread count (changing it between calls costs a thread-pool restart).
@@ -150,21 +152,33 @@ def main() -> None:
     if not args.no_train:
         share_of_training_step(args, candidates, threads, out)
     if not args.no_update:
-        update_section("augment", "## Augmentation (`benchmarks/augment.py`)\n\n"
-                       + "\n".join(lines).strip() + f"\n\nMachine: {machine}.  \n"
-                       f"Command: `{command_line()}`")
+        update_section(
+            "augment",
+            "## Augmentation (`benchmarks/augment.py`)\n\n"
+            + "\n".join(lines).strip()
+            + f"\n\nMachine: {machine}.  \n"
+            f"Command: `{command_line()}`",
+        )
 
 
-def share_of_training_step(args: argparse.Namespace, candidates: dict[str, Callable[[], None]],
-                           threads: int, out: Callable[[str], None]) -> None:
+def share_of_training_step(
+    args: argparse.Namespace,
+    candidates: dict[str, Callable[[], None]],
+    threads: int,
+    out: Callable[[str], None],
+) -> None:
     """Time the default augmentation against one training step of the default U-Net."""
     ours_default = "augment_batch, default"
-    step_fns = {ours_default: candidates[ours_default],
-                "train step": train_step(args.batch, args.size)}
+    step_fns = {
+        ours_default: candidates[ours_default],
+        "train step": train_step(args.batch, args.size),
+    }
     step = interleaved_best(step_fns, args.train_repeats)
     aug, train = step[ours_default], step["train step"]
-    out(f"\ndefault U-Net ({ModelConfig()}), batch {args.batch}, forward + backward + AdamW, "
-          f"{threads} threads, best of {args.train_repeats}\n")
+    out(
+        f"\ndefault U-Net ({ModelConfig()}), batch {args.batch}, forward + backward + AdamW, "
+        f"{threads} threads, best of {args.train_repeats}\n"
+    )
     out("| part | ms / batch | share of (augmentation + step) |")
     out("|---|---:|---:|")
     out(f"| augmentation | {aug * 1e3:.1f} | {aug / (aug + train):.1%} |")

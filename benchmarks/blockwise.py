@@ -88,22 +88,36 @@ def write_image(path: Path, size: int, kind: str, base: np.ndarray) -> Path:
                 for x in range(0, size, CHUNK):
                     yield _chunk(base, y, x, (min(CHUNK, size - y), min(CHUNK, size - x)))
 
-        tifffile.imwrite(path, tiles(), shape=(size, size), dtype=np.uint16,
-                         tile=(CHUNK, CHUNK), compression="zlib", bigtiff=True,
-                         resolution=(2.0, 2.0), resolutionunit="MICROMETER")
+        tifffile.imwrite(
+            path,
+            tiles(),
+            shape=(size, size),
+            dtype=np.uint16,
+            tile=(CHUNK, CHUNK),
+            compression="zlib",
+            bigtiff=True,
+            resolution=(2.0, 2.0),
+            resolutionunit="MICROMETER",
+        )
         return path
     import zarr
 
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
-    array = group.create_array("0", shape=(size, size), chunks=(CHUNK, CHUNK), dtype=np.uint16,
-                               chunk_key_encoding={"name": "v2", "separator": "/"})
+    array = group.create_array(
+        "0",
+        shape=(size, size),
+        chunks=(CHUNK, CHUNK),
+        dtype=np.uint16,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+    )
     for y in range(0, size, CHUNK):
         for x in range(0, size, CHUNK):
             part = _chunk(base, y, x, (min(CHUNK, size - y), min(CHUNK, size - x)))
             array[y : y + part.shape[0], x : x + part.shape[1]] = part
     axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
-    datasets = [{"path": "0", "coordinateTransformations": [{"type": "scale",
-                                                             "scale": [0.5, 0.5]}]}]
+    datasets = [
+        {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]}
+    ]
     group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
     return path
 
@@ -129,8 +143,12 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
         start, cpu = time.perf_counter(), _cpu_seconds()
         data = np.asarray(image.data.compute())
         _, labels = drain(predict_labels(data, image.axes, model, device="cpu"))
-        result.update(seconds=time.perf_counter() - start, cpu=_cpu_seconds() - cpu,
-                      objects=int(labels.max()), blocks=0)
+        result.update(
+            seconds=time.perf_counter() - start,
+            cpu=_cpu_seconds() - cpu,
+            objects=int(labels.max()),
+            blocks=0,
+        )
         result["peak_mb"] = _peak_mb()
         return result
     client = cluster = None
@@ -139,16 +157,33 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
         cores = len(os.sched_getaffinity(0))
         cluster = distributed.LocalCluster(
-            n_workers=args.workers, threads_per_worker=max(1, cores // args.workers),
-            processes=True, host="127.0.0.1", dashboard_address=None)
+            n_workers=args.workers,
+            threads_per_worker=max(1, cores // args.workers),
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+        )
         client = distributed.Client(cluster)
         client.run(lambda: __import__("napari_unet.core.block_jobs"))  # warm the workers
         worker_cpu = sum(client.run(_cpu_seconds).values())
     start, cpu = time.perf_counter(), _cpu_seconds()
-    done = drain(predict_blockwise(image, model, out / "labels.zarr", block_size=args.block_size,
-                                   device="cpu", client=client))
-    result.update(seconds=time.perf_counter() - start, cpu=_cpu_seconds() - cpu,
-                  objects=done.n_objects, blocks=done.n_blocks, block_size=done.block_size)
+    done = drain(
+        predict_blockwise(
+            image,
+            model,
+            out / "labels.zarr",
+            block_size=args.block_size,
+            device="cpu",
+            client=client,
+        )
+    )
+    result.update(
+        seconds=time.perf_counter() - start,
+        cpu=_cpu_seconds() - cpu,
+        objects=done.n_objects,
+        blocks=done.n_blocks,
+        block_size=done.block_size,
+    )
     result["peak_mb"] = _peak_mb()
     if client is not None:
         peaks = client.run(_peak_mb)
@@ -159,12 +194,23 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def measure(mode: str, image: Path, workers: int = 1, block_size: int | None = None
-            ) -> dict[str, Any]:
+def measure(
+    mode: str, image: Path, workers: int = 1, block_size: int | None = None
+) -> dict[str, Any]:
     """Run one measurement in a child process and return what it reported."""
     with tempfile.TemporaryDirectory(prefix="napari-unet-bench-") as out:
-        command = [sys.executable, __file__, "--child", mode, "--image", str(image), "--out",
-                   out, "--workers", str(workers)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            mode,
+            "--image",
+            str(image),
+            "--out",
+            out,
+            "--workers",
+            str(workers),
+        ]
         if block_size:
             command += ["--block-size", str(block_size)]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -177,14 +223,21 @@ def measure(mode: str, image: Path, workers: int = 1, block_size: int | None = N
 # report
 
 
-def _row(size: int, name: str, r: dict[str, Any], reference: dict[str, Any] | None
-         ) -> list[str]:
+def _row(size: int, name: str, r: dict[str, Any], reference: dict[str, Any] | None) -> list[str]:
     peak = max(r["peak_mb"], r.get("worker_peak_mb", 0.0))
     ratio = "-"
     if reference:
         ratio = f"{r['seconds'] / reference['seconds']:.2f}x / {r['cpu'] / reference['cpu']:.2f}x"
-    return [f"{size} x {size}", name, str(r.get("blocks") or "-"), f"{r['seconds']:.1f}",
-            f"{r['cpu']:.1f}", f"{size * size / r['seconds'] / 1e6:.2f}", ratio, f"{peak:.0f}"]
+    return [
+        f"{size} x {size}",
+        name,
+        str(r.get("blocks") or "-"),
+        f"{r['seconds']:.1f}",
+        f"{r['cpu']:.1f}",
+        f"{size * size / r['seconds'] / 1e6:.2f}",
+        ratio,
+        f"{peak:.0f}",
+    ]
 
 
 def _plot(points: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> Path:
@@ -218,14 +271,18 @@ def _plot(points: dict[str, list[tuple[int, dict[str, Any]]]], path: Path) -> Pa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096, 16384, 20000])
-    parser.add_argument("--in-memory-max", type=int, default=4096,
-                        help="largest size also run in memory")
+    parser.add_argument(
+        "--in-memory-max", type=int, default=4096, help="largest size also run in memory"
+    )
     parser.add_argument("--dask-size", type=int, default=8192, help="0: no dask runs")
     parser.add_argument("--dask-block-size", type=int, default=None)
     parser.add_argument("--block-size", type=int, default=None)
     parser.add_argument("--input", choices=("zarr", "tiff"), default="zarr")
-    parser.add_argument("--quick", action="store_true",
-                        help="1024, 2048 and 4096 px; dask at 2048 px with 1024 px blocks")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1024, 2048 and 4096 px; dask at 2048 px with 1024 px blocks",
+    )
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     parser.add_argument("--child", choices=("memory", "blockwise", "dask"), help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
@@ -262,10 +319,21 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(_row(size, "blockwise", r, reference))
             sys.stdout.write(" | ".join(rows[-1]) + "\n")
             sys.stdout.flush()
-        dask_rows = (_dask_rows(image_of(args.dask_size), args.dask_size, args.dask_block_size)
-                     if args.dask_size > 0 else [])
-    headers = ["image", "run", "blocks", "wall s", "CPU s", "MP/s (wall)",
-               "vs in memory (wall / CPU)", "peak memory (MB)"]
+        dask_rows = (
+            _dask_rows(image_of(args.dask_size), args.dask_size, args.dask_block_size)
+            if args.dask_size > 0
+            else []
+        )
+    headers = [
+        "image",
+        "run",
+        "blocks",
+        "wall s",
+        "CPU s",
+        "MP/s (wall)",
+        "vs in memory (wall / CPU)",
+        "peak memory (MB)",
+    ]
     table = markdown_table(headers, rows)
     headers[-2] = "vs one process (wall / CPU)"
     dask_table = markdown_table(headers, dask_rows)
@@ -315,8 +383,18 @@ def _dask_rows(path: Path, size: int, block_size: int | None) -> list[list[str]]
     try:
         import distributed  # noqa: F401
     except ImportError:
-        return [[f"{size} x {size}", "dask not installed (pip install distributed)", "-", "-",
-                 "-", "-", "-", "-"]]
+        return [
+            [
+                f"{size} x {size}",
+                "dask not installed (pip install distributed)",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+            ]
+        ]
     local = measure("blockwise", path, block_size=block_size)
     rows = [_row(size, "blockwise, one process", local, local)]
     for workers in (1, 2):

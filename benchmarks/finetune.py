@@ -82,8 +82,16 @@ log = logging.getLogger("finetune")
 
 #: The unfamiliar sample: elongated, heavily textured, clumped nuclei (radius 6-10 px).
 DOMAIN = SyntheticConfig(
-    radius=(6.0, 10.0), elongation=0.85, irregularity=0.1, coverage=0.3, clustered=0.6,
-    texture=0.9, photons=40.0, blur=1.2, debris=0.4, gradient=0.6,
+    radius=(6.0, 10.0),
+    elongation=0.85,
+    irregularity=0.1,
+    coverage=0.3,
+    clustered=0.6,
+    texture=0.9,
+    photons=40.0,
+    blur=1.2,
+    debris=0.4,
+    gradient=0.6,
 )
 #: Configurations: name -> changes to the default TrainConfig.
 CONFIGS: dict[str, dict[str, object]] = {
@@ -91,8 +99,13 @@ CONFIGS: dict[str, dict[str, object]] = {
     "no-elastic": {"augment": AugmentConfig(elastic=False)},
     "no-weight-map": {"targets": TargetConfig(w0=0.0)},
     "fp32": {"cpu_bf16": False},
-    "previous": {"ema_decay": 0.0, "smooth_validations": 1, "stop_after": 0.0,
-                 "validation_block": 192, "val_fraction": 0.15},
+    "previous": {
+        "ema_decay": 0.0,
+        "smooth_validations": 1,
+        "stop_after": 0.0,
+        "validation_block": 192,
+        "val_fraction": 0.15,
+    },
     "ema": {"ema_decay": 0.99},
 }
 LABELS = {
@@ -101,7 +114,7 @@ LABELS = {
     "no-weight-map": "fine-tuned, border weight map off (class balance kept)",
     "fp32": "fine-tuned, float32 on the CPU (bf16 off)",
     "previous": "fine-tuned, the previous defaults (raw weights, early stopping on single "
-                "validations from the start, one 192 px block per 15% held out)",
+    "validations from the start, one 192 px block per 15% held out)",
     "ema": "fine-tuned, a moving average of the weights (decay 0.99)",
 }
 MIN_DISTANCES = (2, 3, 4, 5, 6, 8, 10, 12)
@@ -140,8 +153,9 @@ def pooled_ap(predictions: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -
     return tp / (tp + fp + fn) if tp + fp + fn else 1.0
 
 
-def classical(image: np.ndarray, min_distance: int, sigma: float = 1.0,
-              min_size: int = 16) -> np.ndarray:
+def classical(
+    image: np.ndarray, min_distance: int, sigma: float = 1.0, min_size: int = 16
+) -> np.ndarray:
     """Otsu threshold + distance-transform watershed: image (H, W) -> labels (H, W) int32."""
     from skimage.feature import peak_local_max
     from skimage.filters import threshold_otsu
@@ -154,8 +168,9 @@ def classical(image: np.ndarray, min_distance: int, sigma: float = 1.0,
     foreground &= (sizes >= min_size)[components] & (components > 0)
     distance = ndimage.distance_transform_edt(foreground)
     components, _ = ndimage.label(foreground)
-    peaks = peak_local_max(distance, min_distance=min_distance, labels=components,
-                           exclude_border=False)
+    peaks = peak_local_max(
+        distance, min_distance=min_distance, labels=components, exclude_border=False
+    )
     markers = np.zeros(image.shape, np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
     return watershed(-distance, markers, mask=foreground)
@@ -163,8 +178,10 @@ def classical(image: np.ndarray, min_distance: int, sigma: float = 1.0,
 
 def tune_classical(pairs: Sequence[Pair]) -> tuple[int, dict[int, float]]:
     """The ``min_distance`` with the best AP on ``pairs``, and the AP of each candidate."""
-    scores = {md: pooled_ap([classical(im, md) for im, _ in pairs], [lab for _, lab in pairs])
-              for md in MIN_DISTANCES}
+    scores = {
+        md: pooled_ap([classical(im, md) for im, _ in pairs], [lab for _, lab in pairs])
+        for md in MIN_DISTANCES
+    }
     return max(scores, key=lambda md: scores[md]), scores
 
 
@@ -172,8 +189,7 @@ def model_ap(model: LoadedModel, test: Sequence[Pair], device: str) -> float:
     """Pooled AP of ``model`` on ``test`` through the product's inference path."""
     from napari_unet.core.progress import drain
 
-    predictions = [drain(predict_labels(image, "YX", model, device=device))[1]
-                   for image, _ in test]
+    predictions = [drain(predict_labels(image, "YX", model, device=device))[1] for image, _ in test]
     return pooled_ap(predictions, [labels for _, labels in test])
 
 
@@ -195,9 +211,15 @@ class Snapshot:
     step: int
 
 
-def finetune(pairs: Sequence[TrainingPair], base: LoadedModel, config: TrainConfig,
-             marks: Sequence[float], folder: Path, device: str,
-             clock: Callable[[], float] = time.perf_counter) -> dict[float, Snapshot]:
+def finetune(
+    pairs: Sequence[TrainingPair],
+    base: LoadedModel,
+    config: TrainConfig,
+    marks: Sequence[float],
+    folder: Path,
+    device: str,
+    clock: Callable[[], float] = time.perf_counter,
+) -> dict[float, Snapshot]:
     """Fine-tune ``base`` for ``config.max_minutes`` and copy the kept model at each mark
     (minutes); the last mark (the budget) is the run's result."""
     output = folder / "model.safetensors"
@@ -237,12 +259,19 @@ def _paired(results: dict[str, dict[float, list[float]]], name: str, mark: float
     """Paired difference (config - default) at ``mark``, mean over seeds and seeds in favour."""
     diffs = np.array(results[name][mark]) - np.array(results["default"][mark])
     better = int((diffs > 0).sum())
-    return (f"{LABELS[name]}: {np.mean(diffs):+.3f} AP against the defaults at {mark:g} min "
-            f"(paired by seed; better in {better} of {len(diffs)} seeds)")
+    return (
+        f"{LABELS[name]}: {np.mean(diffs):+.3f} AP against the defaults at {mark:g} min "
+        f"(paired by seed; better in {better} of {len(diffs)} seeds)"
+    )
 
 
-def plot(path: Path, marks: Sequence[float], results: dict[str, dict[float, list[float]]],
-         zero_shot: float, classic: float) -> Path:
+def plot(
+    path: Path,
+    marks: Sequence[float],
+    results: dict[str, dict[float, list[float]]],
+    zero_shot: float,
+    classic: float,
+) -> Path:
     """AP against minutes: mean and range over seeds for each configuration."""
     import matplotlib
 
@@ -252,11 +281,11 @@ def plot(path: Path, marks: Sequence[float], results: dict[str, dict[float, list
     fig, ax = plt.subplots(figsize=(6.4, 5.0))
     xs = [0.0, *marks]
     for name, by_mark in results.items():
-        per_seed = np.array([[zero_shot] * len(by_mark[marks[0]])] +
-                            [by_mark[m] for m in marks])
-        line, = ax.plot(xs, per_seed.mean(axis=1), marker="o", label=LABELS[name])
-        ax.fill_between(xs, per_seed.min(axis=1), per_seed.max(axis=1), alpha=0.15,
-                        color=line.get_color())
+        per_seed = np.array([[zero_shot] * len(by_mark[marks[0]])] + [by_mark[m] for m in marks])
+        (line,) = ax.plot(xs, per_seed.mean(axis=1), marker="o", label=LABELS[name])
+        ax.fill_between(
+            xs, per_seed.min(axis=1), per_seed.max(axis=1), alpha=0.15, color=line.get_color()
+        )
     ax.axhline(classic, color="grey", linestyle="--", label="classical (Otsu + watershed)")
     ax.axhline(zero_shot, color="black", linestyle=":", label="starter, zero-shot")
     ax.set_xlabel("minutes of fine-tuning")
@@ -279,25 +308,44 @@ def _parse_marks(text: str) -> list[float]:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="seeds per configuration (3)")
-    parser.add_argument("--minutes", type=float, default=None,
-                        help="training budget per run in minutes (5; --quick 0.2)")
-    parser.add_argument("--checkpoints", default=None,
-                        help="comma-separated minutes to score (1,2,5; --quick 0.05,0.1,0.2); "
-                             "the budget is always one")
-    parser.add_argument("--configs", default=",".join(CONFIGS),
-                        help=f"comma-separated configurations among {', '.join(CONFIGS)}")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        default=None,
+        help="training budget per run in minutes (5; --quick 0.2)",
+    )
+    parser.add_argument(
+        "--checkpoints",
+        default=None,
+        help="comma-separated minutes to score (1,2,5; --quick 0.05,0.1,0.2); "
+        "the budget is always one",
+    )
+    parser.add_argument(
+        "--configs",
+        default=",".join(CONFIGS),
+        help=f"comma-separated configurations among {', '.join(CONFIGS)}",
+    )
     parser.add_argument("--crops", type=int, default=3, help="annotated training crops (3)")
     parser.add_argument("--crop-size", type=int, default=None, help="crop side (256; --quick 192)")
     parser.add_argument("--test-images", type=int, default=None, help="test images (4; --quick 2)")
-    parser.add_argument("--test-size", type=int, default=None,
-                        help="test image side (512; --quick 256)")
+    parser.add_argument(
+        "--test-size", type=int, default=None, help="test image side (512; --quick 256)"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch threads (torch's default)")
     parser.add_argument("--device", default="cpu", help="training and inference device (cpu)")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                        help="budget in wall-clock time (default) or this process's CPU time")
-    parser.add_argument("--plot", type=Path, default=None,
-                        help="plot file (default docs/images/finetune.png; with "
-                             "--no-update a file in the temporary folder)")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="budget in wall-clock time (default) or this process's CPU time",
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="plot file (default docs/images/finetune.png; with "
+        "--no-update a file in the temporary folder)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 0.2 min, 1 seed, small")
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the training events")
@@ -326,14 +374,18 @@ def _train_config(args: argparse.Namespace, name: str, seed: int) -> TrainConfig
     if args.quick:
         changes["steps_per_epoch"] = 5  # a few validations within the tiny budget
     # epochs high enough that the wall-clock budget decides (early stopping stays on)
-    return dataclasses.replace(TrainConfig(epochs=100_000, max_minutes=args.minutes, seed=seed),
-                               **changes)
+    return dataclasses.replace(
+        TrainConfig(epochs=100_000, max_minutes=args.minutes, seed=seed), **changes
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     log.setLevel(logging.INFO)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -348,11 +400,16 @@ def main(argv: list[str] | None = None) -> int:
     min_distance, tuning = tune_classical(crops[0])
     classic = pooled_ap([classical(im, min_distance) for im, _ in test], [lab for _, lab in test])
     zero_shot = model_ap(base, test, args.device)
-    log.info("classical (min_distance %d): AP %.3f; zero-shot starter: AP %.3f", min_distance,
-             classic, zero_shot)
+    log.info(
+        "classical (min_distance %d): AP %.3f; zero-shot starter: AP %.3f",
+        min_distance,
+        classic,
+        zero_shot,
+    )
 
     results: dict[str, dict[float, list[float]]] = {
-        name: {m: [] for m in args.marks} for name in args.configs}
+        name: {m: [] for m in args.marks} for name in args.configs
+    }
     steps: dict[str, list[int]] = {name: [] for name in args.configs}
     lateness = 0.0
     with tempfile.TemporaryDirectory(prefix="napari-unet-finetune-") as tmp:
@@ -361,31 +418,53 @@ def main(argv: list[str] | None = None) -> int:
                 config = _train_config(args, name, seed)
                 pairs = []
                 for i, (image, labels) in enumerate(crops[seed]):
-                    pairs += make_pairs(image, labels, "YX", base.config.in_channels,
-                                        base.normalize, target_config=config.targets,
-                                        name=f"crop {i + 1}")
+                    pairs += make_pairs(
+                        image,
+                        labels,
+                        "YX",
+                        base.config.in_channels,
+                        base.normalize,
+                        target_config=config.targets,
+                        name=f"crop {i + 1}",
+                    )
                 folder = Path(tmp) / f"{name}-{seed}"
                 folder.mkdir()
                 snaps = finetune(pairs, base, config, args.marks, folder, args.device, clock)
                 for mark in args.marks:
-                    results[name][mark].append(model_ap(load_model(snaps[mark].path), test,
-                                                        args.device))
+                    results[name][mark].append(
+                        model_ap(load_model(snaps[mark].path), test, args.device)
+                    )
                     if mark < args.minutes:
                         lateness = max(lateness, snaps[mark].seconds - 60 * mark)
                 steps[name].append(snaps[args.minutes].step)
-                log.info("seed %d, %s: AP %s after %s min, %d steps", seed, name,
-                         " / ".join(f"{results[name][m][-1]:.3f}" for m in args.marks),
-                         " / ".join(f"{m:g}" for m in args.marks), steps[name][-1])
+                log.info(
+                    "seed %d, %s: AP %s after %s min, %d steps",
+                    seed,
+                    name,
+                    " / ".join(f"{results[name][m][-1]:.3f}" for m in args.marks),
+                    " / ".join(f"{m:g}" for m in args.marks),
+                    steps[name][-1],
+                )
 
     headers = ["method", *(f"AP50 at {m:g} min" for m in args.marks), "steps in the run"]
-    rows = [["classical: Otsu + distance watershed "
-             f"(min_distance {min_distance})", *(f"{classic:.3f}" for _ in args.marks), "-"],
-            ["starter, zero-shot", *(f"{zero_shot:.3f}" for _ in args.marks), "-"]]
+    rows = [
+        [
+            f"classical: Otsu + distance watershed (min_distance {min_distance})",
+            *(f"{classic:.3f}" for _ in args.marks),
+            "-",
+        ],
+        ["starter, zero-shot", *(f"{zero_shot:.3f}" for _ in args.marks), "-"],
+    ]
     for name in args.configs:
         n_steps = steps[name]
-        rows.append([LABELS[name], *(_summary(results[name][m]) for m in args.marks),
-                     f"{np.mean(n_steps):.0f}" + (f" ({min(n_steps)}-{max(n_steps)})"
-                                                  if len(n_steps) > 1 else "")])
+        rows.append(
+            [
+                LABELS[name],
+                *(_summary(results[name][m]) for m in args.marks),
+                f"{np.mean(n_steps):.0f}"
+                + (f" ({min(n_steps)}-{max(n_steps)})" if len(n_steps) > 1 else ""),
+            ]
+        )
     table = markdown_table(headers, rows)
     final = args.minutes
     best_default = float(np.mean(results["default"][final]))
@@ -395,32 +474,60 @@ def main(argv: list[str] | None = None) -> int:
         *(_paired(results, name, final) for name in args.configs if name != "default"),
     ]
     total = time.perf_counter() - started
-    plot_path = args.plot or (PLOT if not args.no_update else
-                              Path(tempfile.gettempdir()) / "napari-unet-finetune.png")
+    plot_path = args.plot or (
+        PLOT if not args.no_update else Path(tempfile.gettempdir()) / "napari-unet-finetune.png"
+    )
     plot(plot_path, args.marks, results, zero_shot, classic)
     tuning_text = ", ".join(f"{md}: {ap:.3f}" for md, ap in tuning.items())
-    sys.stdout.write(f"{table}\n\n" + "".join(f"- {note}\n" for note in notes) +
-                     f"\nclassical min_distance on the training crops: {tuning_text}\n"
-                     f"test set: {len(test)} images of {args.test_size} px, {n_test_objects} "
-                     f"objects; snapshots at most {lateness:.1f} s after their mark; "
-                     f"total {total / 60:.1f} min\nplot: {plot_path}\n")
+    sys.stdout.write(
+        f"{table}\n\n"
+        + "".join(f"- {note}\n" for note in notes)
+        + f"\nclassical min_distance on the training crops: {tuning_text}\n"
+        f"test set: {len(test)} images of {args.test_size} px, {n_test_objects} "
+        f"objects; snapshots at most {lateness:.1f} s after their mark; "
+        f"total {total / 60:.1f} min\nplot: {plot_path}\n"
+    )
     if not args.no_update:
         image_link = Path(plot_path).resolve()
         try:
             image_link = image_link.relative_to(DOCS.parent)
         except ValueError:
             pass
-        body = _docs_body(args, table, notes, min_distance, tuning_text, len(test),
-                          n_test_objects, lateness, machine, total, image_link)
+        body = _docs_body(
+            args,
+            table,
+            notes,
+            min_distance,
+            tuning_text,
+            len(test),
+            n_test_objects,
+            lateness,
+            machine,
+            total,
+            image_link,
+        )
         update_section(SECTION, body)
     return 0
 
 
-def _docs_body(args: argparse.Namespace, table: str, notes: Sequence[str], min_distance: int,
-               tuning_text: str, n_test: int, n_objects: int, lateness: float, machine: str,
-               total: float, image: Path) -> str:
-    domain = ", ".join(f"{f.name}={getattr(DOMAIN, f.name)}" for f in dataclasses.fields(DOMAIN)
-                       if getattr(DOMAIN, f.name) != f.default)
+def _docs_body(
+    args: argparse.Namespace,
+    table: str,
+    notes: Sequence[str],
+    min_distance: int,
+    tuning_text: str,
+    n_test: int,
+    n_objects: int,
+    lateness: float,
+    machine: str,
+    total: float,
+    image: Path,
+) -> str:
+    domain = ", ".join(
+        f"{f.name}={getattr(DOMAIN, f.name)}"
+        for f in dataclasses.fields(DOMAIN)
+        if getattr(DOMAIN, f.name) != f.default
+    )
     return (
         f"## Fine-tuning on a few annotated crops (`benchmarks/finetune.py`)\n\n"
         f"An unfamiliar sample: `SyntheticConfig({domain})`, elongated, heavily textured, "
@@ -439,8 +546,9 @@ def _docs_body(args: argparse.Namespace, table: str, notes: Sequence[str], min_d
         f"classical pipeline (Gaussian sigma 1, Otsu, holes filled, distance-transform "
         f"watershed from `peak_local_max` seeds) had its `min_distance` tuned once on the first "
         f"seed's training crops ({tuning_text}; chose {min_distance}).\n\n"
-        f"{table}\n\n" + "".join(f"- {note}\n" for note in notes) +
-        f"\n![AP at IoU 0.5 against minutes of fine-tuning]({image.as_posix()})\n\n"
+        f"{table}\n\n"
+        + "".join(f"- {note}\n" for note in notes)
+        + f"\n![AP at IoU 0.5 against minutes of fine-tuning]({image.as_posix()})\n\n"
         f"Machine: {machine}. Total {total / 60:.0f} min.  \n"
         f"Command: `{command_line()}`"
     )

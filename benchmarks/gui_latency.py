@@ -95,8 +95,14 @@ def _measure(widget, mode: str, seconds: float) -> dict:
 
     if mode == "idle":
         lateness, _ = _ticks(seconds)
-        return {"mode": mode, "threads": "-", "lateness": lateness, "startup": float("nan"),
-                "steps": 0, "load": os.getloadavg()[0]}
+        return {
+            "mode": mode,
+            "threads": "-",
+            "lateness": lateness,
+            "startup": float("nan"),
+            "steps": 0,
+            "load": os.getloadavg()[0],
+        }
     threads = max(1, _cores() - 1) if mode.endswith("-1") else None
     widget.backend = mode.split("-")[0]
     widget.threads = threads
@@ -110,8 +116,14 @@ def _measure(widget, mode: str, seconds: float) -> dict:
     while widget.running and time.monotonic() < deadline:
         _pump(0.2)
     shown = threads if threads is not None else torch.get_num_threads()
-    return {"mode": mode, "threads": shown, "lateness": lateness, "startup": startup,
-            "steps": steps, "load": load}
+    return {
+        "mode": mode,
+        "threads": shown,
+        "lateness": lateness,
+        "startup": startup,
+        "steps": steps,
+        "load": load,
+    }
 
 
 DESCRIPTIONS = {
@@ -121,25 +133,44 @@ DESCRIPTIONS = {
     "process": "separate process",
     "process-1": "separate process, cores - 1 torch threads",
 }
-HEADERS = ["training", "torch threads", "p50 ms", "p95 ms", "p99 ms", "max ms", "ticks > 100 ms",
-           "s to 1st step", "steps", "load"]
+HEADERS = [
+    "training",
+    "torch threads",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "max ms",
+    "ticks > 100 ms",
+    "s to 1st step",
+    "steps",
+    "load",
+]
 
 
 def _row(r: dict) -> list:
     late = r["lateness"]
     startup = "-" if np.isnan(r["startup"]) else f"{r['startup']:.1f}"
-    return [DESCRIPTIONS[r["mode"]], r["threads"], f"{np.percentile(late, 50):.1f}",
-            f"{np.percentile(late, 95):.1f}", f"{np.percentile(late, 99):.0f}",
-            f"{late.max():.0f}", int((late > 100).sum()), startup,
-            r["steps"] if r["mode"] != "idle" else "-", f"{r['load']:.1f}"]
+    return [
+        DESCRIPTIONS[r["mode"]],
+        r["threads"],
+        f"{np.percentile(late, 50):.1f}",
+        f"{np.percentile(late, 95):.1f}",
+        f"{np.percentile(late, 99):.0f}",
+        f"{late.max():.0f}",
+        int((late > 100).sum()),
+        startup,
+        r["steps"] if r["mode"] != "idle" else "-",
+        f"{r['load']:.1f}",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=30.0, help="measuring time per mode")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
-    parser.add_argument("--rounds", type=int, default=1,
-                        help="repeat the modes, in turn, this many times")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat the modes, in turn, this many times"
+    )
     parser.add_argument("--no-update", action="store_true", help="do not rewrite the docs")
     args = parser.parse_args()
     modes = [m for m in args.modes.split(",") if m]

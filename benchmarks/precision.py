@@ -42,8 +42,13 @@ SECTION = "precision"
 def cases(n_images: int, size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(name, image (H, W), labels (H, W)): the shipped sample, then synthetic images."""
     samples = builtin_models_dir().parent / "samples"
-    found = [("shipped sample", io.read_image(samples / "nuclei.tif").data,
-              io.read_image(samples / "nuclei_labels.tif").data)]
+    found = [
+        (
+            "shipped sample",
+            io.read_image(samples / "nuclei.tif").data,
+            io.read_image(samples / "nuclei_labels.tif").data,
+        )
+    ]
     rng = np.random.default_rng(123)
     for i in range(n_images):
         image, labels = make_image(random_config(rng, (size, size)), seed=1000 + i)
@@ -65,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, image, truth in cases(args.images, args.size):
         row = [name, str(int(np.asarray(truth).max()))]
         for precision in precisions:
-            _, labels = drain(predict_labels(np.asarray(image), "YX", model, device="cpu",
-                                             precision=precision))
+            _, labels = drain(
+                predict_labels(np.asarray(image), "YX", model, device="cpu", precision=precision)
+            )
             score = evaluate(labels, np.asarray(truth))
             for i, key in enumerate(("tp", "fp", "fn")):
                 totals[precision][i] += score[key]
@@ -78,19 +84,26 @@ def main(argv: list[str] | None = None) -> int:
         tp, fp, fn = totals[precision]
         pooled.append(f"{tp / (tp + fp + fn):.3f}")
     rows.append(pooled)
-    table = markdown_table(["image", "objects", *(f"{p}: AP50 / AP50:95" for p in precisions)],
-                           rows)
+    table = markdown_table(
+        ["image", "objects", *(f"{p}: AP50 / AP50:95" for p in precisions)], rows
+    )
 
-    image = percentile_normalize(make_image(random_config(np.random.default_rng(7),
-                                                          (1024, 1024)), seed=7)[0])
+    image = percentile_normalize(
+        make_image(random_config(np.random.default_rng(7), (1024, 1024)), seed=7)[0]
+    )
     plane = np.ascontiguousarray(image[None], np.float32)
     config = model.config
     tiling = default_tiling(config, "cpu")
     halo = resolve_halo(tiling, config)
     predictors = {p: Predictor(model.model, torch.device("cpu"), p) for p in precisions}
-    jobs = {p: (lambda pred=pred: drain(predict_tiled(pred, plane, config.out_classes, tiling,
-                                                      halo, stride=config.stride)))
-            for p, pred in predictors.items()}
+    jobs = {
+        p: (
+            lambda pred=pred: drain(
+                predict_tiled(pred, plane, config.out_classes, tiling, halo, stride=config.stride)
+            )
+        )
+        for p, pred in predictors.items()
+    }
     best = interleaved_best(jobs, args.rounds)
     megapixels = image.size / 1e6
     speed = [f"{p}: {megapixels / best[p]:.2f} MP/s" for p in precisions]
@@ -101,14 +114,19 @@ def main(argv: list[str] | None = None) -> int:
     text = f"{table}\n\nTiled network on a 1024 x 1024 image: " + ", ".join(speed) + "."
     sys.stdout.write(text + "\n")
     if not args.no_update:
-        update_section(SECTION, (
-            "## Inference precision on the CPU (`benchmarks/precision.py`)\n\n"
-            "The starter model through the whole prediction path (normalise, tiles, watershed) in "
-            "fp32 and bf16, scored against exact labels (AP at IoU 0.5 / averaged over IoU "
-            "0.5:0.95). The synthetic images come from the starter's own generator with seeds it "
-            "never saw. `precision=\"auto\"` picks bf16 on CPUs with native bfloat16 instructions "
-            f"because of this table.\n\n{text}\n\nMachine: {machine}.  \n"
-            f"Command: `{command_line()}`"))
+        update_section(
+            SECTION,
+            (
+                "## Inference precision on the CPU (`benchmarks/precision.py`)\n\n"
+                "The starter model through the whole prediction path (normalise, tiles, "
+                "watershed) in fp32 and bf16, scored against exact labels (AP at IoU 0.5 / "
+                "averaged over IoU 0.5:0.95). The synthetic images come from the starter's own "
+                'generator with seeds it never saw. `precision="auto"` picks bf16 on CPUs with '
+                "native bfloat16 instructions "
+                f"because of this table.\n\n{text}\n\nMachine: {machine}.  \n"
+                f"Command: `{command_line()}`"
+            ),
+        )
     return 0
 
 

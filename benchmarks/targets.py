@@ -59,8 +59,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--no-exact", action="store_true", help="skip the slow reference")
-    parser.add_argument("--exact-all", action="store_true",
-                        help="run the slow reference on the 1024 x 1024 case too")
+    parser.add_argument(
+        "--exact-all",
+        action="store_true",
+        help="run the slow reference on the 1024 x 1024 case too",
+    )
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     args = parser.parse_args()
     machine = machine_description()
@@ -69,11 +72,16 @@ def main() -> None:
     def out(text: str = "") -> None:
         print(text)
         lines.append(text)
+
     config = TargetConfig()
-    out(f"w0={config.w0} sigma={config.sigma} margin={config.margin} px "
-          f"boundary_width={config.boundary_width}")
-    out(f"{'image':>10} {'objects':>8} {'annotated':>10} {'fast ms':>8} {'fast cpu':>9} "
-          f"{'exact ms':>9} {'max |diff|':>11}")
+    out(
+        f"w0={config.w0} sigma={config.sigma} margin={config.margin} px "
+        f"boundary_width={config.boundary_width}"
+    )
+    out(
+        f"{'image':>10} {'objects':>8} {'annotated':>10} {'fast ms':>8} {'fast cpu':>9} "
+        f"{'exact ms':>9} {'max |diff|':>11}"
+    )
     for size, n_objects, annotated in CASES:
         labels = packed_cells(size, n_objects)
         n_found = len(np.unique(labels)) - 1
@@ -82,8 +90,9 @@ def main() -> None:
             mask = np.zeros(labels.shape, bool)
             mask[size // 2 : size // 2 + annotated, size // 2 : size // 2 + annotated] = True
         instance_targets(labels, config, mask)  # warm-up
-        wall, cpu = median_ms(lambda lab=labels, m=mask: instance_targets(lab, config, m),
-                              args.repeats)
+        wall, cpu = median_ms(
+            lambda lab=labels, m=mask: instance_targets(lab, config, m), args.repeats
+        )
         region = "all" if annotated is None else f"{annotated}x{annotated}"
         row = f"{size:>4}x{size:<5} {n_found:>8} {region:>10} {wall:>8.1f} {cpu:>9.1f}"
         if args.no_exact or (size > 512 and not args.exact_all):
@@ -95,11 +104,16 @@ def main() -> None:
         diff = float(np.abs(instance_targets(labels, config, mask).weights - exact).max())
         out(f"{row} {exact_ms:>9.0f} {diff:>11.2e}")
     if not args.no_update:
-        update_section("targets", "## Training targets (`benchmarks/targets.py`)\n\n"
-                       "Median of " f"{args.repeats} runs; fast = `instance_targets`, exact = "
-                       "one distance transform per object over the whole image.\n\n```text\n"
-                       + "\n".join(lines) + f"\n```\n\nMachine: {machine}.  \n"
-                       f"Command: `{command_line()}`")
+        update_section(
+            "targets",
+            "## Training targets (`benchmarks/targets.py`)\n\n"
+            "Median of "
+            f"{args.repeats} runs; fast = `instance_targets`, exact = "
+            "one distance transform per object over the whole image.\n\n```text\n"
+            + "\n".join(lines)
+            + f"\n```\n\nMachine: {machine}.  \n"
+            f"Command: `{command_line()}`",
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,9 @@ def _image(size: int) -> np.ndarray:
     return percentile_normalize(image, channel_axis=None)[None]
 
 
-def _tiled(predictor: Predictor, image: np.ndarray, k: int, tiling: TilingConfig, halo: int,
-           stride: int) -> np.ndarray:
+def _tiled(
+    predictor: Predictor, image: np.ndarray, k: int, tiling: TilingConfig, halo: int, stride: int
+) -> np.ndarray:
     return drain(predict_tiled(predictor, image, k, tiling, halo, stride))
 
 
@@ -58,8 +59,14 @@ def _monai(predictor: Predictor, image: np.ndarray, roi: int, batch: int) -> np.
     from monai.inferers import sliding_window_inference
 
     with torch.inference_mode():
-        out = sliding_window_inference(torch.from_numpy(image)[None], (roi, roi), batch,
-                                       predictor, overlap=0.25, mode="gaussian")
+        out = sliding_window_inference(
+            torch.from_numpy(image)[None],
+            (roi, roi),
+            batch,
+            predictor,
+            overlap=0.25,
+            mode="gaussian",
+        )
     return out[0].numpy()
 
 
@@ -96,20 +103,25 @@ def main(argv: list[str] | None = None) -> int:
     default = default_tiling(config, "cpu")
     halo = default_halo(config)
     cases: dict[str, tuple[TilingConfig, int]] = {
-        f"default: {default.tile_size} px tiles, margin {halo} px, batch {default.batch_size}":
-            (default, halo),
+        f"default: {default.tile_size} px tiles, margin {halo} px, batch {default.batch_size}": (
+            default,
+            halo,
+        ),
     }
     for tile in (256, 512, 768):
         cases[f"{tile} px tiles, margin {halo} px"] = (
-            TilingConfig(tile_size=tile, batch_size=1), halo)
+            TilingConfig(tile_size=tile, batch_size=1),
+            halo,
+        )
     for margin in (32, 64, 96):
         if margin < halo:
             cases[f"256 px tiles, smaller margin {margin} px (approximate)"] = (
-                TilingConfig(tile_size=256, batch_size=1), margin)
-    jobs = {"whole": lambda: _tiled(predictor, image, k, whole, halo, stride),
-            "eager": eager_whole}
+                TilingConfig(tile_size=256, batch_size=1),
+                margin,
+            )
+    jobs = {"whole": lambda: _tiled(predictor, image, k, whole, halo, stride), "eager": eager_whole}
     for name, (tiling, margin) in cases.items():
-        jobs[name] = (lambda t=tiling, m=margin: _tiled(predictor, image, k, t, m, stride))
+        jobs[name] = lambda t=tiling, m=margin: _tiled(predictor, image, k, t, m, stride)
     try:
         import monai  # noqa: F401
 
@@ -119,19 +131,40 @@ def main(argv: list[str] | None = None) -> int:
         monai_name = None
     times = interleaved_best(jobs, args.rounds)
 
-    rows = [["one whole-image pass (same fused, channels-last network)", "1.00",
-             f"{args.size ** 2 / times['whole'] / 1e6:.2f}", "0 (reference)", "100%"],
-            ["one whole-image pass, plain eager PyTorch", f"{times['eager'] / times['whole']:.2f}",
-             f"{args.size ** 2 / times['eager'] / 1e6:.2f}", "-", "-"]]
+    rows = [
+        [
+            "one whole-image pass (same fused, channels-last network)",
+            "1.00",
+            f"{args.size**2 / times['whole'] / 1e6:.2f}",
+            "0 (reference)",
+            "100%",
+        ],
+        [
+            "one whole-image pass, plain eager PyTorch",
+            f"{times['eager'] / times['whole']:.2f}",
+            f"{args.size**2 / times['eager'] / 1e6:.2f}",
+            "-",
+            "-",
+        ],
+    ]
     for name in jobs:
         if name in ("whole", "eager"):
             continue
-        result = jobs[name]() if name == monai_name else _tiled(
-            predictor, image, k, cases[name][0], cases[name][1], stride)
+        result = (
+            jobs[name]()
+            if name == monai_name
+            else _tiled(predictor, image, k, cases[name][0], cases[name][1], stride)
+        )
         diff, same = _compare(result, reference)
-        rows.append([name, f"{times[name] / times['whole']:.2f}",
-                     f"{args.size ** 2 / times[name] / 1e6:.2f}", f"{diff:.2e}",
-                     f"{100 * same:.3f}%"])
+        rows.append(
+            [
+                name,
+                f"{times[name] / times['whole']:.2f}",
+                f"{args.size**2 / times[name] / 1e6:.2f}",
+                f"{diff:.2e}",
+                f"{100 * same:.3f}%",
+            ]
+        )
     headers = ["method", "time vs whole image", "MP/s", "max prob. difference", "same class"]
     table = markdown_table(headers, rows)
     sys.stdout.write(table + "\n")

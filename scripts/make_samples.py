@@ -23,9 +23,14 @@ FOLDER = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "samples"
 
 def _write_image(path: Path, image, axes: str) -> None:
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, image, imagej=True, compression="zlib",
-                         resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM),
-                         metadata={"axes": axes, "unit": "um"})
+        tifffile.imwrite(
+            tmp,
+            image,
+            imagej=True,
+            compression="zlib",
+            resolution=(1 / PIXEL_SIZE_UM, 1 / PIXEL_SIZE_UM),
+            metadata={"axes": axes, "unit": "um"},
+        )
 
 
 def main() -> int:
@@ -35,8 +40,9 @@ def main() -> int:
     write_labels(FOLDER / "nuclei_labels.tif", labels, "YX", (PIXEL_SIZE_UM, PIXEL_SIZE_UM))
     stack, stack_labels = sample_stack(0)
     _write_image(FOLDER / "nuclei_stack.tif", stack, "TYX")
-    write_labels(FOLDER / "nuclei_stack_labels.tif", stack_labels, "TYX",
-                 (PIXEL_SIZE_UM, PIXEL_SIZE_UM))
+    write_labels(
+        FOLDER / "nuclei_stack_labels.tif", stack_labels, "TYX", (PIXEL_SIZE_UM, PIXEL_SIZE_UM)
+    )
     return 0
 
 

@@ -54,14 +54,30 @@ def main(argv: list[str] | None = None) -> int:
         pairs += make_pairs(image, labels, "YX", 1, normalize, name=f"synthetic {i}")
     logging.info("made %d synthetic images in %.1f s", len(pairs), time.perf_counter() - started)
 
-    config = TrainConfig(epochs=10_000, max_minutes=args.minutes, steps_per_epoch=50,
-                         batch_size=8, patch_size=args.patch_size,
-                         learning_rate=args.learning_rate, patience=0,
-                         val_fraction=0.1, seed=args.seed, freeze_batchnorm=False)
+    config = TrainConfig(
+        epochs=10_000,
+        max_minutes=args.minutes,
+        steps_per_epoch=50,
+        batch_size=8,
+        patch_size=args.patch_size,
+        learning_rate=args.learning_rate,
+        patience=0,
+        val_fraction=0.1,
+        seed=args.seed,
+        freeze_batchnorm=False,
+    )
     base = load_model(args.resume) if args.resume else None
-    gen = train(pairs, args.output, base=base, config=config, device=args.device,
-                name="starter", model_config=ModelConfig(), normalize=normalize,
-                pixel_size=PIXEL_SIZE)
+    gen = train(
+        pairs,
+        args.output,
+        base=base,
+        config=config,
+        device=args.device,
+        name="starter",
+        model_config=ModelConfig(),
+        normalize=normalize,
+        pixel_size=PIXEL_SIZE,
+    )
     drain(gen, lambda e: logging.info(e.message) if e.payload.kind != "step" else None)
 
     # record the recipe (every stage, when resumed) in the shipped file
@@ -72,16 +88,25 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.output)
     provenance = model.metadata["provenance"]
     metadata = new_metadata(
-        model.config, task="instances", name="starter", normalize=normalize,
-        data_hashes=provenance["data_hashes"], parent=provenance["parent"],
-        settings={**provenance["settings"],
-                  "recipe": recipe,
-                  "data": "synthetic nuclei and cells (napari_unet.core.synthetic.random_config)"},
+        model.config,
+        task="instances",
+        name="starter",
+        normalize=normalize,
+        data_hashes=provenance["data_hashes"],
+        parent=provenance["parent"],
+        settings={
+            **provenance["settings"],
+            "recipe": recipe,
+            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.random_config)",
+        },
         metrics=provenance["metrics"],
-        pixel_size=PIXEL_SIZE, object_diameter=model.object_diameter,
+        pixel_size=PIXEL_SIZE,
+        object_diameter=model.object_diameter,
     )
-    metadata["description"] = ("Starter model for fluorescence nuclei and cells, trained from "
-                               "scratch on synthetic images; fine-tune it on your own data.")
+    metadata["description"] = (
+        "Starter model for fluorescence nuclei and cells, trained from "
+        "scratch on synthetic images; fine-tune it on your own data."
+    )
     save_model(args.output, model.model, metadata)
     logging.info("wrote %s: %s", args.output, provenance["metrics"])
     return 0

@@ -157,8 +157,19 @@ def test_unknown_device(capsys, tmp_path, out_dir, model_file):
 
 def test_fp16_on_the_cpu_is_a_user_error(capsys, tmp_path, out_dir, model_file):
     img = image_file(tmp_path, "img.tif", blobs())
-    code, _, err = run(capsys, "predict", img, "-o", out_dir, "--model", model_file,
-                       "--device", "cpu", "--precision", "fp16")
+    code, _, err = run(
+        capsys,
+        "predict",
+        img,
+        "-o",
+        out_dir,
+        "--model",
+        model_file,
+        "--device",
+        "cpu",
+        "--precision",
+        "fp16",
+    )
     assert_user_error(code, err, out_dir, contains="fp16")
 
 
@@ -172,9 +183,21 @@ def test_bf16_precision_on_the_cpu(capsys, tmp_path, out_dir, model_file):
     results = {}
     for precision in ("fp32", "bf16"):
         probs = tmp_path / f"probs_{precision}.tif"
-        code, _, err = run(capsys, "predict", img, "-o", out_dir / f"{precision}.tif", "--model",
-                           model_file, "--device", "cpu", "--precision", precision,
-                           "--probabilities", probs)
+        code, _, err = run(
+            capsys,
+            "predict",
+            img,
+            "-o",
+            out_dir / f"{precision}.tif",
+            "--model",
+            model_file,
+            "--device",
+            "cpu",
+            "--precision",
+            precision,
+            "--probabilities",
+            probs,
+        )
         assert code == 0, err
         results[precision] = read_image(probs).data
     assert np.abs(results["fp32"] - results["bf16"]).max() < 0.1

@@ -40,10 +40,14 @@ def ome_zarr(path: Path, data: np.ndarray, pixel: float = 0.5) -> Path:
     group.create_array("0", data=data, chunks=(128, 128))
     group.create_array("1", data=data[::2, ::2], chunks=(128, 128))
     axes = [{"name": a, "type": "space", "unit": "micrometer"} for a in "yx"]
-    datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [pixel * 2**i] * 2}]} for i in range(2)]
-    group.attrs["ome"] = {"version": "0.5",
-                          "multiscales": [{"axes": axes, "datasets": datasets}]}
+    datasets = [
+        {
+            "path": str(i),
+            "coordinateTransformations": [{"type": "scale", "scale": [pixel * 2**i] * 2}],
+        }
+        for i in range(2)
+    ]
+    group.attrs["ome"] = {"version": "0.5", "multiscales": [{"axes": axes, "datasets": datasets}]}
     return path
 
 
@@ -52,15 +56,27 @@ def test_zarr_in_zarr_out_matches_in_memory(capsys, tmp_path, model_file, image)
     tifffile.imwrite(tmp_path / "scan.tif", image)
     out = tmp_path / "out"
     out.mkdir()
-    code, _, err = run(capsys, "predict", source, "-o", tmp_path / "labels.zarr", "-m",
-                       model_file, "--block-size", "64", "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        source,
+        "-o",
+        tmp_path / "labels.zarr",
+        "-m",
+        model_file,
+        "--block-size",
+        "64",
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "labels.zarr" in err and "objects" in err
     labels = open_lazy(tmp_path / "labels.zarr")
     assert labels.axes == "YX" and labels.pixel_size == pytest.approx((0.5, 0.5))
     assert zarr.open_group(str(tmp_path / "labels.zarr")).attrs["image-label"]
-    code, _, err = run(capsys, "predict", tmp_path / "scan.tif", "-o", out, "-m", model_file,
-                       "--device", "cpu")
+    code, _, err = run(
+        capsys, "predict", tmp_path / "scan.tif", "-o", out, "-m", model_file, "--device", "cpu"
+    )
     assert code == 0, err
     expected = read_image(out / "scan_labels.tif").data
     assert match(labels.data.compute(), expected, 0.5).ap >= 0.99
@@ -69,9 +85,22 @@ def test_zarr_in_zarr_out_matches_in_memory(capsys, tmp_path, model_file, image)
 def test_blockwise_tiff_to_folder_writes_an_imagej_tiff(capsys, tmp_path, model_file, image):
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, image, resolution=(4.0, 4.0), resolutionunit="MICROMETER")
-    code, _, err = run(capsys, "predict", source, "-o", tmp_path, "-m", model_file,
-                       "--blockwise", "--block-size", "128", "--device", "cpu",
-                       "--probabilities", tmp_path)
+    code, _, err = run(
+        capsys,
+        "predict",
+        source,
+        "-o",
+        tmp_path,
+        "-m",
+        model_file,
+        "--blockwise",
+        "--block-size",
+        "128",
+        "--device",
+        "cpu",
+        "--probabilities",
+        tmp_path,
+    )
     assert code == 0, err
     written = read_image(tmp_path / "big_labels.tif")
     assert written.axes == "YX" and written.pixel_size == pytest.approx((0.25, 0.25))
@@ -82,12 +111,20 @@ def test_blockwise_tiff_to_folder_writes_an_imagej_tiff(capsys, tmp_path, model_
     assert probs.shape == (3, *image.shape) and probs.dtype == np.float32
 
 
-def test_large_images_go_blockwise_by_themselves(capsys, tmp_path, model_file, image,
-                                                 monkeypatch):
+def test_large_images_go_blockwise_by_themselves(capsys, tmp_path, model_file, image, monkeypatch):
     monkeypatch.setattr("napari_unet.core.block_jobs.BLOCKWISE_PIXELS", 100 * 100)
     tifffile.imwrite(tmp_path / "large.tif", image)
-    code, _, err = run(capsys, "predict", tmp_path / "large.tif", "-o", tmp_path, "-m",
-                       model_file, "--device", "cpu")
+    code, _, err = run(
+        capsys,
+        "predict",
+        tmp_path / "large.tif",
+        "-o",
+        tmp_path,
+        "-m",
+        model_file,
+        "--device",
+        "cpu",
+    )
     assert code == 0, err
     assert "stitch" in err or "write" in err  # the blockwise stages
     with tifffile.TiffFile(tmp_path / "large_labels.tif") as tif:
@@ -100,9 +137,19 @@ def test_bad_input_exits_2_and_leaves_nothing(capsys, tmp_path, model_file):
     arr = zarr.create_array(str(source), data=two_channels, dimension_names=["c", "y", "x"])
     assert arr.shape == (2, 96, 96)
     before = sorted(tmp_path.iterdir())
-    code, out, err = run(capsys, "predict", source, "-o", tmp_path / "labels.zarr", "-m",
-                         model_file, "--device", "cpu", "--probabilities",
-                         tmp_path / "p.zarr")
+    code, out, err = run(
+        capsys,
+        "predict",
+        source,
+        "-o",
+        tmp_path / "labels.zarr",
+        "-m",
+        model_file,
+        "--device",
+        "cpu",
+        "--probabilities",
+        tmp_path / "p.zarr",
+    )
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("napari-unet: error:") and "channel" in err
     assert sorted(tmp_path.iterdir()) == before
@@ -111,8 +158,9 @@ def test_bad_input_exits_2_and_leaves_nothing(capsys, tmp_path, model_file):
         ["--block-size", "0"],
         ["--bigtiff"],  # a TIFF cannot go to a .zarr name
     ):
-        code, _, err = run(capsys, "predict", source, "-o", tmp_path / "l.zarr", "-m",
-                           model_file, *argv)
+        code, _, err = run(
+            capsys, "predict", source, "-o", tmp_path / "l.zarr", "-m", model_file, *argv
+        )
         assert code == 2 and err.count("\n") == 1, err
     code, _, err = run(capsys, "predict", tmp_path / "missing.zarr", "-o", tmp_path / "x.zarr")
     assert code == 2 and "does not exist" in err

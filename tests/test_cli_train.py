@@ -90,8 +90,10 @@ def assert_user_error(code: int, out: str, err: str, contains: str = "") -> None
 
 BAD_INPUTS = {
     "labels missing": (["--image", "img"], "has no labels"),
-    "labels without image": (["--image", "img", "--labels", "lab", "--labels", "lab2"],
-                             "have no image"),
+    "labels without image": (
+        ["--image", "img", "--labels", "lab", "--labels", "lab2"],
+        "have no image",
+    ),
     "no data": ([], "no training data"),
     "shape mismatch": (["--image", "img", "--labels", "small_lab"], "shape"),
     "all-zero labels": (["--image", "img", "--labels", "zero_lab"], "all zero"),
@@ -99,18 +101,22 @@ BAD_INPUTS = {
     "fractional labels": (["--image", "img", "--labels", "frac_lab"], "non-integer"),
     "RGB labels": (["--image", "img", "--labels", "rgb_lab"], "RGB"),
     "zero epochs": (["--image", "img", "--labels", "lab", "--epochs", "0"], "--epochs"),
-    "empty mask": (["--image", "img", "--labels", "lab", "--mask", "empty_mask"],
-                   "no pixel as annotated"),
+    "empty mask": (
+        ["--image", "img", "--labels", "lab", "--mask", "empty_mask"],
+        "no pixel as annotated",
+    ),
     "mask shape": (["--image", "img", "--labels", "lab", "--mask", "small_mask"], "mask"),
     "mask first": (["--mask", "mask", "--image", "img", "--labels", "lab"], "before any"),
-    "two masks": (["--image", "img", "--labels", "lab", "--mask", "mask", "--mask", "mask"],
-                  "two masks"),
-    "no object in the mask": (["--image", "img", "--labels", "bg_lab", "--mask", "mask"],
-                              "object"),
-    "zero minutes": (["--image", "img", "--labels", "lab", "--max-minutes", "0"],
-                     "--max-minutes"),
-    "negative minutes": (["--image", "img", "--labels", "lab", "--max-minutes", "-3"],
-                         "--max-minutes"),
+    "two masks": (
+        ["--image", "img", "--labels", "lab", "--mask", "mask", "--mask", "mask"],
+        "two masks",
+    ),
+    "no object in the mask": (["--image", "img", "--labels", "bg_lab", "--mask", "mask"], "object"),
+    "zero minutes": (["--image", "img", "--labels", "lab", "--max-minutes", "0"], "--max-minutes"),
+    "negative minutes": (
+        ["--image", "img", "--labels", "lab", "--max-minutes", "-3"],
+        "--max-minutes",
+    ),
     "missing image": (["--image", "nothing.tif", "--labels", "lab"], "does not exist"),
     "depth without scratch": (["--image", "img", "--labels", "lab", "--depth", "2"], "scratch"),
 }
@@ -129,24 +135,45 @@ def test_bad_input(capsys, tmp_path, files, tiny_model, case):
 
 def test_output_folder_missing(capsys, tmp_path, files, tiny_model):
     output = tmp_path / "missing" / "new.safetensors"
-    code, out, err = run(capsys, "train", "--image", files["img"], "--labels", files["lab"],
-                         "--model", tiny_model, "-o", output)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--model",
+        tiny_model,
+        "-o",
+        output,
+    )
     assert_user_error(code, out, err, "does not exist")
     assert not output.parent.exists()
 
 
 def test_default_model_not_installed(capsys, tmp_path, files):
     output = tmp_path / "new.safetensors"
-    code, out, err = run(capsys, "train", "--image", files["img"], "--labels", files["lab"],
-                         "-o", output)
+    code, out, err = run(
+        capsys, "train", "--image", files["img"], "--labels", files["lab"], "-o", output
+    )
     assert_user_error(code, out, err, "starter")
     assert not output.exists()
 
 
 def test_output_is_the_base_model(capsys, files, tiny_model):
     before = tiny_model.read_bytes()
-    code, out, err = run(capsys, "train", "--image", files["img"], "--labels", files["lab"],
-                         "--model", tiny_model, "-o", tiny_model)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--model",
+        tiny_model,
+        "-o",
+        tiny_model,
+    )
     assert_user_error(code, out, err, "fine-tuned")
     assert tiny_model.read_bytes() == before
 
@@ -156,8 +183,16 @@ def test_output_is_the_base_model(capsys, files, tiny_model):
 
 
 def test_masks_belong_to_the_pair_given_just_before():
-    items = [("image", "a"), ("labels", "la"), ("mask", "ma"), ("image", "b"), ("labels", "lb"),
-             ("image", "c"), ("mask", "mc"), ("labels", "lc")]
+    items = [
+        ("image", "a"),
+        ("labels", "la"),
+        ("mask", "ma"),
+        ("image", "b"),
+        ("labels", "lb"),
+        ("image", "c"),
+        ("mask", "mc"),
+        ("labels", "lc"),
+    ]
     assert training_inputs(items) == [
         TrainingInput(Path("a"), Path("la"), Path("ma")),
         TrainingInput(Path("b"), Path("lb"), None),
@@ -171,13 +206,28 @@ def test_masks_belong_to_the_pair_given_just_before():
 
 
 def test_time_budget_alone_lifts_the_epoch_limit():
-    args = cli.build_parser().parse_args(["train", "--image", "a", "--labels", "b", "-o", "m",
-                                          "--max-minutes", "2.5", "--no-elastic", "--seed", "3"])
+    args = cli.build_parser().parse_args(
+        [
+            "train",
+            "--image",
+            "a",
+            "--labels",
+            "b",
+            "-o",
+            "m",
+            "--max-minutes",
+            "2.5",
+            "--no-elastic",
+            "--seed",
+            "3",
+        ]
+    )
     config = cli.train_config(args)
     assert config.max_minutes == 2.5 and config.epochs > 10_000
     assert config.augment.elastic is False and config.seed == 3 and config.targets.w0 > 0
-    args = cli.build_parser().parse_args(["train", "--image", "a", "--labels", "b", "-o", "m",
-                                          "--epochs", "7", "--no-weight-map"])
+    args = cli.build_parser().parse_args(
+        ["train", "--image", "a", "--labels", "b", "-o", "m", "--epochs", "7", "--no-weight-map"]
+    )
     config = cli.train_config(args)
     assert config.epochs == 7 and config.max_minutes is None
     # only the border term goes: the classes stay balanced
@@ -191,10 +241,29 @@ def test_time_budget_alone_lifts_the_epoch_limit():
 def test_fine_tune_two_pairs_with_a_mask(capsys, tmp_path, files, tiny_model):
     output = tmp_path / "tuned.safetensors"
     code, out, err = run(
-        capsys, "train", "--image", files["img"], "--labels", files["lab"],
-        "--image", files["img2"], "--labels", files["lab2"], "--mask", files["mask"],
-        "--model", tiny_model, *FAST, "--no-elastic", "--no-weight-map", "--seed", "4",
-        "--name", "my cells", "-o", output,
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--image",
+        files["img2"],
+        "--labels",
+        files["lab2"],
+        "--mask",
+        files["mask"],
+        "--model",
+        tiny_model,
+        *FAST,
+        "--no-elastic",
+        "--no-weight-map",
+        "--seed",
+        "4",
+        "--name",
+        "my cells",
+        "-o",
+        output,
     )
     assert code == 0, err
     epoch_lines = [line for line in err.splitlines() if line.startswith("napari-unet: epoch")]
@@ -218,14 +287,27 @@ def test_fine_tune_two_pairs_with_a_mask(capsys, tmp_path, files, tiny_model):
 
 
 def test_from_scratch_with_validation(capsys, tmp_path):
-    image, labels = make_image(SyntheticConfig(shape=(336, 336), radius=(6.0, 10.0)), seed=5,
-                               dtype=np.uint16)
+    image, labels = make_image(
+        SyntheticConfig(shape=(336, 336), radius=(6.0, 10.0)), seed=5, dtype=np.uint16
+    )
     tifffile.imwrite(tmp_path / "big.tif", image)
     tifffile.imwrite(tmp_path / "big_labels.tif", labels)
     code, out, err = run(
-        capsys, "train", "--image", tmp_path / "big.tif", "--labels", tmp_path / "big_labels.tif",
-        "--model", "scratch", "--depth", "2", "--base-channels", "4", *FAST,
-        "-o", tmp_path / "new",
+        capsys,
+        "train",
+        "--image",
+        tmp_path / "big.tif",
+        "--labels",
+        tmp_path / "big_labels.tif",
+        "--model",
+        "scratch",
+        "--depth",
+        "2",
+        "--base-channels",
+        "4",
+        *FAST,
+        "-o",
+        tmp_path / "new",
     )
     assert code == 0, err
     assert "napari-unet: before training: validation AP50" in err
@@ -253,8 +335,19 @@ def test_ctrl_c_keeps_the_best_checkpoint(capsys, tmp_path, files, tiny_model, m
 
     monkeypatch.setattr(train_module, "augment_batch", interrupted_at_step_5)
     output = tmp_path / "stopped.safetensors"
-    code, out, err = run(capsys, "train", "--image", files["img"], "--labels", files["lab"],
-                         "--model", tiny_model, *FAST, "-o", output)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--model",
+        tiny_model,
+        *FAST,
+        "-o",
+        output,
+    )
     assert code == 130, err
     assert err.strip().splitlines()[-1] == (
         f"napari-unet: interrupted; the best model so far is in {output}"
@@ -271,8 +364,19 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
 
     monkeypatch.setattr(train_module, "save_model", interrupted)
     output = tmp_path / "stopped.safetensors"
-    code, out, err = run(capsys, "train", "--image", files["img"], "--labels", files["lab"],
-                         "--model", tiny_model, *FAST, "-o", output)
+    code, out, err = run(
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--model",
+        tiny_model,
+        *FAST,
+        "-o",
+        output,
+    )
     assert code == 130 and out == ""
     assert err.strip().splitlines()[-1] == "napari-unet: interrupted before a model was saved"
     assert not output.exists()

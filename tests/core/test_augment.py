@@ -82,8 +82,9 @@ def test_mask_is_zero_where_pixels_come_from_outside():
     size = 32
     # Zoom out by 2: output pixel at offset p from the centre samples the source at 2p, which is
     # inside the patch only for |p| < size / 4.
-    config = AugmentConfig(elastic=False, **{**RIGID_OFF, "scale_min": 0.5, "scale_max": 0.5},
-                           **NO_INTENSITY)
+    config = AugmentConfig(
+        elastic=False, **{**RIGID_OFF, "scale_min": 0.5, "scale_max": 0.5}, **NO_INTENSITY
+    )
     images = torch.rand(2, 1, size, size)
     given = torch.ones(2, size, size, dtype=torch.bool)
     given[1, :, : size // 2] = False  # left half not annotated
@@ -125,16 +126,18 @@ def test_sampling_grid_without_transforms_is_identity():
 
 
 def test_flips_and_rot90_are_exact_symmetries_of_a_square():
-    config = AugmentConfig(elastic=False, **{**RIGID_OFF, "flip": True, "rot90": True},
-                           **NO_INTENSITY)
+    config = AugmentConfig(
+        elastic=False, **{**RIGID_OFF, "flip": True, "rot90": True}, **NO_INTENSITY
+    )
     image = torch.rand(1, 1, 9, 9).expand(16, 1, 9, 9).contiguous()
     out = augment_batch(image, config=config, generator=torch.Generator().manual_seed(0))
     square = image[0, 0]
     symmetries = [torch.rot90(s, k) for s in (square, square.T) for k in range(4)]
     seen = set()
     for b in range(16):
-        found = [i for i, s in enumerate(symmetries) if torch.allclose(out.images[b, 0], s,
-                                                                        atol=1e-5)]
+        found = [
+            i for i, s in enumerate(symmetries) if torch.allclose(out.images[b, 0], s, atol=1e-5)
+        ]
         assert found, f"sample {b} is not a flip or rotation by 90 degrees"
         seen.add(found[0])
     assert out.mask.all()
@@ -148,7 +151,10 @@ def test_same_seed_same_output_and_different_seed_differs():
 
     def run(seed: int):
         return augment_batch(
-            images, labels, weights, config=AugmentConfig(),
+            images,
+            labels,
+            weights,
+            config=AugmentConfig(),
             generator=torch.Generator().manual_seed(seed),
         )
 
@@ -164,7 +170,11 @@ def test_strength_zero_is_identity():
     weights = torch.rand(2, 64, 64)
     mask = torch.rand(2, 64, 64) > 0.5
     out = augment_batch(
-        images, labels, weights, mask, config=AugmentConfig(strength=0.0),
+        images,
+        labels,
+        weights,
+        mask,
+        config=AugmentConfig(strength=0.0),
         generator=torch.Generator(),
     )
     assert torch.equal(out.images, images)
@@ -177,7 +187,9 @@ def test_each_sample_gets_its_own_transform():
     one = torch.from_numpy(blobs())
     labels = one.expand(6, -1, -1).clone()
     out = augment_batch(
-        labels[:, None].float(), labels, config=AugmentConfig(**NO_INTENSITY),
+        labels[:, None].float(),
+        labels,
+        config=AugmentConfig(**NO_INTENSITY),
         generator=torch.Generator().manual_seed(2),
     )
     for i in range(6):
@@ -196,8 +208,7 @@ def test_intensity_changes_the_image_only():
     assert torch.isfinite(out.images).all()
     # Gamma keeps the sign of negative intensities (normalised images dip below 0).
     negative = -torch.rand(1, 1, 16, 16) - 0.01
-    gamma_only = AugmentConfig(elastic=False, **RIGID_OFF, gamma=0.5, gain=0, offset=0,
-                               noise_std=0)
+    gamma_only = AugmentConfig(elastic=False, **RIGID_OFF, gamma=0.5, gain=0, offset=0, noise_std=0)
     out = augment_batch(negative, config=gamma_only, generator=torch.Generator())
     assert (out.images < 0).all()
 
@@ -205,8 +216,10 @@ def test_intensity_changes_the_image_only():
 def test_rejects_mismatched_shapes_and_bad_settings():
     with pytest.raises(ValueError, match="classes"):
         augment_batch(
-            torch.rand(2, 1, 8, 8), torch.zeros(2, 8, 9, dtype=torch.long),
-            config=AugmentConfig(), generator=torch.Generator(),
+            torch.rand(2, 1, 8, 8),
+            torch.zeros(2, 8, 9, dtype=torch.long),
+            config=AugmentConfig(),
+            generator=torch.Generator(),
         )
     with pytest.raises(ValueError, match="strength"):
         AugmentConfig(strength=1.5)
@@ -244,7 +257,8 @@ def test_preview_returns_n_pairs(shape):
 def test_runs_on_cuda_like_on_cpu():
     labels = label_batch(2).cuda()
     generator = torch.Generator(device="cuda").manual_seed(0)
-    out = augment_batch(labels[:, None].float(), labels, config=AugmentConfig(),
-                        generator=generator)
+    out = augment_batch(
+        labels[:, None].float(), labels, config=AugmentConfig(), generator=generator
+    )
     assert out.images.is_cuda and out.classes.is_cuda and out.mask.is_cuda
     assert set(out.classes.unique().tolist()) <= set(labels.unique().tolist())

@@ -44,8 +44,17 @@ def in_memory(model, image):
 def _blockwise(image, model, output=None, axes="YX", **kwargs):
     events: list[Progress] = []
     result = drain(
-        predict_blockwise(image, model, output, axes=axes, block_size=BLOCK, overlap=OVERLAP,
-                          device="cpu", precision="fp32", **kwargs),
+        predict_blockwise(
+            image,
+            model,
+            output,
+            axes=axes,
+            block_size=BLOCK,
+            overlap=OVERLAP,
+            device="cpu",
+            precision="fp32",
+            **kwargs,
+        ),
         events.append,
     )
     return result, events
@@ -65,11 +74,13 @@ def _crossing(labels: np.ndarray, block: int) -> list[int]:
 
 def test_blockwise_equals_in_memory(model, image, in_memory, tmp_path):
     probs, labels = in_memory
-    result, _ = _blockwise(image, model, tmp_path / "labels.zarr",
-                           probabilities=tmp_path / "probs.zarr")
+    result, _ = _blockwise(
+        image, model, tmp_path / "labels.zarr", probabilities=tmp_path / "probs.zarr"
+    )
     blockwise = np.asarray(result.labels[...])
-    np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probs.zarr" / "0"))[...], probs,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        zarr.open_array(str(tmp_path / "probs.zarr" / "0"))[...], probs, atol=1e-5
+    )
     assert result.n_blocks == 25 and result.block_size == BLOCK and result.axes == "YX"
     agreement = match(blockwise, labels, 0.5)
     assert agreement.ap >= 0.99, agreement.to_dict()
@@ -97,8 +108,9 @@ def test_ids_are_unique_and_consecutive(model, image, tmp_path):
 def test_stack_ids_unique_across_planes_and_tiff_output(model, tmp_path):
     stack = np.stack([nuclei_image(200, seed=s) for s in (1, 2)])
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, stack, imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "TYX", "unit": "um"})
+    tifffile.imwrite(
+        path, stack, imagej=True, resolution=(2.0, 2.0), metadata={"axes": "TYX", "unit": "um"}
+    )
     _, expected = drain(predict_labels(stack, "TYX", model, device="cpu", precision="fp32"))
     result, _ = _blockwise(open_lazy(path), model, tmp_path / "labels.tif", axes=None)
     assert result.labels is None and result.axes == "TYX"
@@ -147,8 +159,16 @@ def test_writes_into_a_given_zarr_array_with_progress(model, image, in_memory):
 
 
 def test_cancelling_leaves_nothing_behind(model, image, tmp_path):
-    gen = predict_blockwise(image, model, tmp_path / "labels.zarr", axes="YX", block_size=BLOCK,
-                            overlap=OVERLAP, device="cpu", probabilities=tmp_path / "p.zarr")
+    gen = predict_blockwise(
+        image,
+        model,
+        tmp_path / "labels.zarr",
+        axes="YX",
+        block_size=BLOCK,
+        overlap=OVERLAP,
+        device="cpu",
+        probabilities=tmp_path / "p.zarr",
+    )
     for event in gen:
         if event.stage == "predict" and event.done >= 500:
             break
@@ -185,13 +205,17 @@ def test_grid_covers_the_plane_with_aligned_reads():
         counts[(block.plane, *block.core)] += 1
         for region, outer in ((block.core, block.labels), (block.labels, block.read)):
             inner = relative(region, outer)
-            assert all(s.start >= 0 and s.stop <= o.stop - o.start
-                       for s, o in zip(inner, outer, strict=True))
+            assert all(
+                s.start >= 0 and s.stop <= o.stop - o.start
+                for s, o in zip(inner, outer, strict=True)
+            )
         assert all(s.start % 8 == 0 for s in block.read)  # the network's pooling grid
         for _, strip in block.faces:
             relative(strip, block.labels)
-            assert all(s.start >= o.start and s.stop <= o.stop
-                       for s, o in zip(strip, block.labels, strict=True))
+            assert all(
+                s.start >= o.start and s.stop <= o.stop
+                for s, o in zip(strip, block.labels, strict=True)
+            )
     assert (counts == 1).all()
 
 

@@ -175,8 +175,12 @@ def _grid(n=16, size=128, seed=0):
 def _locate(crop_image: np.ndarray, image: np.ndarray) -> tuple[int, int]:
     """Where ``crop_image`` (C, h, w) lies in ``image`` (C, H, W)."""
     h, w = crop_image.shape[1:]
-    hits = [(y, x) for y in range(image.shape[1] - h + 1) for x in range(image.shape[2] - w + 1)
-            if np.array_equal(image[:, y : y + h, x : x + w], crop_image)]
+    hits = [
+        (y, x)
+        for y in range(image.shape[1] - h + 1)
+        for x in range(image.shape[2] - w + 1)
+        if np.array_equal(image[:, y : y + h, x : x + w], crop_image)
+    ]
     assert len(hits) == 1
     return hits[0]
 
@@ -185,8 +189,7 @@ def test_validation_blocks_leave_the_training_mask():
     image, labels = _grid()
     pairs = make_pairs(image, labels, "YX", 1, NORM)
     original = pairs[0]
-    training, crops = split_validation(pairs, 0.25, np.random.default_rng(0), block=32,
-                                       context=8)
+    training, crops = split_validation(pairs, 0.25, np.random.default_rng(0), block=32, context=8)
     assert crops and len(training) == 1
     trained = training[0].targets
     held_out = original.targets.mask & ~trained.mask

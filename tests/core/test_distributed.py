@@ -27,8 +27,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 
 @pytest.fixture(scope="module")
 def client():
-    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                       host="127.0.0.1", dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None
+    )
     client = distributed.Client(cluster)
     yield client
     client.close()
@@ -49,8 +50,11 @@ def stack_file(tmp_path):
 
 
 def _run(path, model, output, client):
-    return drain(predict_blockwise(open_lazy(path), model, output, block_size=64, overlap=32,
-                                   device="cpu", client=client))
+    return drain(
+        predict_blockwise(
+            open_lazy(path), model, output, block_size=64, overlap=32, device="cpu", client=client
+        )
+    )
 
 
 def test_cluster_blocks_equal_local_blocks(client, model, stack_file, tmp_path):
@@ -59,8 +63,7 @@ def test_cluster_blocks_equal_local_blocks(client, model, stack_file, tmp_path):
     assert remote.n_blocks == local.n_blocks == 18
     assert remote.n_objects == local.n_objects > 10
     np.testing.assert_array_equal(np.asarray(remote.labels[...]), np.asarray(local.labels[...]))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.zarr", "remote.zarr",
-                                                          "stack.tif"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["local.zarr", "remote.zarr", "stack.tif"]
 
 
 def test_cluster_files_equal_local_files(client, model, tmp_path):
@@ -98,16 +101,44 @@ def test_command_line_scheduler_runs_files_and_blocks(client, tmp_path, capsys):
     (tmp_path / "there").mkdir()
     common = ["-m", model_file, "--device", "cpu", "--precision", "fp32"]
     sources = [tmp_path / "cell8.tif", tmp_path / "cell9.tif"]
-    assert main(["predict", *map(str, sources), "-o", str(tmp_path / "here"),
-                 *map(str, common)]) == 0
+    assert (
+        main(["predict", *map(str, sources), "-o", str(tmp_path / "here"), *map(str, common)]) == 0
+    )
     address = client.scheduler.address
-    assert main(["predict", *map(str, sources), "-o", str(tmp_path / "there"), "--scheduler",
-                 address, *map(str, common)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *map(str, sources),
+                "-o",
+                str(tmp_path / "there"),
+                "--scheduler",
+                address,
+                *map(str, common),
+            ]
+        )
+        == 0
+    )
     for name in ("cell8_labels.tif", "cell9_labels.tif"):
-        np.testing.assert_array_equal(read_image(tmp_path / "there" / name).data,
-                                      read_image(tmp_path / "here" / name).data)
-    assert main(["predict", str(sources[0]), "-o", str(tmp_path / "blocks.zarr"), "--scheduler",
-                 address, "--block-size", "32", *map(str, common)]) == 0
+        np.testing.assert_array_equal(
+            read_image(tmp_path / "there" / name).data, read_image(tmp_path / "here" / name).data
+        )
+    assert (
+        main(
+            [
+                "predict",
+                str(sources[0]),
+                "-o",
+                str(tmp_path / "blocks.zarr"),
+                "--scheduler",
+                address,
+                "--block-size",
+                "32",
+                *map(str, common),
+            ]
+        )
+        == 0
+    )
     assert "blocks.zarr" in capsys.readouterr().err
     blocks = open_lazy(tmp_path / "blocks.zarr").data.compute()
     expected = read_image(tmp_path / "here" / "cell8_labels.tif").data

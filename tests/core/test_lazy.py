@@ -19,8 +19,13 @@ def _stack(shape=(3, 300, 260), seed=0) -> np.ndarray:
 def test_tiff_opens_as_dask_with_axes_and_pixel_size(tmp_path):
     data = _stack()
     path = tmp_path / "stack.tif"
-    tifffile.imwrite(path, data, imagej=True, resolution=(2.0, 2.0),
-                     metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"})
+    tifffile.imwrite(
+        path,
+        data,
+        imagej=True,
+        resolution=(2.0, 2.0),
+        metadata={"axes": "ZYX", "spacing": 1.5, "unit": "um"},
+    )
     image = open_lazy(path)
     assert isinstance(image, LazyImage)
     assert isinstance(image.data, da.Array)
@@ -68,10 +73,14 @@ def _ngff_04(path, data):
         {"name": "x", "type": "space", "unit": "nanometer"},
     ]
     datasets = [
-        {"path": "0", "coordinateTransformations": [{"type": "scale",
-                                                     "scale": [1, 2.0, 0.25, 250.0]}]},
-        {"path": "1", "coordinateTransformations": [{"type": "scale",
-                                                     "scale": [1, 2.0, 0.5, 500.0]}]},
+        {
+            "path": "0",
+            "coordinateTransformations": [{"type": "scale", "scale": [1, 2.0, 0.25, 250.0]}],
+        },
+        {
+            "path": "1",
+            "coordinateTransformations": [{"type": "scale", "scale": [1, 2.0, 0.5, 500.0]}],
+        },
     ]
     group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": datasets}]
 
@@ -95,14 +104,20 @@ def test_ome_zarr_05_with_channels_and_time(tmp_path):
     data = _stack((2, 2, 96, 80))  # t, c, y, x
     path = tmp_path / "image.zarr"
     group = zarr.open_group(str(path), mode="w")  # zarr v3
-    group.create_array("s0", data=data, chunks=(1, 1, 64, 64),
-                       dimension_names=["t", "c", "y", "x"])
-    axes = [{"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
-            {"name": "y", "type": "space", "unit": "micrometer"},
-            {"name": "x", "type": "space", "unit": "micrometer"}]
+    group.create_array("s0", data=data, chunks=(1, 1, 64, 64), dimension_names=["t", "c", "y", "x"])
+    axes = [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "c", "type": "channel"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"},
+    ]
     scale = [{"type": "scale", "scale": [30.0, 1.0, 0.65, 0.65]}]
-    group.attrs["ome"] = {"version": "0.5", "multiscales": [
-        {"axes": axes, "datasets": [{"path": "s0", "coordinateTransformations": scale}]}]}
+    group.attrs["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {"axes": axes, "datasets": [{"path": "s0", "coordinateTransformations": scale}]}
+        ],
+    }
     image = open_lazy(path)
     assert (image.axes, image.dataset, image.z_spacing) == ("TCYX", "s0", None)
     assert image.pixel_size == pytest.approx((0.65, 0.65))
@@ -110,8 +125,9 @@ def test_ome_zarr_05_with_channels_and_time(tmp_path):
 
 
 def test_plain_zarr_array_axes_from_names_or_shape(tmp_path):
-    named = zarr.create_array(str(tmp_path / "named.zarr"), data=_stack((2, 50, 40)),
-                              dimension_names=["t", "y", "x"])
+    named = zarr.create_array(
+        str(tmp_path / "named.zarr"), data=_stack((2, 50, 40)), dimension_names=["t", "y", "x"]
+    )
     assert open_lazy(tmp_path / "named.zarr").axes == "TYX"
     assert named.shape == (2, 50, 40)
     zarr.create_array(str(tmp_path / "plain.zarr"), data=_stack((3, 50, 40)))

@@ -17,8 +17,9 @@ from napari_unet.core.model import (
 @pytest.mark.parametrize("upsampling", ["transpose", "bilinear"])
 @pytest.mark.parametrize("size", [(1, 1), (1, 37), (17, 5), (64, 64)])
 def test_any_input_size(norm: str, upsampling: str, size: tuple[int, int]) -> None:
-    config = ModelConfig(in_channels=2, out_classes=4, depth=2, base_channels=4, norm=norm,
-                         upsampling=upsampling)
+    config = ModelConfig(
+        in_channels=2, out_classes=4, depth=2, base_channels=4, norm=norm, upsampling=upsampling
+    )
     net = build_model(config, seed=0).eval()
     with torch.no_grad():
         out = net(torch.randn(2, 2, *size))
@@ -32,15 +33,18 @@ def test_seed_makes_identical_networks() -> None:
     c = build_model(config, seed=4)
     for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(pa, pb)
-    assert any(not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(),
-                                                          strict=True))
+    assert any(
+        not torch.equal(pa, pc) for pa, pc in zip(a.parameters(), c.parameters(), strict=True)
+    )
 
 
-@pytest.mark.parametrize("depth,upsampling", [(1, "transpose"), (2, "transpose"),
-                                              (2, "bilinear"), (3, "transpose"),
-                                              (3, "bilinear")])
-def test_receptive_radius_is_the_exact_margin_for_aligned_windows(depth: int,
-                                                                   upsampling: str) -> None:
+@pytest.mark.parametrize(
+    "depth,upsampling",
+    [(1, "transpose"), (2, "transpose"), (2, "bilinear"), (3, "transpose"), (3, "bilinear")],
+)
+def test_receptive_radius_is_the_exact_margin_for_aligned_windows(
+    depth: int, upsampling: str
+) -> None:
     """A window that starts on the stride grid and reaches ``radius`` beyond a block of output
     pixels reproduces them exactly; one stride less of margin does not."""
     config = ModelConfig(depth=depth, base_channels=4, upsampling=upsampling, norm="none")
@@ -87,8 +91,13 @@ def test_settings_round_trip_and_validation() -> None:
     assert from_dict(ModelConfig, to_dict(config)) == config
     assert from_dict(ModelConfig, {**to_dict(config), "unknown_future_key": 1}) == config
     assert config.stride == 8
-    for bad in ({"depth": -1}, {"base_channels": 0}, {"norm": "layer"},
-                {"upsampling": "nearest"}, {"in_channels": 0}):
+    for bad in (
+        {"depth": -1},
+        {"base_channels": 0},
+        {"norm": "layer"},
+        {"upsampling": "nearest"},
+        {"in_channels": 0},
+    ):
         with pytest.raises(ValueError):
             ModelConfig(**bad)
     for bad in ({"tile_size": 0}, {"halo": -1}, {"batch_size": 0}):

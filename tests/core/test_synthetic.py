@@ -55,8 +55,16 @@ def test_same_seed_same_output_and_different_seed_differs():
 
 @pytest.mark.parametrize("kind", ["nuclei", "cells"])
 def test_labels_are_consecutive_connected_and_large_enough(kind):
-    config = dataclasses.replace(SMALL, shape=(192, 192), kind=kind, clustered=0.7, overlap=0.3,
-                                 dividing=0.2, dying=0.2, min_size=15)
+    config = dataclasses.replace(
+        SMALL,
+        shape=(192, 192),
+        kind=kind,
+        clustered=0.7,
+        overlap=0.3,
+        dividing=0.2,
+        dying=0.2,
+        min_size=15,
+    )
     if kind == "cells":
         config = dataclasses.replace(config, radius=(14.0, 20.0), overlap=0.0, coverage=0.6)
     for seed in range(3):
@@ -84,9 +92,19 @@ def test_objects_are_brighter_than_background():
 
 
 def test_cells_are_brighter_than_background_and_dimmer_than_their_edges():
-    config = SyntheticConfig(shape=(192, 192), kind="cells", radius=(16.0, 22.0), coverage=0.5,
-                             gradient=0.0, debris=0.0, blur=0.5, texture=0.1, dividing=0.0,
-                             dying=0.0, photons=2000.0)
+    config = SyntheticConfig(
+        shape=(192, 192),
+        kind="cells",
+        radius=(16.0, 22.0),
+        coverage=0.5,
+        gradient=0.0,
+        debris=0.0,
+        blur=0.5,
+        texture=0.1,
+        dividing=0.0,
+        dying=0.0,
+        photons=2000.0,
+    )
     image, labels = make_image(config, 0)
     fg = labels > 0
     interior = ndimage.binary_erosion(fg, iterations=5)
@@ -109,8 +127,17 @@ def test_image_dtype_and_shape_options():
 
 
 def test_noise_follows_photon_count():
-    flat = SyntheticConfig(shape=(64, 64), n_objects=0, debris=0.0, gradient=0.0,
-                           background=1.0, photons=100.0, gain=2.0, read_noise=0.0, offset=10.0)
+    flat = SyntheticConfig(
+        shape=(64, 64),
+        n_objects=0,
+        debris=0.0,
+        gradient=0.0,
+        background=1.0,
+        photons=100.0,
+        gain=2.0,
+        read_noise=0.0,
+        offset=10.0,
+    )
     image, labels = make_image(flat, 0)
     assert labels.max() == 0
     assert image.mean() == pytest.approx(10 + 2 * 100, rel=0.02)
@@ -118,8 +145,15 @@ def test_noise_follows_photon_count():
 
 
 def test_debris_is_not_labelled():
-    config = SyntheticConfig(shape=(128, 128), n_objects=0, debris=8.0, gradient=0.0,
-                             background=0.05, photons=500.0, read_noise=1.0)
+    config = SyntheticConfig(
+        shape=(128, 128),
+        n_objects=0,
+        debris=8.0,
+        gradient=0.0,
+        background=0.05,
+        photons=500.0,
+        read_noise=1.0,
+    )
     image, labels = make_image(config, 0)
     assert labels.max() == 0
     median = np.median(image)
@@ -131,8 +165,9 @@ def test_debris_is_not_labelled():
 
 
 def test_n_objects_is_honoured_when_there_is_room():
-    config = SyntheticConfig(shape=(256, 256), radius=(8.0, 10.0), n_objects=12, clustered=0.0,
-                             dividing=0.0, dying=0.0)
+    config = SyntheticConfig(
+        shape=(256, 256), radius=(8.0, 10.0), n_objects=12, clustered=0.0, dividing=0.0, dying=0.0
+    )
     for seed in range(3):
         _, labels = make_image(config, seed)
         assert 10 <= labels.max() <= 12  # a few may be cut by the border below min_size
@@ -190,8 +225,14 @@ def test_samples_are_fixed_and_sized():
 
 @pytest.mark.parametrize(
     "change",
-    [{"radius": (10.0, 5.0)}, {"kind": "bacteria"}, {"clustered": 1.5}, {"photons": 0.0},
-     {"shape": (0, 10)}, {"dividing": 0.6, "dying": 0.6}],
+    [
+        {"radius": (10.0, 5.0)},
+        {"kind": "bacteria"},
+        {"clustered": 1.5},
+        {"photons": 0.0},
+        {"shape": (0, 10)},
+        {"dividing": 0.6, "dying": 0.6},
+    ],
 )
 def test_invalid_settings_are_rejected(change):
     with pytest.raises(ValueError):

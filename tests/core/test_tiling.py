@@ -271,7 +271,6 @@ def test_default_halo_is_aligned_and_exact():
     assert resolve_halo(TilingConfig(halo=0, exact=True), config) == receptive_radius(config)
 
 
-
 # --- memory ---------------------------------------------------------------------------------------
 
 

@@ -32,8 +32,9 @@ CPU = torch.device("cpu")
 
 
 def quick(**kwargs) -> TrainConfig:
-    settings = dict(epochs=1, steps_per_epoch=3, batch_size=2, patch_size=64, val_fraction=0.0,
-                    warmup_steps=2)
+    settings = dict(
+        epochs=1, steps_per_epoch=3, batch_size=2, patch_size=64, val_fraction=0.0, warmup_steps=2
+    )
     return TrainConfig(**{**settings, **kwargs})
 
 
@@ -82,8 +83,9 @@ def test_pixels_outside_the_mask_get_zero_gradient():
 
 
 def test_labels_outside_the_mask_do_not_change_training():
-    image, labels = make_image(SyntheticConfig(shape=(96, 128), radius=(6.0, 9.0), debris=0.0),
-                               seed=3)
+    image, labels = make_image(
+        SyntheticConfig(shape=(96, 128), radius=(6.0, 9.0), debris=0.0), seed=3
+    )
     mask = np.zeros(labels.shape, bool)
     mask[:, :48] = True
     other = labels.copy()
@@ -98,8 +100,11 @@ def test_labels_outside_the_mask_do_not_change_training():
         for _ in range(2):
             batch = sampler.sample(2)
             batches.append(batch)
-            loss = weighted_loss(model(torch.from_numpy(batch.images)),
-                                 torch.from_numpy(batch.classes), torch.from_numpy(batch.weights))
+            loss = weighted_loss(
+                model(torch.from_numpy(batch.images)),
+                torch.from_numpy(batch.classes),
+                torch.from_numpy(batch.weights),
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -123,8 +128,13 @@ def test_a_few_steps_lower_the_loss_and_raise_the_iou(tmp_path, pairs):
     inputs = torch.from_numpy(batch.images)
     target = torch.from_numpy(batch.classes), torch.from_numpy(batch.weights)
 
-    config = quick(steps_per_epoch=40, learning_rate=0.01, warmup_steps=5, seed=0,
-                   augment=AugmentConfig(elastic=True))
+    config = quick(
+        steps_per_epoch=40,
+        learning_rate=0.01,
+        warmup_steps=5,
+        seed=0,
+        augment=AugmentConfig(elastic=True),
+    )
     start = build_model(TINY, seed=config.seed).eval()  # what train() starts from
     with torch.no_grad():
         loss_before = weighted_loss(start(inputs), *target).item()
@@ -173,8 +183,7 @@ def test_metadata_of_the_saved_model(tmp_path, pairs):
 
 
 def _running_stats(model) -> list[torch.Tensor]:
-    return [m.running_mean.clone() for m in model.modules()
-            if isinstance(m, torch.nn.BatchNorm2d)]
+    return [m.running_mean.clone() for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
 
 
 @pytest.mark.parametrize("freeze", [None, True, False])
@@ -183,23 +192,26 @@ def test_batchnorm_statistics_frozen_when_fine_tuning(tmp_path, pairs, freeze):
     from scratch updates them."""
     base = LoadedModel.from_model(build_model(TINY, seed=5), name="parent-net")
     before = _running_stats(base.model)
-    tuned = drain(train(pairs, tmp_path / "ft", base=base,
-                        config=quick(freeze_batchnorm=freeze), device="cpu"))
-    same = all(torch.equal(a, b) for a, b in zip(before, _running_stats(tuned.model),
-                                                   strict=True))
+    tuned = drain(
+        train(
+            pairs, tmp_path / "ft", base=base, config=quick(freeze_batchnorm=freeze), device="cpu"
+        )
+    )
+    same = all(torch.equal(a, b) for a, b in zip(before, _running_stats(tuned.model), strict=True))
     assert same == (freeze is not False)
-    scratch = drain(train(pairs, tmp_path / "new", config=quick(), device="cpu",
-                          model_config=TINY))
+    scratch = drain(train(pairs, tmp_path / "new", config=quick(), device="cpu", model_config=TINY))
     fresh = _running_stats(build_model(TINY, seed=0))
-    assert not all(torch.equal(a, b) for a, b in zip(fresh, _running_stats(scratch.model),
-                                                     strict=True))
+    assert not all(
+        torch.equal(a, b) for a, b in zip(fresh, _running_stats(scratch.model), strict=True)
+    )
 
 
 def test_time_budget_stops_training(tmp_path, pairs):
     config = quick(epochs=10_000, steps_per_epoch=5, max_minutes=1.0 / 60)
     started = time.perf_counter()
-    result = drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu",
-                              model_config=TINY))
+    result = drain(
+        train(pairs, tmp_path / "m.safetensors", config=config, device="cpu", model_config=TINY)
+    )
     assert time.perf_counter() - started < 20
     assert 1 <= result.metadata["provenance"]["settings"]["steps"] < 50_000
 
@@ -214,8 +226,7 @@ def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tenso
         return weighted_loss(logits, classes, weights)
 
     monkeypatch.setattr(train_module, "weighted_loss", spy)
-    drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu",
-                model_config=TINY))
+    drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu", model_config=TINY))
     return seen
 
 
@@ -238,15 +249,24 @@ def test_bf16_training_on_the_cpu(tmp_path, pairs):
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bfloat16")
-    result = drain(train(pairs, tmp_path / "m.safetensors", config=quick(cpu_bf16=True),
-                         device="cpu", model_config=TINY))
+    result = drain(
+        train(
+            pairs,
+            tmp_path / "m.safetensors",
+            config=quick(cpu_bf16=True),
+            device="cpu",
+            model_config=TINY,
+        )
+    )
     assert result.metadata["provenance"]["settings"]["cpu_bf16"] is True
-    assert all(p.dtype == torch.float32 and torch.isfinite(p).all()
-               for p in result.model.parameters())
+    assert all(
+        p.dtype == torch.float32 and torch.isfinite(p).all() for p in result.model.parameters()
+    )
 
 
-@pytest.mark.parametrize("settings", [{"epochs": 0}, {"max_minutes": 0.0},
-                                      {"max_minutes": -1.0}, {"batch_size": 0}])
+@pytest.mark.parametrize(
+    "settings", [{"epochs": 0}, {"max_minutes": 0.0}, {"max_minutes": -1.0}, {"batch_size": 0}]
+)
 def test_bad_settings(settings):
     with pytest.raises(UserError):
         quick(**settings)
@@ -259,8 +279,9 @@ def test_bad_settings(settings):
 @pytest.mark.parametrize("stop_after", [1, 6])
 def test_cancelling_leaves_the_best_checkpoint(tmp_path, pairs, stop_after):
     output = tmp_path / "m.safetensors"
-    gen = train(pairs, output, config=quick(epochs=3, steps_per_epoch=4), device="cpu",
-                model_config=TINY)
+    gen = train(
+        pairs, output, config=quick(epochs=3, steps_per_epoch=4), device="cpu", model_config=TINY
+    )
     steps = 0
     for event in gen:
         steps += event.payload.kind == "step"
@@ -295,8 +316,7 @@ def _failing_save_file(fail_on_call: int):
 
 def test_a_failed_first_write_leaves_no_model_file(tmp_path, pairs, monkeypatch):
     monkeypatch.setattr(weights_module, "save_file", _failing_save_file(1))
-    gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu",
-                model_config=TINY)
+    gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu", model_config=TINY)
     with pytest.raises(OSError, match="No space"):
         drain(gen)
     assert leftovers(tmp_path) == []
@@ -304,8 +324,7 @@ def test_a_failed_first_write_leaves_no_model_file(tmp_path, pairs, monkeypatch)
 
 def test_a_failed_later_write_keeps_the_previous_checkpoint(tmp_path, pairs, monkeypatch):
     monkeypatch.setattr(weights_module, "save_file", _failing_save_file(2))
-    gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu",
-                model_config=TINY)
+    gen = train(pairs, tmp_path / "m.safetensors", config=quick(), device="cpu", model_config=TINY)
     with pytest.raises(OSError):
         drain(gen)
     assert leftovers(tmp_path) == ["m.safetensors"]
@@ -333,8 +352,12 @@ KILLED_SAVE = textwrap.dedent("""
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
 def test_a_killed_write_leaves_no_model_file(tmp_path):
     target = tmp_path / "m.safetensors"
-    proc = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(target)], capture_output=True,
-                          timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_SAVE, str(target)],
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     assert not target.exists()
     hidden = leftovers(tmp_path)
@@ -362,8 +385,13 @@ class FakeClock:
 def test_the_time_budget_ends_training_with_a_fake_clock(tmp_path, pairs):
     clock = FakeClock(1.0)  # one second per reading: a few readings per step
     config = quick(epochs=1000, max_minutes=0.5, steps_per_epoch=2)
-    events = list(_events(train(pairs, tmp_path / "m", config=config, device="cpu",
-                                model_config=TINY, clock=clock)))
+    events = list(
+        _events(
+            train(
+                pairs, tmp_path / "m", config=config, device="cpu", model_config=TINY, clock=clock
+            )
+        )
+    )
     steps = [e.payload for e in events if e.payload.kind == "step"]
     end = events[-1].payload
     assert end.kind == "end" and end.reason == "budget"
@@ -382,23 +410,40 @@ def _events(gen):
 
 
 def _validated_pairs():
-    image, labels = make_image(SyntheticConfig(shape=(300, 300), radius=(6.0, 10.0),
-                                               debris=0.0), seed=4)
+    image, labels = make_image(
+        SyntheticConfig(shape=(300, 300), radius=(6.0, 10.0), debris=0.0), seed=4
+    )
     return make_pairs(image, labels, "YX", 1, NormalizeConfig(), name="big")
 
 
 def test_a_run_that_does_not_beat_its_base_writes_nothing(tmp_path):
     base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
-    config = quick(epochs=2, steps_per_epoch=1, learning_rate=0.0, val_fraction=0.2,
-                   patience=0)
-    gen = train(_validated_pairs(), tmp_path / "m", base=base, config=config, device="cpu",
-                require_improvement=True)
+    config = quick(epochs=2, steps_per_epoch=1, learning_rate=0.0, val_fraction=0.2, patience=0)
+    gen = train(
+        _validated_pairs(),
+        tmp_path / "m",
+        base=base,
+        config=config,
+        device="cpu",
+        require_improvement=True,
+    )
     events = list(_events(gen))
     end = events[-1].payload
     assert end.validation_crops >= 1 and end.baseline["score"] == end.best["score"]
     assert not end.saved and not (tmp_path / "m.safetensors").exists()
-    assert drain(train(_validated_pairs(), tmp_path / "m", base=base, config=config,
-                       device="cpu", require_improvement=True)) is None
+    assert (
+        drain(
+            train(
+                _validated_pairs(),
+                tmp_path / "m",
+                base=base,
+                config=config,
+                device="cpu",
+                require_improvement=True,
+            )
+        )
+        is None
+    )
 
 
 def test_rounds_are_kept_in_the_provenance(tmp_path, pairs):
@@ -420,8 +465,9 @@ def test_training_leaves_torch_settings_as_they_were(tmp_path, pairs):
 def test_a_moving_average_of_the_weights_is_saved_when_asked(tmp_path, pairs):
     base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
     raw = drain(train(pairs, tmp_path / "raw", base=base, config=quick(), device="cpu"))
-    ema = drain(train(pairs, tmp_path / "ema", base=base, config=quick(ema_decay=0.9),
-                      device="cpu"))
+    ema = drain(
+        train(pairs, tmp_path / "ema", base=base, config=quick(ema_decay=0.9), device="cpu")
+    )
     # same seed and steps: the averaged weights lie between the base's and the raw ones
     name = next(k for k, v in base.model.state_dict().items() if v.dtype.is_floating_point)
     start, end = base.model.state_dict()[name], raw.model.state_dict()[name]

@@ -30,8 +30,11 @@ def sample():
 
 @pytest.fixture
 def tiny(isolated_models):
-    return save_model(isolated_models / "tiny.safetensors", build_model(TINY, seed=0),
-                      new_metadata(TINY, name="tiny"))
+    return save_model(
+        isolated_models / "tiny.safetensors",
+        build_model(TINY, seed=0),
+        new_metadata(TINY, name="tiny"),
+    )
 
 
 @pytest.fixture
@@ -84,8 +87,9 @@ def test_opens_with_the_selected_pair(finetune):
     assert widget.train_button.enabled and not widget.stop_button.enabled
 
 
-def test_a_model_without_held_out_check_is_saved_but_not_selected(finetune, qtbot,
-                                                                 isolated_models, errors):
+def test_a_model_without_held_out_check_is_saved_but_not_selected(
+    finetune, qtbot, isolated_models, errors
+):
     viewer, widget = finetune
     train(qtbot, widget)
     assert errors == []
@@ -127,8 +131,9 @@ def test_train_in_a_separate_process(finetune, qtbot, isolated_models, errors):
 
 def test_validation_scores_reach_the_plot(make_napari_viewer, qtbot, tiny, isolated_models):
     viewer = make_napari_viewer()
-    image, labels = make_image(SyntheticConfig(shape=(340, 340), radius=(6.0, 10.0),
-                                               debris=0.0), seed=3, dtype=np.uint16)
+    image, labels = make_image(
+        SyntheticConfig(shape=(340, 340), radius=(6.0, 10.0), debris=0.0), seed=3, dtype=np.uint16
+    )
     viewer.add_image(image, name="big")
     viewer.add_labels(labels, name="big labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
@@ -186,8 +191,11 @@ def test_painting_during_training_does_not_reach_the_run(finetune, qtbot, isolat
 
 def test_shapes_regions_are_the_only_annotated_pixels(finetune, qtbot, isolated_models):
     viewer, widget = finetune
-    shapes = viewer.add_shapes([np.array([[10, 10], [10, 50], [60, 50], [60, 10]], float)],
-                               shape_type="rectangle", name="reviewed")
+    shapes = viewer.add_shapes(
+        [np.array([[10, 10], [10, 50], [60, 50], [60, 10]], float)],
+        shape_type="rectangle",
+        name="reviewed",
+    )
     widget.rule.value = SHAPES
     assert not widget.shapes_layer.native.isHidden()
     widget.shapes_layer.value = shapes
@@ -231,15 +239,18 @@ def test_two_pairs(finetune, qtbot, sample, isolated_models):
     assert len(widget.pairs) == 1
 
 
-@pytest.mark.parametrize("case, message", [
-    ("all zero", "all zero"),
-    ("mismatch", "have shape"),
-    ("no labels", "Choose an image layer and a labels layer"),
-    ("no shapes", "Choose the Shapes layer"),
-    ("empty shapes", "covers the labels"),
-    ("bad name", "cannot be a model name"),
-    ("built-in name", "built-in model"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("all zero", "all zero"),
+        ("mismatch", "have shape"),
+        ("no labels", "Choose an image layer and a labels layer"),
+        ("no shapes", "Choose the Shapes layer"),
+        ("empty shapes", "covers the labels"),
+        ("bad name", "cannot be a model name"),
+        ("built-in name", "built-in model"),
+    ],
+)
 def test_bad_inputs_are_notified(finetune, isolated_models, errors, case, message):
     viewer, widget = finetune
     row = widget.pair_rows[0]
@@ -352,8 +363,13 @@ def test_a_dying_process_is_reported(qtbot):
     from napari_unet._napari._process import start_process_job
 
     outcome: dict = {}
-    job = start_process_job(os._exit, (3,), "dies", on_error=lambda e: outcome.update(error=e),
-                            on_finished=lambda: outcome.update(finished=True))
+    job = start_process_job(
+        os._exit,
+        (3,),
+        "dies",
+        on_error=lambda e: outcome.update(error=e),
+        on_finished=lambda: outcome.update(finished=True),
+    )
     qtbot.waitUntil(lambda: "finished" in outcome, timeout=TIMEOUT)
     assert not job.running
     assert "ended unexpectedly (exit code 3" in str(outcome["error"])

@@ -156,8 +156,10 @@ def test_model_list_summary_and_tiling(isolated_models, tmp_path):
     ]  # fmt: skip
     assert models.default().name == "starter"
     mine = models.find("mine")
-    assert model_summary(mine) == ("mine · instances · 1 channel · from starter · AP50 0.81 on "
-                                   "held-out blocks of its own training data")
+    assert model_summary(mine) == (
+        "mine · instances · 1 channel · from starter · AP50 0.81 on "
+        "held-out blocks of its own training data"
+    )
     broken = models.find("broken")
     assert broken.error and broken.label == "broken - cannot be read"
     assert model_summary(broken).startswith("broken: ")

@@ -52,8 +52,11 @@ def sample():
 
 @pytest.fixture
 def tiny_model(isolated_models):
-    return save_model(isolated_models / "tiny.safetensors", build_model(TINY, seed=0),
-                      new_metadata(TINY, name="tiny"))
+    return save_model(
+        isolated_models / "tiny.safetensors",
+        build_model(TINY, seed=0),
+        new_metadata(TINY, name="tiny"),
+    )
 
 
 # ------------------------------------------------------------------------------- layers
@@ -73,8 +76,11 @@ def test_axes_from_metadata_or_shape():
 
 def test_matching_labels_and_plane_index():
     image = Image(np.zeros((4, 8, 9)), scale=(2, 1, 1))
-    small, fits, also = Labels(np.zeros((8, 9), int)), Labels(np.zeros((4, 8, 9), int)), \
-        Labels(np.zeros((4, 8, 9), int))
+    small, fits, also = (
+        Labels(np.zeros((8, 9), int)),
+        Labels(np.zeros((4, 8, 9), int)),
+        Labels(np.zeros((4, 8, 9), int)),
+    )
     assert matching_labels(image, [small, fits, also]) is also
     assert matching_labels(image, [small]) is None
     assert plane_index(image, (4.0, 0.0, 0.0)) == 2  # world z 4 = plane 2 at scale 2
@@ -116,8 +122,7 @@ def test_planes_with_labels_rule_on_a_stack(sample):
 def test_shapes_mask_2d_with_scale():
     labels = Labels(np.zeros((20, 30), int), scale=(0.5, 0.5))
     # the shapes layer is in world units (scale 1): a rectangle from (2, 3) to (5, 8) world
-    shapes = Shapes([np.array([[2, 3], [2, 8], [5, 8], [5, 3]], float)],
-                    shape_type="rectangle")
+    shapes = Shapes([np.array([[2, 3], [2, 8], [5, 8], [5, 3]], float)], shape_type="rectangle")
     mask = shapes_mask(shapes, labels)
     expected = np.zeros((20, 30), bool)
     expected[4:11, 6:17] = True  # world (2..5, 3..8) = pixels (4..10, 6..16)
@@ -127,32 +132,34 @@ def test_shapes_mask_2d_with_scale():
 
 def test_shapes_mask_per_plane_and_broadcast():
     labels = Labels(np.zeros((3, 10, 10), int))
-    on_plane_1 = Shapes([np.array([[1, 2, 2], [1, 2, 5], [1, 6, 5], [1, 6, 2]], float)],
-                        shape_type="rectangle")
+    on_plane_1 = Shapes(
+        [np.array([[1, 2, 2], [1, 2, 5], [1, 6, 5], [1, 6, 2]], float)], shape_type="rectangle"
+    )
     mask = shapes_mask(on_plane_1, labels)
     assert mask[1, 2:7, 2:6].all() and mask.sum() == 20
     assert not mask[0].any() and not mask[2].any()
-    drawn_in_2d = Shapes([np.array([[0, 0], [0, 3], [3, 3], [3, 0]], float)],
-                         shape_type="rectangle")
+    drawn_in_2d = Shapes(
+        [np.array([[0, 0], [0, 3], [3, 3], [3, 0]], float)], shape_type="rectangle"
+    )
     mask = shapes_mask(drawn_in_2d, labels)
     assert mask.sum() == 3 * 16 and mask[:, :4, :4].all()
     lines = Shapes([np.array([[0, 0], [5, 5]], float)], shape_type="line")
     assert not shapes_mask(lines, labels).any()
-    tilted = Shapes([np.array([[0, 2, 2], [1, 2, 5], [1, 6, 5], [0, 6, 2]], float)],
-                    shape_type="polygon")
+    tilted = Shapes(
+        [np.array([[0, 2, 2], [1, 2, 5], [1, 6, 5], [0, 6, 2]], float)], shape_type="polygon"
+    )
     with pytest.raises(UserError, match="one YX plane"):
         shapes_mask(tilted, labels)
 
 
 def test_shapes_rule_trains_only_inside_the_shapes(sample):
     image, labels = sample
-    box = Shapes([np.array([[10, 10], [10, 50], [60, 50], [60, 10]], float)],
-                 shape_type="rectangle")
-    outside = Shapes([np.array([[200, 200], [200, 220], [220, 220]], float)],
-                     shape_type="polygon")
+    box = Shapes(
+        [np.array([[10, 10], [10, 50], [60, 50], [60, 10]], float)], shape_type="rectangle"
+    )
+    outside = Shapes([np.array([[200, 200], [200, 220], [220, 220]], float)], shape_type="polygon")
     other = (Image(image, name="b"), Labels(labels, name="lb"))
-    inputs, skipped = collect_inputs([(Image(image, name="a"), Labels(labels)), other], SHAPES,
-                                     box)
+    inputs, skipped = collect_inputs([(Image(image, name="a"), Labels(labels)), other], SHAPES, box)
     assert skipped == [] and len(inputs) == 2
     expected = np.zeros(labels.shape, bool)
     expected[10:61, 10:51] = True
@@ -164,20 +171,24 @@ def test_shapes_rule_trains_only_inside_the_shapes(sample):
         collect_inputs([other], SHAPES, outside)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no pair", "at least one pair"),
-    ("no labels", "Choose an image layer and a labels layer"),
-    ("mismatch", "have shape"),
-    ("all zero", "all zero"),
-    ("no shapes layer", "Choose the Shapes layer"),
-    ("background only", "holds an object"),
-    ("bad rule", "Unknown annotation rule"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no pair", "at least one pair"),
+        ("no labels", "Choose an image layer and a labels layer"),
+        ("mismatch", "have shape"),
+        ("all zero", "all zero"),
+        ("no shapes layer", "Choose the Shapes layer"),
+        ("background only", "holds an object"),
+        ("bad rule", "Unknown annotation rule"),
+    ],
+)
 def test_bad_inputs(sample, case, message):
     image, labels = Image(sample[0]), Labels(sample[1])
     empty = Labels(np.zeros_like(sample[1]))
-    background = Shapes([np.array([[0, 0], [0, 95], [95, 95], [95, 0]], float)],
-                        shape_type="rectangle")
+    background = Shapes(
+        [np.array([[0, 0], [0, 95], [95, 95], [95, 0]], float)], shape_type="rectangle"
+    )
     calls = {
         "no pair": ([], PLANES, None),
         "no labels": ([(image, None)], PLANES, None),
@@ -196,9 +207,14 @@ def test_bad_inputs(sample, case, message):
 # --------------------------------------------------------------------- names and presets
 
 
-@pytest.mark.parametrize("text, name", [
-    ("my model", "my model"), (" nuclei-v2.safetensors ", "nuclei-v2"), ("a_b+c.1", "a_b+c.1"),
-])
+@pytest.mark.parametrize(
+    "text, name",
+    [
+        ("my model", "my model"),
+        (" nuclei-v2.safetensors ", "nuclei-v2"),
+        ("a_b+c.1", "a_b+c.1"),
+    ],
+)
 def test_model_names(text, name):
     assert check_model_name(text) == name
 
@@ -215,8 +231,9 @@ def test_free_name():
 
 
 def test_augment_presets():
-    off, light, default, strong = (augment_config(level) for level in
-                                   ("off", "light", "default", "strong"))
+    off, light, default, strong = (
+        augment_config(level) for level in ("off", "light", "default", "strong")
+    )
     assert off.strength == 0 and light.strength == 0.5 and default.strength == 1
     assert strong.elastic_std > default.elastic_std and strong.rotation > default.rotation
     assert not augment_config("default", elastic=False).elastic
@@ -243,16 +260,29 @@ def test_preview_samples(sample):
 
 def _request(sample, output, base, **config):
     image, labels = sample
-    settings = {"epochs": 2, "steps_per_epoch": 2, "batch_size": 2, "patch_size": 64,
-                "augment": augment_config("off"), **config}
-    return TrainRequest((TrainingInput(image, labels.copy(), "YX", name="sample"),), output,
-                        base, TrainConfig(**settings), "new", threads=1)
+    settings = {
+        "epochs": 2,
+        "steps_per_epoch": 2,
+        "batch_size": 2,
+        "patch_size": 64,
+        "augment": augment_config("off"),
+        **config,
+    }
+    return TrainRequest(
+        (TrainingInput(image, labels.copy(), "YX", name="sample"),),
+        output,
+        base,
+        TrainConfig(**settings),
+        "new",
+        threads=1,
+    )
 
 
 def test_training_job_fine_tunes(sample, tiny_model, tmp_path):
     events: list[Progress] = []
-    path = drain(training_job(_request(sample, tmp_path / "new.safetensors", tiny_model)),
-                 events.append)
+    path = drain(
+        training_job(_request(sample, tmp_path / "new.safetensors", tiny_model)), events.append
+    )
     assert path == tmp_path / "new.safetensors"
     model = load_model(path)
     assert model.name == "new" and model.metadata["provenance"]["parent"] == "tiny"

@@ -137,8 +137,11 @@ class FinetuneWidget(FinetuneForm):
         from napari_unet.core.weights import list_models
 
         current = self.base_model.value
-        self._models = [(f"{e.name} (built-in)" if e.builtin else e.name, str(e.path))
-                        for e in list_models() if e.error is None]
+        self._models = [
+            (f"{e.name} (built-in)" if e.builtin else e.name, str(e.path))
+            for e in list_models()
+            if e.error is None
+        ]
         self._models.append((SCRATCH, SCRATCH))
         self.base_model.reset_choices()
         values = [value for _, value in self._models]
@@ -188,7 +191,8 @@ class FinetuneWidget(FinetuneForm):
         folder = user_models_dir(create=True)
         output = folder / f"{name}.safetensors"
         if output.exists() and not self.confirm(
-                f"A model named {name!r} exists in {folder}. Replace it with the new one?"):
+            f"A model named {name!r} exists in {folder}. Replace it with the new one?"
+        ):
             show_info("Training not started: choose another name for the new model.")
             return None
         return name, output
@@ -209,8 +213,15 @@ class FinetuneWidget(FinetuneForm):
             return None
         name, output = named
         inputs = self._inputs()  # the labels are copied now
-        return TrainRequest(tuple(inputs), output, base, config, name,
-                            device=str(self.device.value), threads=self.threads)
+        return TrainRequest(
+            tuple(inputs),
+            output,
+            base,
+            config,
+            name,
+            device=str(self.device.value),
+            threads=self.threads,
+        )
 
     @property
     def running(self) -> bool:
@@ -242,9 +253,13 @@ class FinetuneWidget(FinetuneForm):
         self._config = request.config
         self._run_name, self._run_output = request.name, request.output
         self._before = file_state(request.output)
-        callbacks = {"on_progress": self._on_progress, "on_result": self._on_result,
-                     "on_error": self._on_error, "on_cancelled": self._on_cancelled,
-                     "on_finished": self._on_finished}
+        callbacks = {
+            "on_progress": self._on_progress,
+            "on_result": self._on_result,
+            "on_error": self._on_error,
+            "on_cancelled": self._on_cancelled,
+            "on_finished": self._on_finished,
+        }
         description = f"Fine-tuning {request.name}"
         if self.backend == "process":
             from ._process import start_process_job
@@ -266,8 +281,9 @@ class FinetuneWidget(FinetuneForm):
 
         register = _window_method(self._viewer, "_register_task_status")
         if register is not None:
-            self._task_id = register("napari-unet", Status.BUSY, description,
-                                     cancel_callback=self._abandon)
+            self._task_id = register(
+                "napari-unet", Status.BUSY, description, cancel_callback=self._abandon
+            )
 
     def _task_done(self) -> None:
         from napari.utils.task_status import Status
@@ -286,12 +302,13 @@ class FinetuneWidget(FinetuneForm):
         """The panel was closed during training: stop the run, or keep it (and the panel)."""
         if not self.running:
             return
-        if self.confirm("Training is running. Stop it? (The best model so far is kept.)\n"
-                        "No: keep training, and keep the Fine-tune panel open."):
+        if self.confirm(
+            "Training is running. Stop it? (The best model so far is kept.)\n"
+            "No: keep training, and keep the Fine-tune panel open."
+        ):
             self.stop()
         else:
-            self._viewer.window.add_dock_widget(self, name="Fine-tune (napari-unet)",
-                                                area="right")
+            self._viewer.window.add_dock_widget(self, name="Fine-tune (napari-unet)", area="right")
 
     def stop(self) -> None:
         """Stop training at the next step; the best model so far is kept."""
@@ -309,8 +326,9 @@ class FinetuneWidget(FinetuneForm):
         self.last_status = status
         if status.kind == "step":
             self.plot.add_loss(status.step, status.loss)
-        elif status.kind == "validation" and ("ap_50" in status.metrics
-                                              or "pixel_iou" in status.metrics):
+        elif status.kind == "validation" and (
+            "ap_50" in status.metrics or "pixel_iou" in status.metrics
+        ):
             self.plot.add_score(status.step, status.metrics["score"])
         self.status.value = messages.status_text(status)
 
@@ -323,8 +341,10 @@ class FinetuneWidget(FinetuneForm):
         if self._closed:
             return
         saved = path is not None and self._saved()
-        self._tell(messages.finished_message(self.last_status, self._run_name, saved,
-                                             self._config), show_info)
+        self._tell(
+            messages.finished_message(self.last_status, self._run_name, saved, self._config),
+            show_info,
+        )
         if saved:
             self._publish(self._run_name, messages.improved(self.last_status))
 
@@ -429,9 +449,12 @@ class FinetuneWidget(FinetuneForm):
             inputs, _ = collect_inputs([pair], self.rule.value, self.shapes_layer.value)
             plane = plane_index(pair[0], self._viewer.dims.point)
             images, labels = preview_samples(
-                inputs[0], self._in_channels(inputs[0]),
+                inputs[0],
+                self._in_channels(inputs[0]),
                 augment_config(self.augmentation.value, bool(self.elastic.value)),
-                plane=plane, patch_size=int(self.patch_size.value))
+                plane=plane,
+                patch_size=int(self.patch_size.value),
+            )
         except UserError as exc:
             show_error(str(exc))
             return []
@@ -457,8 +480,11 @@ class FinetuneWidget(FinetuneForm):
         scale = tuple(image_layer.scale[-2:])
         extent = image_layer.extent.world
         translate = (float(extent[0][-2]), float(extent[1][-1]) + 10 * scale[-1])
-        common = {"scale": scale, "translate": translate,
-                  "metadata": {"augmentation_preview": True}}
+        common = {
+            "scale": scale,
+            "translate": translate,
+            "metadata": {"augmentation_preview": True},
+        }
         units = getattr(image_layer, "units", None)
         if units is not None:  # in the image's units (e.g. µm), as it is shown
             common["units"] = tuple(units[-2:])
@@ -467,8 +493,7 @@ class FinetuneWidget(FinetuneForm):
             added = [self._viewer.add_image(images[0], name=name, **common)]
         else:
             added = list(self._viewer.add_image(images, channel_axis=0, name=name, **common))
-        added.append(self._viewer.add_labels(labels, name=f"{name} labels", opacity=0.4,
-                                             **common))
+        added.append(self._viewer.add_labels(labels, name=f"{name} labels", opacity=0.4, **common))
         return added
 
 

@@ -37,14 +37,21 @@ class PairRow(Container):
     """One (image layer, labels layer) pair of the list, with a button removing it."""
 
     def __init__(self, owner: FinetuneForm) -> None:
-        self.image = ComboBox(choices=owner._layer_choices(Image), nullable=True,
-                              tooltip="The image")
-        self.labels_layer = ComboBox(choices=owner._layer_choices(Labels), nullable=True,
-                                     tooltip="Its corrected labels (same shape, no channels)")
+        self.image = ComboBox(
+            choices=owner._layer_choices(Image), nullable=True, tooltip="The image"
+        )
+        self.labels_layer = ComboBox(
+            choices=owner._layer_choices(Labels),
+            nullable=True,
+            tooltip="Its corrected labels (same shape, no channels)",
+        )
         self.remove_button = PushButton(text="x", tooltip="Remove this pair")
         self.remove_button.max_width = 28
-        super().__init__(widgets=[self.image, self.labels_layer, self.remove_button],
-                         layout="horizontal", labels=False)
+        super().__init__(
+            widgets=[self.image, self.labels_layer, self.remove_button],
+            layout="horizontal",
+            labels=False,
+        )
         self.margins = (0, 0, 0, 0)
         self.image.changed.connect(self.pick_labels)
         self.remove_button.changed.connect(lambda: owner.remove_pair(self))
@@ -81,25 +88,35 @@ class FinetuneForm(Container):
         self.pair_rows = Container(labels=False, label="image, labels")
         self.pair_rows.margins = (0, 0, 0, 0)
         self.add_pair_button = PushButton(text="Add pair")
-        self.rule = ComboBox(label="annotated", choices=ANNOTATED_RULES, value=REVIEWED,
-                             tooltip="What training learns from: the objects you corrected, "
-                             "deleted or accepted (with a margin, plus the regions of a Shapes "
-                             "layer if you choose one), everything, only the regions drawn in a "
-                             "Shapes layer, or the planes of a stack that have labels")
-        self.shapes_layer = ComboBox(label="regions", choices=self._layer_choices(Shapes),
-                                     nullable=True, tooltip="Regions you reviewed completely")
+        self.rule = ComboBox(
+            label="annotated",
+            choices=ANNOTATED_RULES,
+            value=REVIEWED,
+            tooltip="What training learns from: the objects you corrected, "
+            "deleted or accepted (with a margin, plus the regions of a Shapes "
+            "layer if you choose one), everything, only the regions drawn in a "
+            "Shapes layer, or the planes of a stack that have labels",
+        )
+        self.shapes_layer = ComboBox(
+            label="regions",
+            choices=self._layer_choices(Shapes),
+            nullable=True,
+            tooltip="Regions you reviewed completely",
+        )
         self.annotated_info = Label(value="")
         self.annotated_info.native.setWordWrap(True)
         self.base_model = ComboBox(label="base model", choices=lambda _: self._models)
-        self.model_name = LineEdit(label="save as", tooltip="Name of the new model (saved in "
-                                   "your model folder)")
-        self.budget = RadioButtons(label="budget", choices=("epochs", "minutes"),
-                                   value="epochs", orientation="horizontal")
+        self.model_name = LineEdit(
+            label="save as", tooltip="Name of the new model (saved in your model folder)"
+        )
+        self.budget = RadioButtons(
+            label="budget", choices=("epochs", "minutes"), value="epochs", orientation="horizontal"
+        )
         self.epochs = SpinBox(label="epochs", value=40, min=1, max=MINUTES_EPOCHS)
-        self.minutes = FloatSpinBox(label="minutes", value=10.0, min=0.1, max=10_000.0,
-                                    step=1.0, visible=False)
-        self.augmentation = ComboBox(label="augmentation", choices=AUGMENT_LEVELS,
-                                     value="default")
+        self.minutes = FloatSpinBox(
+            label="minutes", value=10.0, min=0.1, max=10_000.0, step=1.0, visible=False
+        )
+        self.augmentation = ComboBox(label="augmentation", choices=AUGMENT_LEVELS, value="default")
         self.elastic = CheckBox(text="elastic deformation", value=True)
         self.preview_button = PushButton(text="Preview augmentation")
         self.advanced = CheckBox(text="advanced settings", value=False)
@@ -107,25 +124,47 @@ class FinetuneForm(Container):
         self.batch_size = SpinBox(label="batch size", value=4, min=1, max=64)
         self.steps_per_epoch = SpinBox(label="steps per epoch", value=25, min=1, max=100_000)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.advanced_box = Container(widgets=[self.patch_size, self.batch_size,
-                                               self.steps_per_epoch, self.device], visible=False)
+        self.advanced_box = Container(
+            widgets=[self.patch_size, self.batch_size, self.steps_per_epoch, self.device],
+            visible=False,
+        )
         self.train_button = PushButton(text="Train")
-        self.stop_button = PushButton(text="Stop", enabled=False,
-                                      tooltip="Stop training; the best model so far is kept")
+        self.stop_button = PushButton(
+            text="Stop", enabled=False, tooltip="Stop training; the best model so far is kept"
+        )
         self.status = Label(value="")
         self.status.native.setWordWrap(True)  # a long message must not widen the dock
         self.plot = TrainingPlot()
-        self.apply_target = ComboBox(label="apply to", choices=self._layer_choices(Image),
-                                     nullable=True)
+        self.apply_target = ComboBox(
+            label="apply to", choices=self._layer_choices(Image), nullable=True
+        )
         self.apply_button = PushButton(text="Apply to image", enabled=False)
-        buttons = Container(widgets=[self.train_button, self.stop_button], layout="horizontal",
-                            labels=False)
-        self.extend([self.pair_rows, self.add_pair_button, self.rule, self.shapes_layer,
-                     self.annotated_info,
-                     self.base_model, self.model_name, self.budget, self.epochs, self.minutes,
-                     self.augmentation, self.elastic, self.preview_button, self.advanced,
-                     self.advanced_box, buttons, self.status, self.apply_target,
-                     self.apply_button])
+        buttons = Container(
+            widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self.pair_rows,
+                self.add_pair_button,
+                self.rule,
+                self.shapes_layer,
+                self.annotated_info,
+                self.base_model,
+                self.model_name,
+                self.budget,
+                self.epochs,
+                self.minutes,
+                self.augmentation,
+                self.elastic,
+                self.preview_button,
+                self.advanced,
+                self.advanced_box,
+                buttons,
+                self.status,
+                self.apply_target,
+                self.apply_button,
+            ]
+        )
         # a plain Qt widget: one layout item per magicgui widget comes before it
         self.native.layout().insertWidget(list(self).index(self.status) + 1, self.plot)
         self.add_pair_button.changed.connect(self.add_pair)
@@ -135,8 +174,7 @@ class FinetuneForm(Container):
 
     def _layer_choices(self, kind: type) -> Any:
         def choices(_: Any) -> list[tuple[str, Any]]:
-            return [(layer.name, layer) for layer in self._viewer.layers
-                    if isinstance(layer, kind)]
+            return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, kind)]
 
         return choices
 

@@ -40,8 +40,10 @@ class TrainingPlot(QWidget):
         self.redraws = 0
         self.setMinimumHeight(150)
         self.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
-        self.setToolTip("Training loss (blue, left axis) and validation score (orange, right "
-                        "axis) against the training step")
+        self.setToolTip(
+            "Training loss (blue, left axis) and validation score (orange, right "
+            "axis) against the training step"
+        )
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(REDRAW_MS)
@@ -71,8 +73,9 @@ class TrainingPlot(QWidget):
 
     def _area(self) -> QRectF:
         left, top, right, bottom = _MARGIN
-        return QRectF(left, top, max(self.width() - left - right, 1),
-                      max(self.height() - top - bottom, 1))
+        return QRectF(
+            left, top, max(self.width() - left - right, 1), max(self.height() - top - bottom, 1)
+        )
 
     def paintEvent(self, event: object) -> None:  # Qt's name
         """Draw the axes, the loss curve and the score points."""
@@ -99,8 +102,11 @@ class TrainingPlot(QWidget):
             return area.left() + area.width() * step / x_max
 
         flags = Qt.AlignmentFlag
-        painter.drawText(QRectF(area.left(), area.bottom() + 2, area.width(), 18),
-                         flags.AlignRight | flags.AlignTop, f"step {last}")
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + 2, area.width(), 18),
+            flags.AlignRight | flags.AlignTop,
+            f"step {last}",
+        )
         if self.losses:
             self._draw_losses(painter, area, x_of)
         if self.scores:
@@ -112,8 +118,9 @@ class TrainingPlot(QWidget):
         span = high - low or 1.0
         stride = max(1, len(self.losses) // max(int(area.width()), 1))
         points = self.losses[::stride] + ([self.losses[-1]] if stride > 1 else [])
-        polygon = QPolygonF([QPointF(x_of(s), area.bottom() - area.height() * (v - low) / span)
-                             for s, v in points])
+        polygon = QPolygonF(
+            [QPointF(x_of(s), area.bottom() - area.height() * (v - low) / span) for s, v in points]
+        )
         painter.setPen(QPen(LOSS_COLOR, 1.5))
         painter.drawPolyline(polygon)
         flags = Qt.AlignmentFlag
@@ -121,8 +128,11 @@ class TrainingPlot(QWidget):
         painter.drawText(label, flags.AlignRight | flags.AlignTop, _fmt(high))
         label.moveBottom(area.bottom() + 2)
         painter.drawText(label, flags.AlignRight | flags.AlignBottom, _fmt(low))
-        painter.drawText(QRectF(area.left() + 4, area.top() + 2, 120, 16), flags.AlignLeft,
-                         f"loss {_fmt(values[-1])}")
+        painter.drawText(
+            QRectF(area.left() + 4, area.top() + 2, 120, 16),
+            flags.AlignLeft,
+            f"loss {_fmt(values[-1])}",
+        )
 
     def _draw_scores(self, painter: QPainter, area: QRectF, x_of) -> None:
         def y_of(score: float) -> float:
@@ -139,5 +149,8 @@ class TrainingPlot(QWidget):
         painter.drawText(right, flags.AlignLeft | flags.AlignTop, "1")
         right.moveBottom(area.bottom() + 2)
         painter.drawText(right, flags.AlignLeft | flags.AlignBottom, "0")
-        painter.drawText(QRectF(area.right() - 124, area.top() + 2, 120, 16), flags.AlignRight,
-                         f"validation {_fmt(self.scores[-1][1])}")
+        painter.drawText(
+            QRectF(area.right() - 124, area.top() + 2, 120, 16),
+            flags.AlignRight,
+            f"validation {_fmt(self.scores[-1][1])}",
+        )

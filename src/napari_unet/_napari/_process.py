@@ -64,16 +64,24 @@ class ProcessJob:
         cancelled: True once :meth:`cancel` was called.
     """
 
-    def __init__(self, target: Callable[..., Generator[Progress, None, Any]], args: tuple,
-                 description: str, callbacks: dict[str, Callable | None]) -> None:
+    def __init__(
+        self,
+        target: Callable[..., Generator[Progress, None, Any]],
+        args: tuple,
+        description: str,
+        callbacks: dict[str, Callable | None],
+    ) -> None:
         context = multiprocessing.get_context("spawn")
         self._events = context.Queue()
         self._stop = context.Event()
         self._inbox = context.Queue()  # the queues must outlive the start of the child
         self._inbox.cancel_join_thread()  # never wait at exit for a child that did not read it
-        self.process = context.Process(target=child_main,
-                                       args=(self._inbox, self._events, self._stop),
-                                       daemon=True, name="napari-unet job")
+        self.process = context.Process(
+            target=child_main,
+            args=(self._inbox, self._events, self._stop),
+            daemon=True,
+            name="napari-unet job",
+        )
         self.cancelled = False
         self._callbacks = callbacks
         self.progress = ProgressMirror(description)
@@ -123,9 +131,15 @@ class ProcessJob:
             return
         if not self.process.is_alive() and self._events.empty():
             code = self.process.exitcode
-            self._end("error", ErrorReport(
-                "ProcessError", f"the background process ended unexpectedly (exit code {code}; "
-                "out of memory?)", False, ""))
+            self._end(
+                "error",
+                ErrorReport(
+                    "ProcessError",
+                    f"the background process ended unexpectedly (exit code {code}; out of memory?)",
+                    False,
+                    "",
+                ),
+            )
 
     def _end(self, kind: str, value: Any) -> None:
         self._timer.stop()
@@ -173,6 +187,11 @@ def start_process_job(
     Returns:
         The started :class:`ProcessJob`.
     """
-    callbacks = {"on_progress": on_progress, "on_result": on_result, "on_error": on_error,
-                 "on_cancelled": on_cancelled, "on_finished": on_finished}
+    callbacks = {
+        "on_progress": on_progress,
+        "on_result": on_result,
+        "on_error": on_error,
+        "on_cancelled": on_cancelled,
+        "on_finished": on_finished,
+    }
     return ProcessJob(target, args, description, callbacks)

@@ -92,8 +92,11 @@ def model_summary(choice: ModelChoice | None) -> str:
             scores.append(f"{text} {value:.2f}")
     if scores:  # and where the scores come from (models differ: they are not comparable)
         where = metrics.get("scored_on")
-        scores[-1] += f" on {where}" if isinstance(where, str) else \
-            " on held-out blocks of its own training data"
+        scores[-1] += (
+            f" on {where}"
+            if isinstance(where, str)
+            else " on held-out blocks of its own training data"
+        )
     return " · ".join(parts + scores)
 
 

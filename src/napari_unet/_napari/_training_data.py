@@ -93,8 +93,12 @@ def plane_index(image_layer: Any, world_point: Sequence[float]) -> int | None:
 
 def _vertices_in(labels_layer: Any, shapes_layer: Any, vertices: np.ndarray) -> np.ndarray:
     """Shape vertices (N, shapes ndim) in the labels layer's data coordinates (N, labels ndim)."""
-    return np.array([labels_layer.world_to_data(shapes_layer.data_to_world(v))
-                     for v in np.asarray(vertices, dtype=float)])
+    return np.array(
+        [
+            labels_layer.world_to_data(shapes_layer.data_to_world(v))
+            for v in np.asarray(vertices, dtype=float)
+        ]
+    )
 
 
 def _rasterise(kind: str, yx: np.ndarray, plane_shape: tuple[int, int]) -> np.ndarray:
@@ -120,15 +124,18 @@ def shapes_mask(shapes_layer: Any, labels_layer: Any) -> np.ndarray:
     shape = tuple(layer_array(labels_layer).shape)
     mask = np.zeros(shape, dtype=bool)
     broadcast = max(len(shape) - shapes_layer.ndim, 0)
-    for k, (vertices, kind) in enumerate(zip(shapes_layer.data, shapes_layer.shape_type,
-                                             strict=True)):
+    for k, (vertices, kind) in enumerate(
+        zip(shapes_layer.data, shapes_layer.shape_type, strict=True)
+    ):
         if kind not in _FILLED:
             continue
         coords = _vertices_in(labels_layer, shapes_layer, vertices)
         planes = np.round(coords[:, broadcast:-2]).astype(int)
         if planes.size and np.ptp(planes, axis=0).any():
-            raise UserError(f"Shape {k + 1} of {shapes_layer.name!r} is not drawn in one YX "
-                            "plane; draw annotated regions in the YX view.")
+            raise UserError(
+                f"Shape {k + 1} of {shapes_layer.name!r} is not drawn in one YX "
+                "plane; draw annotated regions in the YX view."
+            )
         plane = tuple(int(p) for p in planes[0]) if planes.size else ()
         if any(not 0 <= p < n for p, n in zip(plane, shape[broadcast:-2], strict=True)):
             continue  # drawn on a plane the labels do not have
@@ -147,20 +154,24 @@ def _unreviewed(labels_layer: Any, review: Any) -> NotAnnotated:
         return NotAnnotated(
             f"{name!r} was changed in a way that cannot be followed (not with napari's painting "
             "tools), so what you corrected is not known: choose 'whole layer' if every object "
-            "is right, or mark the reviewed regions with a Shapes layer.")
+            "is right, or mark the reviewed regions with a Shapes layer."
+        )
     if review.accepted:
         return NotAnnotated(
             f"You accepted {review.accepted} object{'s' if review.accepted != 1 else ''} of "
             f"{name!r} but corrected none: the model already segments them this way, so training "
-            "on them alone cannot improve it. Correct a few objects first.")
+            "on them alone cannot improve it. Correct a few objects first."
+        )
     return NotAnnotated(
         f"No object of {name!r} was corrected or accepted: there is nothing to learn from. "
         "Correct some objects with the brush, eraser or fill (or delete wrong ones) first; "
-        "choose 'whole layer' if every object of the layer is right.")
+        "choose 'whole layer' if every object of the layer is right."
+    )
 
 
-def _rule_mask(labels_layer: Any, labels: np.ndarray, rule: str,
-               shapes_layer: Any | None) -> np.ndarray | None:
+def _rule_mask(
+    labels_layer: Any, labels: np.ndarray, rule: str, shapes_layer: Any | None
+) -> np.ndarray | None:
     """The annotated mask of a pair under ``rule`` (``None``: the core's default rule).
 
     Raises:
@@ -182,20 +193,24 @@ def _rule_mask(labels_layer: Any, labels: np.ndarray, rule: str,
             raise _unreviewed(labels_layer, review)
         return review.mask if extra is None else review.mask | extra
     if not labels.any():
-        raise UserError(f"The labels {labels_layer.name!r} are all zero: there is nothing to "
-                        "learn from. Paint some objects, or mark the reviewed regions with a "
-                        "Shapes layer.")
+        raise UserError(
+            f"The labels {labels_layer.name!r} are all zero: there is nothing to "
+            "learn from. Paint some objects, or mark the reviewed regions with a "
+            "Shapes layer."
+        )
     if written_by_us(labels_layer.metadata, labels):
         raise NotAnnotated(
             f"{labels_layer.name!r} is a model's unedited output: training on it teaches the "
-            "model its own mistakes and cannot improve it. Correct some objects first.")
+            "model its own mistakes and cannot improve it. Correct some objects first."
+        )
     if rule == WHOLE and labels.ndim > 2:
         return np.ones(labels.shape, dtype=bool)
     return None
 
 
-def _pair_input(image_layer: Any, labels_layer: Any, rule: str,
-                shapes_layer: Any | None) -> TrainingInput:
+def _pair_input(
+    image_layer: Any, labels_layer: Any, rule: str, shapes_layer: Any | None
+) -> TrainingInput:
     """One pair read and checked.
 
     Raises:
@@ -216,8 +231,9 @@ def _pair_input(image_layer: Any, labels_layer: Any, rule: str,
     return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
 
 
-def describe_annotation(pairs: Sequence[tuple[Any, Any]], rule: str,
-                        shapes_layer: Any | None = None) -> str:
+def describe_annotation(
+    pairs: Sequence[tuple[Any, Any]], rule: str, shapes_layer: Any | None = None
+) -> str:
     """One line for the user: how much of the listed labels counts as annotated."""
     from napari_unet.core.annotated import reviewed_objects
 
@@ -238,15 +254,18 @@ def describe_annotation(pairs: Sequence[tuple[Any, Any]], rule: str,
             mask = np.ones(labels.shape, bool)
             if labels.ndim > 2 and rule == PLANES:
                 planes = labels.reshape(-1, *labels.shape[-2:])
-                mask = np.broadcast_to(planes.reshape(len(planes), -1).any(1)[:, None, None],
-                                       planes.shape).reshape(labels.shape)
+                mask = np.broadcast_to(
+                    planes.reshape(len(planes), -1).any(1)[:, None, None], planes.shape
+                ).reshape(labels.shape)
         objects += reviewed_objects(labels, mask)
         pixels += int(np.count_nonzero(mask))
         total += labels.size
     if not pixels:
         return "annotated: nothing yet (correct some objects, or choose another rule)"
-    return (f"annotated: {objects} object{'s' if objects != 1 else ''}, "
-            f"{100 * pixels / total:.1f}% of the image")
+    return (
+        f"annotated: {objects} object{'s' if objects != 1 else ''}, "
+        f"{100 * pixels / total:.1f}% of the image"
+    )
 
 
 def collect_inputs(
@@ -294,12 +313,15 @@ def collect_inputs(
             skipped.append(f"{image_layer.name!r} with {labels_layer.name!r}")
             reasons.append(str(exc))
     if not inputs and rule == SHAPES:
-        raise UserError(f"No rectangle, ellipse or polygon of {shapes_layer.name!r} covers the "
-                        "labels: draw the reviewed regions over them.")
+        raise UserError(
+            f"No rectangle, ellipse or polygon of {shapes_layer.name!r} covers the "
+            "labels: draw the reviewed regions over them."
+        )
     if not inputs:
         raise NotAnnotated(" ".join(dict.fromkeys(reasons)) + " No model was trained.")
-    if not any(item.labels[item.mask].any() if item.mask is not None else True
-               for item in inputs):
-        raise UserError("None of the annotated regions holds an object (the labels are 0 "
-                        "there): paint some objects.")
+    if not any(item.labels[item.mask].any() if item.mask is not None else True for item in inputs):
+        raise UserError(
+            "None of the annotated regions holds an object (the labels are 0 "
+            "there): paint some objects."
+        )
     return inputs, skipped

@@ -83,8 +83,17 @@ def augment_config(level: str, elastic: bool = True) -> Any:
     if level == "light":
         return replace(config, strength=0.5)
     if level == "strong":
-        return replace(config, elastic_std=15.0, rotation=30.0, scale_min=0.75, scale_max=1.33,
-                       gain=0.3, offset=0.15, gamma=0.4, noise_std=0.05)
+        return replace(
+            config,
+            elastic_std=15.0,
+            rotation=30.0,
+            scale_min=0.75,
+            scale_max=1.33,
+            gain=0.3,
+            offset=0.15,
+            gamma=0.4,
+            noise_std=0.05,
+        )
     return config
 
 
@@ -167,9 +176,16 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
             model_config = ModelConfig(in_channels=scratch_channels(request.inputs[0]))
         pairs = training_pairs(request.inputs, base, model_config, request.config.targets)
         started = time.perf_counter()
-        gen = train(pairs, request.output, base=base, config=request.config,
-                    device=request.device, name=request.name, model_config=model_config,
-                    require_improvement=True)
+        gen = train(
+            pairs,
+            request.output,
+            base=base,
+            config=request.config,
+            device=request.device,
+            name=request.name,
+            model_config=model_config,
+            require_improvement=True,
+        )
         done = 0
         try:
             while True:

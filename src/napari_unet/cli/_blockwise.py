@@ -33,28 +33,43 @@ def add_blockwise_options(p: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--blockwise",
         action="store_true",
-        help=("predict block by block, never holding the image or its probabilities (automatic "
-              "for zarr inputs, a .zarr output and images over 64 megapixels)"),
+        help=(
+            "predict block by block, never holding the image or its probabilities (automatic "
+            "for zarr inputs, a .zarr output and images over 64 megapixels)"
+        ),
     )
-    group.add_argument("--block-size", type=positive_int, metavar="PX",
-                       help="side of a block in pixels (default: about 4096 with its context)")
+    group.add_argument(
+        "--block-size",
+        type=positive_int,
+        metavar="PX",
+        help="side of a block in pixels (default: about 4096 with its context)",
+    )
     group.add_argument(
         "--block-overlap",
         type=non_negative_int,
         metavar="PX",
-        help=("margin around each block in which objects are labelled whole; larger objects "
-              "may be split at block borders (default 64)"),
+        help=(
+            "margin around each block in which objects are labelled whole; larger objects "
+            "may be split at block borders (default 64)"
+        ),
     )
     group.add_argument(
         "--scheduler",
         metavar="ADDRESS",
-        help=("run on the dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786); "
-              "default: dask's scheduler-address setting, else everything runs here"),
+        help=(
+            "run on the dask cluster whose scheduler is at ADDRESS (e.g. tcp://host:8786); "
+            "default: dask's scheduler-address setting, else everything runs here"
+        ),
     )
-    group.add_argument("--bigtiff", action="store_true",
-                       help=("write blockwise labels as TIFF instead of zarr (a TIFF ImageJ "
-                             "opens; a tiled BigTIFF beyond 4 GB, which ImageJ 1.x cannot "
-                             "open)"))
+    group.add_argument(
+        "--bigtiff",
+        action="store_true",
+        help=(
+            "write blockwise labels as TIFF instead of zarr (a TIFF ImageJ "
+            "opens; a tiled BigTIFF beyond 4 GB, which ImageJ 1.x cannot "
+            "open)"
+        ),
+    )
 
 
 def _is_zarr_name(text: str) -> bool:
@@ -119,8 +134,14 @@ def _stem(path: Path) -> str:
     return image_stem(path)
 
 
-def _targets(inputs: list[Path], target: Path, bigtiff: bool, suffix: str,
-             option: str, tiff_allowed: bool = True) -> list[Path]:
+def _targets(
+    inputs: list[Path],
+    target: Path,
+    bigtiff: bool,
+    suffix: str,
+    option: str,
+    tiff_allowed: bool = True,
+) -> list[Path]:
     """Where each input's blockwise result goes (a .zarr store or a .tif file)."""
     from napari_unet.core.errors import UserError
     from napari_unet.core.lazy import is_zarr_path
@@ -130,8 +151,10 @@ def _targets(inputs: list[Path], target: Path, bigtiff: bool, suffix: str,
         raise UserError(f"--bigtiff writes a TIFF, but {option} {target} names a zarr store")
     if name.endswith(_ZARR) or (tiff_allowed and name.endswith(_TIFF)):
         if len(inputs) > 1:
-            raise UserError(f"{option} {target} names one output but {len(inputs)} inputs were "
-                            "given; give an existing folder")
+            raise UserError(
+                f"{option} {target} names one output but {len(inputs)} inputs were "
+                "given; give an existing folder"
+            )
         if name.endswith(_TIFF) and not target.parent.is_dir():
             raise UserError(f"the output folder {target.parent} does not exist ({option} {target})")
         return [target]
@@ -143,8 +166,7 @@ def _targets(inputs: list[Path], target: Path, bigtiff: bool, suffix: str,
         tiff = tiff_allowed and (bigtiff or not is_zarr_path(source))
         paths.append(target / f"{_stem(source)}{suffix}{'.tif' if tiff else _ZARR}")
     if len(set(paths)) != len(paths):
-        raise UserError(f"two inputs would write the same output in {target}; run them "
-                        "separately")
+        raise UserError(f"two inputs would write the same output in {target}; run them separately")
     return paths
 
 
@@ -196,26 +218,43 @@ def cmd_predict_blockwise(args: argparse.Namespace) -> int:
     outputs = _targets(inputs, Path(args.output).expanduser(), args.bigtiff, "_labels", "-o")
     probs: list[Path | None] = [None] * len(inputs)
     if args.probabilities:
-        probs = list(_targets(inputs, Path(args.probabilities).expanduser(), False,
-                              "_probabilities", "--probabilities", tiff_allowed=False))
+        probs = list(
+            _targets(
+                inputs,
+                Path(args.probabilities).expanduser(),
+                False,
+                "_probabilities",
+                "--probabilities",
+                tiff_allowed=False,
+            )
+        )
     _check_inputs(inputs, outputs, [p for p in probs if p is not None])
     device, loaded, tiling, post = _setup(args)
     client = connect(args.scheduler)
     try:
-        for index, (source, target, prob) in enumerate(zip(inputs, outputs, probs, strict=True),
-                                                       start=1):
+        for index, (source, target, prob) in enumerate(
+            zip(inputs, outputs, probs, strict=True), start=1
+        ):
             label = source.name if len(inputs) == 1 else f"[{index}/{len(inputs)}] {source.name}"
-            _blockwise_one(args, source, target, prob, loaded, tiling, device, post, client,
-                           label)
+            _blockwise_one(args, source, target, prob, loaded, tiling, device, post, client, label)
     finally:
         if client is not None:
             client.close()
     return 0
 
 
-def _blockwise_one(args: argparse.Namespace, source: Path, target: Path, prob: Path | None,
-                   loaded: Any, tiling: Any, device: Any, post: Any, client: Any,
-                   label: str) -> None:
+def _blockwise_one(
+    args: argparse.Namespace,
+    source: Path,
+    target: Path,
+    prob: Path | None,
+    loaded: Any,
+    tiling: Any,
+    device: Any,
+    post: Any,
+    client: Any,
+    label: str,
+) -> None:
     from napari_unet.cli._progress import ProgressReporter
     from napari_unet.core.blockwise import DEFAULT_OVERLAP, predict_blockwise
     from napari_unet.core.lazy import open_lazy
@@ -228,9 +267,17 @@ def _blockwise_one(args: argparse.Namespace, source: Path, target: Path, prob: P
     try:
         result = drain(
             predict_blockwise(
-                image, loaded, target, block_size=args.block_size, overlap=overlap,
-                tiling=tiling, device=str(device), precision=args.precision, postprocess=post,
-                probabilities=prob, client=client,
+                image,
+                loaded,
+                target,
+                block_size=args.block_size,
+                overlap=overlap,
+                tiling=tiling,
+                device=str(device),
+                precision=args.precision,
+                postprocess=post,
+                probabilities=prob,
+                client=client,
             ),
             reporter,
         )
@@ -239,11 +286,14 @@ def _blockwise_one(args: argparse.Namespace, source: Path, target: Path, prob: P
     found = ""
     if result.n_objects is not None:
         found = f", {result.n_objects} object{'' if result.n_objects == 1 else 's'}"
-    logger.info("%d blocks of %d px, %d objects merged across borders", result.n_blocks,
-                result.block_size, result.merges)
+    logger.info(
+        "%d blocks of %d px, %d objects merged across borders",
+        result.n_blocks,
+        result.block_size,
+        result.merges,
+    )
     if not args.quiet:
-        sys.stderr.write(f"{PROG}: {label} -> {target}{found} "
-                         f"({time.monotonic() - start:.1f} s)\n")
+        sys.stderr.write(f"{PROG}: {label} -> {target}{found} ({time.monotonic() - start:.1f} s)\n")
 
 
 def cmd_predict_cluster(args: argparse.Namespace) -> int:
@@ -260,12 +310,20 @@ def cmd_predict_cluster(args: argparse.Namespace) -> int:
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")
     probs: list[Path | None] = [None] * len(inputs)
     if args.probabilities:
-        probs = list(output_paths(inputs, Path(args.probabilities).expanduser(),
-                                  PROBABILITIES_SUFFIX, "--probabilities"))
+        probs = list(
+            output_paths(
+                inputs,
+                Path(args.probabilities).expanduser(),
+                PROBABILITIES_SUFFIX,
+                "--probabilities",
+            )
+        )
     check_inputs(inputs, outputs + [p for p in probs if p is not None])
     device, loaded, tiling, post = _setup(args)
-    jobs = [FileJob(s.resolve(), t.resolve(), p.resolve() if p else None)
-            for s, t, p in zip(inputs, outputs, probs, strict=True)]
+    jobs = [
+        FileJob(s.resolve(), t.resolve(), p.resolve() if p else None)
+        for s, t, p in zip(inputs, outputs, probs, strict=True)
+    ]
     client = connect(args.scheduler)
     start = time.monotonic()
     try:
@@ -275,8 +333,10 @@ def cmd_predict_cluster(args: argparse.Namespace) -> int:
         ):
             found = "" if n_objects is None else f", {n_objects} objects"
             if not args.quiet:
-                sys.stderr.write(f"{PROG}: [{k}/{len(jobs)}] {job.source.name} -> "
-                                 f"{job.target}{found} ({time.monotonic() - start:.1f} s)\n")
+                sys.stderr.write(
+                    f"{PROG}: [{k}/{len(jobs)}] {job.source.name} -> "
+                    f"{job.target}{found} ({time.monotonic() - start:.1f} s)\n"
+                )
     finally:
         client.close()
     logger.info("%d files on the cluster, model on %s", len(jobs), device)

@@ -42,8 +42,12 @@ _DESCRIPTION = (
 def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``predict`` sub-command to ``sub`` and return its parser."""
     p = add_command(sub, common, "predict", "segment images and write label TIFFs", _DESCRIPTION)
-    p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files (TIFF, PNG, JPEG) or zarr / OME-Zarr stores")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (TIFF, PNG, JPEG) or zarr / OME-Zarr stores",
+    )
     p.add_argument(
         "-o",
         "--output",
@@ -69,24 +73,32 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         "--overlap",
         type=non_negative_int,
         metavar="PX",
-        help=("context margin added on each side of a tile (default: the network's receptive-"
-              "field reach, which makes tiles exact; smaller is faster but approximate)"),
+        help=(
+            "context margin added on each side of a tile (default: the network's receptive-"
+            "field reach, which makes tiles exact; smaller is faster but approximate)"
+        ),
     )
     p.add_argument(
         "--exact",
         action="store_true",
         help="never use less than the receptive-field reach as overlap, whatever --overlap says",
     )
-    p.add_argument("--batch-size", type=positive_int, metavar="N",
-                   help="tiles per forward pass (default: 1 on the CPU, 4 on a GPU)")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        metavar="N",
+        help="tiles per forward pass (default: 1 on the CPU, 4 on a GPU)",
+    )
     add_device_option(p, "the network")
     p.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help=("arithmetic of the network (default auto: bf16/fp16 on CUDA, bf16 on CPUs with "
-              "native bfloat16 instructions, where it is about twice as fast as fp32 with the "
-              "same accuracy; fp32 elsewhere)"),
+        help=(
+            "arithmetic of the network (default auto: bf16/fp16 on CUDA, bf16 on CPUs with "
+            "native bfloat16 instructions, where it is about twice as fast as fp32 with the "
+            "same accuracy; fp32 elsewhere)"
+        ),
     )
     p.add_argument(
         "--probabilities",

@@ -137,9 +137,7 @@ def _uniform(
     return low + (high - low) * u
 
 
-def _affine_matrices(
-    batch: int, config: AugmentConfig, generator: torch.Generator
-) -> torch.Tensor:
+def _affine_matrices(batch: int, config: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """(B, 2, 2) float32 maps from output pixel offsets (x, y) to source offsets (about the
     patch centre, in pixels)."""
     s = config.strength

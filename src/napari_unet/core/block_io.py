@@ -222,8 +222,9 @@ def _scale(axes: str, pixel_size: PixelSize | None, z_spacing: float | None) -> 
     return [float(sizes.get(a, 1.0)) for a in axes]
 
 
-def _multiscales(axes: str, pixel_size: PixelSize | None, z_spacing: float | None,
-                 name: str) -> list[dict[str, Any]]:
+def _multiscales(
+    axes: str, pixel_size: PixelSize | None, z_spacing: float | None, name: str
+) -> list[dict[str, Any]]:
     return [
         {
             "version": "0.4",
@@ -241,8 +242,13 @@ def _multiscales(axes: str, pixel_size: PixelSize | None, z_spacing: float | Non
     ]
 
 
-def _ome_group(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
-               chunks: tuple[int, ...], fill: Any) -> tuple[Any, Any]:
+def _ome_group(
+    path: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    dtype: Any,
+    chunks: tuple[int, ...],
+    fill: Any,
+) -> tuple[Any, Any]:
     import zarr
 
     group = zarr.open_group(str(path), mode="w-", zarr_format=2)
@@ -258,9 +264,9 @@ def _ome_group(path: str | os.PathLike[str], shape: tuple[int, ...], dtype: Any,
     return group, array
 
 
-def ome_label_axes(shape: tuple[int, ...], metadata: dict[str, Any],
-                   scale: tuple[float, ...] | None = None
-                   ) -> tuple[str, PixelSize | None, float | None]:
+def ome_label_axes(
+    shape: tuple[int, ...], metadata: dict[str, Any], scale: tuple[float, ...] | None = None
+) -> tuple[str, PixelSize | None, float | None]:
     """Axes (letters of "TZYX"), pixel size and Z spacing for an OME-Zarr label image of
     ``shape`` from a layer's ``metadata`` (``axes``, ``pixel_size``, ``z_spacing``), else from its
     ``scale`` (one value per axis; 1 means unknown); axes that do not fit are replaced by T, Z
@@ -268,8 +274,13 @@ def ome_label_axes(shape: tuple[int, ...], metadata: dict[str, Any],
     from .io import positive_number
 
     axes = str(metadata.get("axes") or "").upper()
-    fits = (len(axes) == len(shape) and axes.endswith("YX") and len(set(axes)) == len(axes)
-            and all(a in "TZYX" for a in axes) and list(axes) == sorted(axes, key="TZYX".index))
+    fits = (
+        len(axes) == len(shape)
+        and axes.endswith("YX")
+        and len(set(axes)) == len(axes)
+        and all(a in "TZYX" for a in axes)
+        and list(axes) == sorted(axes, key="TZYX".index)
+    )
     if not fits:
         axes = "TZ"[max(0, 4 - len(shape)) :][: len(shape) - 2] + "YX"
     size = metadata.get("pixel_size")
@@ -312,11 +323,13 @@ def create_label_zarr(
         mark that lets napari-unet replace the store later.
     """
     group, array = _ome_group(path, shape, dtype, chunks, 0)
-    group.attrs.update({
-        "multiscales": _multiscales(axes, pixel_size, z_spacing, name),
-        "image-label": {"version": "0.4"},
-        OWNER_KEY: {"kind": "labels"},
-    })
+    group.attrs.update(
+        {
+            "multiscales": _multiscales(axes, pixel_size, z_spacing, name),
+            "image-label": {"version": "0.4"},
+            OWNER_KEY: {"kind": "labels"},
+        }
+    )
     return array
 
 
@@ -356,8 +369,9 @@ def add_pyramid(path: str | os.PathLike[str], min_side: int | None = None) -> in
         )  # fmt: skip
         da.store(current.rechunk(chunks), array, lock=False, scheduler="threads")
         current = da.from_zarr(array)
-        scale = [s * 2**level if a in ("y", "x") else s for s, a in zip(base_scale, axes,
-                                                                        strict=True)]
+        scale = [
+            s * 2**level if a in ("y", "x") else s for s, a in zip(base_scale, axes, strict=True)
+        ]
         datasets.append({"path": str(level), "coordinateTransformations": [
             {"type": "scale", "scale": scale}]})  # fmt: skip
     if level:
@@ -391,23 +405,29 @@ def create_probability_zarr(
         OWNER_KEY: {"kind": "probabilities"},
     }
     if class_names is not None and "C" in axes and len(class_names) == shape[axes.index("C")]:
-        attrs["omero"] = {"channels": [
-            {"label": str(n), "active": True, "color": "FFFFFF",
-             "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0}}
-            for n in class_names
-        ]}
+        attrs["omero"] = {
+            "channels": [
+                {
+                    "label": str(n),
+                    "active": True,
+                    "color": "FFFFFF",
+                    "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0},
+                }
+                for n in class_names
+            ]
+        }
     group.attrs.update(attrs)
     array.attrs["_ARRAY_DIMENSIONS"] = [a.lower() for a in axes]
     return array
 
 
-def create_work_zarr(path: str | os.PathLike[str], shape: tuple[int, ...],
-                     chunks: tuple[int, ...]) -> Any:
+def create_work_zarr(
+    path: str | os.PathLike[str], shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> Any:
     """Create the scratch array of block-local ids: uint32 (planes, Y, X)."""
     import zarr
 
-    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=np.uint32,
-                             fill_value=0)
+    return zarr.create_array(str(path), shape=shape, chunks=chunks, dtype=np.uint32, fill_value=0)
 
 
 # --------------------------------------------------------------------------------------------

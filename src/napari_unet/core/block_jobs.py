@@ -121,8 +121,9 @@ def global_bounds(
     step_p, step_y, step_x = _sample_steps((n_planes, height, width))
     arranged = image.data.transpose(arrangement.order)
     rows, cols = slice(None, None, step_y), slice(None, None, step_x)
-    parts = [arranged[(*arrangement.index(p), Ellipsis, rows, cols)]
-             for p in range(0, n_planes, step_p)]
+    parts = [
+        arranged[(*arrangement.index(p), Ellipsis, rows, cols)] for p in range(0, n_planes, step_p)
+    ]
     import dask.array as da
 
     sample = compute_pixels(da.stack(parts), "to sample its intensities", "threads")
@@ -167,8 +168,7 @@ def run_block_job(
         settings.probabilities[key] = probs[(slice(None), *core)]
     in_labels = relative(block.labels, block.read)
     task = "semantic" if settings.semantic else "instances"
-    labels = labels_from_probabilities(probs[(slice(None), *in_labels)], task,
-                                       settings.postprocess)
+    labels = labels_from_probabilities(probs[(slice(None), *in_labels)], task, settings.postprocess)
     del probs
     core = labels[relative(block.core, block.labels)]
     if store_exists(settings.work):
@@ -180,12 +180,14 @@ def run_block_job(
         for face, region in block.faces
     }
     ids = np.unique(core)
-    return BlockLabels(block.index, int(labels.max(initial=0)),
-                       ids[ids > 0].astype(np.uint32), strips)
+    return BlockLabels(
+        block.index, int(labels.max(initial=0)), ids[ids > 0].astype(np.uint32), strips
+    )
 
 
-def run_block(block: Block, model: LoadedModel, reader: Any,
-              settings: BlockSettings) -> BlockLabels:
+def run_block(
+    block: Block, model: LoadedModel, reader: Any, settings: BlockSettings
+) -> BlockLabels:
     """:func:`run_block_job` run to the end (what a dask worker runs)."""
     gen = run_block_job(block, model, reader, settings)
     while True:
@@ -216,15 +218,18 @@ def relabel_region(
         for c in range(cols.start // b, -(-cols.stop // b)):
             y0, y1 = max(rows.start, r * b), min(rows.stop, (r + 1) * b)
             x0, x1 = max(cols.start, c * b), min(cols.stop, (c + 1) * b)
-            part = (slice(y0 - rows.start, y1 - rows.start),
-                    slice(x0 - cols.start, x1 - cols.start))
+            part = (
+                slice(y0 - rows.start, y1 - rows.start),
+                slice(x0 - cols.start, x1 - cols.start),
+            )
             table = tables[plane * per_plane + r * grid.cols + c]
             out[part] = table[local[part]]
     return out
 
 
-def write_final_block(item: tuple[Block, np.ndarray | None], output: Any,
-                      settings: BlockSettings) -> None:
+def write_final_block(
+    item: tuple[Block, np.ndarray | None], output: Any, settings: BlockSettings
+) -> None:
     """Write a block's final labels (its core) into the zarr array ``output``.
 
     Args:
@@ -233,8 +238,9 @@ def write_final_block(item: tuple[Block, np.ndarray | None], output: Any,
     block, table = item
     index = settings.arrangement.index(block.plane)
     tables = None if table is None else {block.index: table}
-    values = relabel_region(settings.work, block.plane, block.core, settings.grid, tables,
-                            output.dtype)
+    values = relabel_region(
+        settings.work, block.plane, block.core, settings.grid, tables, output.dtype
+    )
     if store_exists(output):
         output[(*index, *block.core)] = values
 
@@ -296,10 +302,10 @@ def plan_blocks(
     _check_channels(image, arrangement, config.in_channels)
     halo = resolve_halo(tiling, config)
     if block_size is None:
-        block_size = default_block_size(tiling.tile_size, overlap, halo, config.stride,
-                                        (height, width))
-    grid = make_grid(arrangement.n_planes, height, width, block_size, overlap, halo,
-                     config.stride)
+        block_size = default_block_size(
+            tiling.tile_size, overlap, halo, config.stride, (height, width)
+        )
+    grid = make_grid(arrangement.n_planes, height, width, block_size, overlap, halo, config.stride)
     return arrangement, grid
 
 
@@ -337,8 +343,9 @@ def remove_work_dir(path: Path) -> None:
 def work_array(folder: Path, grid: BlockGrid) -> Any:
     """The scratch array of block-local ids, chunks aligned with the blocks."""
     side = chunk_side(grid.block)
-    return create_work_zarr(folder / "local.zarr", (grid.n_planes, grid.height, grid.width),
-                            (1, side, side))
+    return create_work_zarr(
+        folder / "local.zarr", (grid.n_planes, grid.height, grid.width), (1, side, side)
+    )
 
 
 def reader_for(image: LazyImage, arrangement: Arrangement, distributed: bool) -> Any:

@@ -121,10 +121,17 @@ class BlockGrid:
         if self.strip <= 0:
             return ()
         faces = []
-        for axis, r, c in (("y", row - 1, col), ("x", row, col - 1), ("y", row, col),
-                           ("x", row, col)):
-            if r < 0 or c < 0 or (axis == "y" and r + 1 >= self.rows) or (
-                axis == "x" and c + 1 >= self.cols
+        for axis, r, c in (
+            ("y", row - 1, col),
+            ("x", row, col - 1),
+            ("y", row, col),
+            ("x", row, col),
+        ):
+            if (
+                r < 0
+                or c < 0
+                or (axis == "y" and r + 1 >= self.rows)
+                or (axis == "x" and c + 1 >= self.cols)
             ):
                 continue
             faces.append(((plane, axis, r, c), self.strip_region(axis, r, c)))
@@ -167,8 +174,14 @@ def make_grid(
     return BlockGrid(n_planes, height, width, block, margin, context, strip)
 
 
-def default_block_size(tile_size: int, margin: int, halo: int, stride: int,
-                       plane: tuple[int, int] = (0, 0), target: int = 4096) -> int:
+def default_block_size(
+    tile_size: int,
+    margin: int,
+    halo: int,
+    stride: int,
+    plane: tuple[int, int] = (0, 0),
+    target: int = 4096,
+) -> int:
     """The default core side of a block.
 
     A plane of at most ``target`` pixels a side is one block (no borders at all). Otherwise the

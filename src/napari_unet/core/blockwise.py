@@ -234,32 +234,60 @@ def predict_blockwise(
     scratch = make_work_dir(near, work_dir)
     try:
         with ExitStack() as stack:
-            probs = _probability_target(stack, probabilities, prob_kind, grid, arrangement,
-                                        net.config.out_classes, lazy,
-                                        getattr(model, "class_names", None))
+            probs = _probability_target(
+                stack,
+                probabilities,
+                prob_kind,
+                grid,
+                arrangement,
+                net.config.out_classes,
+                lazy,
+                getattr(model, "class_names", None),
+            )
             settings = BlockSettings(
-                grid, arrangement, bounds, net.config.in_channels, semantic, tiling,
-                str(device), precision, post, work_array(scratch, grid), probs,
+                grid,
+                arrangement,
+                bounds,
+                net.config.in_channels,
+                semantic,
+                tiling,
+                str(device),
+                precision,
+                post,
+                work_array(scratch, grid),
+                probs,
                 _class_axis(prob_kind, arrangement),
             )
             reader = reader_for(lazy, arrangement, client is not None)
             stitcher = Stitcher()
             yield from _predict_blocks(blocks, net, reader, settings, stitcher, client)
-            tables, n_objects = (None, None) if semantic else stitcher.lookup_tables(
-                b.index for b in blocks)
+            tables, n_objects = (
+                (None, None) if semantic else stitcher.lookup_tables(b.index for b in blocks)
+            )
             dtype = _labels_dtype(n_objects)
             if kind == "array" and n_objects is not None:
                 _check_fits(n_objects, output.dtype)
             labels, path = yield from _write_labels(
-                stack, output, kind, blocks, settings, tables, dtype, lazy, client)
+                stack, output, kind, blocks, settings, tables, dtype, lazy, client
+            )
     finally:
         remove_work_dir(scratch)
     if labels is None and kind in ("zarr", "none"):
         import zarr
 
         labels = zarr.open_array(str(path / "0"), mode="r")
-    return BlockwiseResult(labels, path, arrangement.label_axes, n_objects, dtype, len(blocks),
-                           grid.block, stitcher.merges, lazy.pixel_size, lazy.z_spacing)
+    return BlockwiseResult(
+        labels,
+        path,
+        arrangement.label_axes,
+        n_objects,
+        dtype,
+        len(blocks),
+        grid.block,
+        stitcher.merges,
+        lazy.pixel_size,
+        lazy.z_spacing,
+    )
 
 
 def _labels_dtype(n_objects: int | None) -> np.dtype:
@@ -275,8 +303,14 @@ def _check_fits(n_objects: int, dtype: Any) -> None:
         )
 
 
-def _check_targets(output: Any, kind: str, probabilities: Any, prob_kind: str,
-                   shape: tuple[int, ...], n_classes: int) -> None:
+def _check_targets(
+    output: Any,
+    kind: str,
+    probabilities: Any,
+    prob_kind: str,
+    shape: tuple[int, ...],
+    n_classes: int,
+) -> None:
     """Check every output before any work starts."""
     if kind == "zarr":
         check_store_path(output)
@@ -285,8 +319,9 @@ def _check_targets(output: Any, kind: str, probabilities: Any, prob_kind: str,
     elif kind == "array":
         _check_array(output, shape, "labels")
         if np.dtype(output.dtype).kind not in "iu":
-            raise InputMismatchError(f"The labels array must be of an integer dtype, not "
-                                     f"{output.dtype}.")
+            raise InputMismatchError(
+                f"The labels array must be of an integer dtype, not {output.dtype}."
+            )
     if prob_kind == "zarr":
         check_store_path(probabilities)
     elif prob_kind == "array":
@@ -301,9 +336,16 @@ def _class_axis(kind: str, arrangement: Any) -> int:
     return 1 if kind == "zarr" and arrangement.leading_axes.startswith("T") else 0
 
 
-def _probability_target(stack: ExitStack, target: Any, kind: str, grid: BlockGrid,
-                        arrangement: Any, n_classes: int, lazy: LazyImage,
-                        class_names: list[str] | None) -> Any:
+def _probability_target(
+    stack: ExitStack,
+    target: Any,
+    kind: str,
+    grid: BlockGrid,
+    arrangement: Any,
+    n_classes: int,
+    lazy: LazyImage,
+    class_names: list[str] | None,
+) -> Any:
     if kind == "none":
         return None
     if kind == "array":
@@ -315,8 +357,9 @@ def _probability_target(stack: ExitStack, target: Any, kind: str, grid: BlockGri
     axes = letters[:at] + "C" + letters[at:] + "YX"
     chunks = (1,) * (1 + len(leading)) + (side, side)
     tmp = stack.enter_context(atomic_dir(target))
-    return create_probability_zarr(tmp, shape, chunks, axes,
-                                   lazy.pixel_size, lazy.z_spacing, class_names)
+    return create_probability_zarr(
+        tmp, shape, chunks, axes, lazy.pixel_size, lazy.z_spacing, class_names
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -343,8 +386,9 @@ def _predict_blocks(
                         result = stop.value
                         break
                     part = int(100 * event.fraction)
-                    yield Progress("predict", k * 100 + part, n * 100,
-                                   f"block {k + 1}/{n}, {event.message}")
+                    yield Progress(
+                        "predict", k * 100 + part, n * 100, f"block {k + 1}/{n}, {event.message}"
+                    )
             finally:
                 gen.close()
             stitcher.add(result)
@@ -400,8 +444,9 @@ def _write_labels(
         path = Path(output).expanduser()
         target = stack.enter_context(atomic_dir(path))
     try:
-        array = create_label_zarr(target, shape, dtype, chunks, arrangement.label_axes,
-                                  lazy.pixel_size, lazy.z_spacing)
+        array = create_label_zarr(
+            target, shape, dtype, chunks, arrangement.label_axes, lazy.pixel_size, lazy.z_spacing
+        )
         yield from _write_blocks(array, blocks, settings, tables, client)
         if kind == "zarr":
             levels = add_pyramid(target)
@@ -414,9 +459,13 @@ def _write_labels(
     return None, path
 
 
-def _write_blocks(output: Any, blocks: list[Block], settings: BlockSettings,
-                  tables: dict[int, np.ndarray] | None,
-                  client: Any) -> Generator[Progress, None, None]:
+def _write_blocks(
+    output: Any,
+    blocks: list[Block],
+    settings: BlockSettings,
+    tables: dict[int, np.ndarray] | None,
+    client: Any,
+) -> Generator[Progress, None, None]:
     items = [(b, None if tables is None else tables[b.index]) for b in blocks]
     n = len(items)
     if client is None:
@@ -439,8 +488,14 @@ def _stitched(block: Block, settings: BlockSettings, k: int, n: int) -> Progress
     return Progress("stitch", k, n, f"wrote block {k}/{n}", payload=region)
 
 
-def _tiff_tiles(settings: BlockSettings, tables: dict[int, np.ndarray] | None, dtype: np.dtype,
-                tile: int, counter: list[int], stop: threading.Event) -> Iterator[np.ndarray]:
+def _tiff_tiles(
+    settings: BlockSettings,
+    tables: dict[int, np.ndarray] | None,
+    dtype: np.dtype,
+    tile: int,
+    counter: list[int],
+    stop: threading.Event,
+) -> Iterator[np.ndarray]:
     grid = settings.grid
     for plane in range(grid.n_planes):
         for y in range(0, grid.height, tile):
@@ -452,9 +507,14 @@ def _tiff_tiles(settings: BlockSettings, tables: dict[int, np.ndarray] | None, d
                 counter[0] += 1
 
 
-def _tiff_planes(settings: BlockSettings, tables: dict[int, np.ndarray] | None,
-                 dtype: np.dtype, rows: int, counter: list[int],
-                 stop: threading.Event) -> Iterator[np.ndarray]:
+def _tiff_planes(
+    settings: BlockSettings,
+    tables: dict[int, np.ndarray] | None,
+    dtype: np.dtype,
+    rows: int,
+    counter: list[int],
+    stop: threading.Event,
+) -> Iterator[np.ndarray]:
     """Whole planes of final labels, each assembled from strips of ``rows`` rows."""
     grid = settings.grid
     for plane in range(grid.n_planes):
@@ -468,8 +528,13 @@ def _tiff_planes(settings: BlockSettings, tables: dict[int, np.ndarray] | None,
         yield out
 
 
-def _write_tiff(path: Path, settings: BlockSettings, tables: dict[int, np.ndarray] | None,
-                dtype: np.dtype, lazy: LazyImage) -> Generator[Progress, None, None]:
+def _write_tiff(
+    path: Path,
+    settings: BlockSettings,
+    tables: dict[int, np.ndarray] | None,
+    dtype: np.dtype,
+    lazy: LazyImage,
+) -> Generator[Progress, None, None]:
     """Write the final labels in a helper thread (tifffile pulls the planes or tiles),
     reporting progress meanwhile; closing the generator stops the writing.
 

@@ -127,8 +127,10 @@ def make_pairs(
         )
     labels = check_labels(labels, f"labels of {name}")
     if mask is None and not labels.any():
-        raise UserError(f"The labels of {name} are all zero: there is nothing to learn from. "
-                        "Paint some objects (or give a mask of the reviewed regions).")
+        raise UserError(
+            f"The labels of {name} are all zero: there is nothing to learn from. "
+            "Paint some objects (or give a mask of the reviewed regions)."
+        )
     if mask is not None:
         mask = np.asarray(mask).astype(bool)
         if mask.shape != expected:
@@ -152,20 +154,26 @@ def make_pairs(
         plane_labels = np.asarray(label_planes[i])
         if task == "semantic":
             if plane_labels.max() >= n_classes:
-                raise UserError(f"The labels of {name} hold class {int(plane_labels.max())} but "
-                                f"the model has {n_classes} classes.")
+                raise UserError(
+                    f"The labels of {name} hold class {int(plane_labels.max())} but "
+                    f"the model has {n_classes} classes."
+                )
             targets = semantic_targets(plane_labels, n_classes, plane_mask, target_config)
         else:
             targets = instance_targets(plane_labels, target_config, plane_mask)
-        pairs.append(TrainingPair(
-            image=normalize_plane(planes[i], bounds),
-            labels=plane_labels,
-            targets=targets,
-            name=f"{name}, plane {i + 1}" if n > 1 else name,
-        ))
+        pairs.append(
+            TrainingPair(
+                image=normalize_plane(planes[i], bounds),
+                labels=plane_labels,
+                targets=targets,
+                name=f"{name}, plane {i + 1}" if n > 1 else name,
+            )
+        )
     if not pairs:
-        raise UserError(f"{name} has no annotated pixel: its labels are all zero. Paint some "
-                        "objects (or mark reviewed regions) before training.")
+        raise UserError(
+            f"{name} has no annotated pixel: its labels are all zero. Paint some "
+            "objects (or mark reviewed regions) before training."
+        )
     return pairs
 
 
@@ -219,18 +227,32 @@ def training_pairs(
         raise ValueError("give the base model or the configuration of a new one")
     pairs: list[TrainingPair] = []
     for item in annotated:
-        pairs += make_pairs(item.image, item.labels, item.axes, in_channels, normalize,
-                            task=task, n_classes=n_classes, mask=item.mask,
-                            target_config=target_config, name=item.name)
+        pairs += make_pairs(
+            item.image,
+            item.labels,
+            item.axes,
+            in_channels,
+            normalize,
+            task=task,
+            n_classes=n_classes,
+            mask=item.mask,
+            target_config=target_config,
+            name=item.name,
+        )
     if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
-        raise UserError("None of the annotated pixels belongs to an object (the labels are 0 "
-                        "wherever the annotated regions are): paint some objects.")
+        raise UserError(
+            "None of the annotated pixels belongs to an object (the labels are 0 "
+            "wherever the annotated regions are): paint some objects."
+        )
     return pairs
 
 
 def _blocks(shape: tuple[int, int], size: int) -> list[tuple[slice, slice]]:
-    return [(slice(y, min(y + size, shape[0])), slice(x, min(x + size, shape[1])))
-            for y in range(0, shape[0], size) for x in range(0, shape[1], size)]
+    return [
+        (slice(y, min(y + size, shape[0])), slice(x, min(x + size, shape[1])))
+        for y in range(0, shape[0], size)
+        for x in range(0, shape[1], size)
+    ]
 
 
 def split_validation(
@@ -277,23 +299,28 @@ def split_validation(
         pair = training[index]
         h, w = pair.labels.shape
         ys, xs = region
-        outer = (slice(max(ys.start - context, 0), min(ys.stop + context, h)),
-                 slice(max(xs.start - context, 0), min(xs.stop + context, w)))
+        outer = (
+            slice(max(ys.start - context, 0), min(ys.stop + context, h)),
+            slice(max(xs.start - context, 0), min(xs.stop + context, w)),
+        )
         crop_mask = np.zeros(pair.labels.shape, bool)
         crop_mask[region] = pair.targets.mask[region]
-        crops.append(ValidationCrop(
-            image=pair.image[(slice(None), *outer)].copy(),
-            labels=pair.labels[outer].copy(),
-            mask=crop_mask[outer],
-        ))
+        crops.append(
+            ValidationCrop(
+                image=pair.image[(slice(None), *outer)].copy(),
+                labels=pair.labels[outer].copy(),
+                mask=crop_mask[outer],
+            )
+        )
         mask = pair.targets.mask.copy()
         weights = pair.targets.weights.copy()
         mask[region] = False
         weights[region] = 0.0
         training[index] = replace(pair, targets=replace(pair.targets, mask=mask, weights=weights))
     training = [p for p in training if p.targets.mask.any()]
-    logger.info("validation: %d blocks, %d of %d annotated pixels held out", len(crops), held,
-                total)
+    logger.info(
+        "validation: %d blocks, %d of %d annotated pixels held out", len(crops), held, total
+    )
     return training, crops
 
 
@@ -361,8 +388,11 @@ class PatchSampler:
         ys = slice(y0, y0 + self.patch_size)
         xs = slice(x0, x0 + self.patch_size)
         image = pair.image[:, ys, xs]
-        maps = (pair.targets.classes[ys, xs], pair.targets.weights[ys, xs],
-                pair.targets.mask[ys, xs])
+        maps = (
+            pair.targets.classes[ys, xs],
+            pair.targets.weights[ys, xs],
+            pair.targets.mask[ys, xs],
+        )
         pad_y, pad_x = self.patch_size - image.shape[1], self.patch_size - image.shape[2]
         if pad_y or pad_x:
             image = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)), mode="symmetric")
@@ -375,5 +405,9 @@ class PatchSampler:
         for index in self.rng.choice(len(self.pairs), size=batch_size, p=self._p):
             parts.append(self._patch(self.pairs[index], self._centres[index]))
         images, classes, weights, mask = (np.stack(column) for column in zip(*parts, strict=True))
-        return PatchBatch(images=images.astype(np.float32), classes=classes.astype(np.int64),
-                          weights=weights.astype(np.float32), mask=mask.astype(bool))
+        return PatchBatch(
+            images=images.astype(np.float32),
+            classes=classes.astype(np.int64),
+            weights=weights.astype(np.float32),
+            mask=mask.astype(bool),
+        )

@@ -145,13 +145,13 @@ def predict_file(
     from .progress import drain
 
     image = io.read_image(job.source)
-    probs = drain(predict_probabilities(image.data, image.axes, model, tiling, device,
-                                        precision))
+    probs = drain(predict_probabilities(image.data, image.axes, model, tiling, device, precision))
     labels = labels_from_probabilities(probs, model.task, postprocess)
     axes = "".join(a for a in image.axes if a not in "CSYX") + "YX"
     if job.probabilities is not None:
-        io.write_probabilities(job.probabilities, probs, "C" + axes, image.pixel_size,
-                               image.z_spacing)
+        io.write_probabilities(
+            job.probabilities, probs, "C" + axes, image.pixel_size, image.z_spacing
+        )
     io.write_labels(job.target, labels, axes, image.pixel_size, image.z_spacing)
     semantic = model.task == "semantic" or getattr(postprocess, "mode", "") == "semantic"
     return None if semantic or not labels.size else int(labels.max())

@@ -29,6 +29,4 @@ def labels_dtype(max_id: int) -> np.dtype:
         return np.dtype(np.uint16)
     if max_id <= UINT32_MAX:
         return np.dtype(np.uint32)
-    raise LabelIdsTooLarge(
-        f"Label id {max_id} is too large for a label image (at most 2**32 - 1)."
-    )
+    raise LabelIdsTooLarge(f"Label id {max_id} is too large for a label image (at most 2**32 - 1).")

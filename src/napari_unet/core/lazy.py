@@ -262,9 +262,7 @@ def _multiscale(path: Path, group: Any, meta: dict[str, Any], prefix: str) -> La
     unit = "um" if pixel_size is not None or z_spacing is not None else "pixel"
     dataset = prefix + datasets[0]["path"]
     logger.debug("opened %s/%s lazily: %s %s %s", path, dataset, data.shape, axes, data.dtype)
-    return LazyImage(
-        data, axes, pixel_size, z_spacing, unit, path, [d for d, _ in levels], dataset
-    )
+    return LazyImage(data, axes, pixel_size, z_spacing, unit, path, [d for d, _ in levels], dataset)
 
 
 def _plain_array(path: Path, array: Any, dataset: str) -> LazyImage:
@@ -330,8 +328,9 @@ def _scale(transforms: Any, ndim: int) -> list[float]:
         if isinstance(transform, dict) and transform.get("type") == "scale":
             values = transform.get("scale")
             if isinstance(values, list) and len(values) == ndim:
-                scale = [s * (positive_number(v) or 1.0)
-                         for s, v in zip(scale, values, strict=True)]
+                scale = [
+                    s * (positive_number(v) or 1.0) for s, v in zip(scale, values, strict=True)
+                ]
     return scale
 
 

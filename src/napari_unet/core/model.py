@@ -129,8 +129,9 @@ def _input_span(config: ModelConfig, level: int, x: int, decoder: bool) -> tuple
 
     def up(y: int) -> tuple[int, int]:
         k = y // 2
-        coarse = [k] if config.upsampling == "transpose" else ([k - 1, k] if y % 2 == 0
-                                                              else [k, k + 1])
+        coarse = (
+            [k] if config.upsampling == "transpose" else ([k - 1, k] if y % 2 == 0 else [k, k + 1])
+        )
         spans = [_input_span(config, level + 1, p, True) for p in coarse]
         return min(a for a, _ in spans), max(b for _, b in spans)
 

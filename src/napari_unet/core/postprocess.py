@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 Mode = Literal["instances", "semantic"]
 
 
-
 @dataclass(frozen=True)
 class PostprocessConfig:
     """How probabilities become labels.

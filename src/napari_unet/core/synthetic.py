@@ -118,8 +118,18 @@ class SyntheticConfig:
             raise ValueError(f"coverage must be in (0, 1], got {self.coverage}")
         if not 0.1 <= self.nucleus_fraction <= 0.9:
             raise ValueError(f"nucleus_fraction must be in [0.1, 0.9], got {self.nucleus_fraction}")
-        nonneg = ("irregularity", "texture", "brightness_variation", "blur", "background",
-                  "gradient", "read_noise", "offset", "debris", "min_size")
+        nonneg = (
+            "irregularity",
+            "texture",
+            "brightness_variation",
+            "blur",
+            "background",
+            "gradient",
+            "read_noise",
+            "offset",
+            "debris",
+            "min_size",
+        )
         for name in nonneg:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -166,8 +176,7 @@ def _rng(seed: Seed) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def _geometry(s: _Shape, shape: tuple[int, int], dy: float = 0.0, dx: float = 0.0
-              ) -> _Stamp | None:
+def _geometry(s: _Shape, shape: tuple[int, int], dy: float = 0.0, dx: float = 0.0) -> _Stamp | None:
     """Normalised radius ``rho`` of ``s`` (shifted by dy, dx) in its box; inside is rho <= 1."""
     cy, cx, ext = s.cy + dy, s.cx + dx, s.extent
     y0, y1 = max(math.floor(cy - ext), 0), min(math.ceil(cy + ext) + 1, shape[0])
@@ -193,8 +202,9 @@ def _geometry(s: _Shape, shape: tuple[int, int], dy: float = 0.0, dx: float = 0.
     return (slice(y0, y1), slice(x0, x1)), rho
 
 
-def _harmonics(rng: np.random.Generator, amount: float, kmax: int, decay: float = 0.8
-               ) -> np.ndarray:
+def _harmonics(
+    rng: np.random.Generator, amount: float, kmax: int, decay: float = 0.8
+) -> np.ndarray:
     ks = np.arange(2, kmax + 1, dtype=np.float64)
     amps = amount * rng.normal(size=ks.size) / ks**decay
     total = np.abs(amps).sum()
@@ -212,11 +222,19 @@ def _base_shape(cfg: SyntheticConfig, rng: np.random.Generator, r: float) -> _Sh
     a, b = _ellipse_axes(r, 1.0 - cfg.elongation * rng.random())
     sigma = cfg.brightness_variation
     shape = _Shape(
-        cy=0.0, cx=0.0, a=a, b=b, theta=rng.uniform(0, np.pi),
-        harm=(_harmonics(rng, 0.1 + 2.0 * cfg.irregularity, 7, 1.4) if cells
-              else _harmonics(rng, cfg.irregularity, 6)),
+        cy=0.0,
+        cx=0.0,
+        a=a,
+        b=b,
+        theta=rng.uniform(0, np.pi),
+        harm=(
+            _harmonics(rng, 0.1 + 2.0 * cfg.irregularity, 7, 1.4)
+            if cells
+            else _harmonics(rng, cfg.irregularity, 6)
+        ),
         brightness=float(rng.lognormal(-0.5 * sigma**2, sigma)) if sigma > 0 else 1.0,
-        texture=cfg.texture * rng.uniform(0.6, 1.4), dome=rng.uniform(0.1, 0.45),
+        texture=cfg.texture * rng.uniform(0.6, 1.4),
+        dome=rng.uniform(0.1, 0.45),
         defocus=bool(rng.random() < cfg.defocus),
     )
     if cells:
@@ -224,18 +242,31 @@ def _base_shape(cfg: SyntheticConfig, rng: np.random.Generator, r: float) -> _Sh
         na, nb = _ellipse_axes(rn, rng.uniform(0.65, 1.0))
         off = rng.uniform(0, 0.35) * (r - rn)
         ang = rng.uniform(0, 2 * np.pi)
-        shape.nucleus = (off * math.sin(ang), off * math.cos(ang), na, nb,
-                         rng.uniform(0, np.pi), rng.uniform(0.45, 0.8))
+        shape.nucleus = (
+            off * math.sin(ang),
+            off * math.cos(ang),
+            na,
+            nb,
+            rng.uniform(0, np.pi),
+            rng.uniform(0.45, 0.8),
+        )
     elif rng.random() < 0.5 and cfg.texture > 0:
         for _ in range(rng.integers(1, 4)):  # nucleoli: darker spots
             d, ang = rng.uniform(0, 0.5) * r, rng.uniform(0, 2 * np.pi)
-            shape.spots.append((d * math.sin(ang), d * math.cos(ang),
-                                rng.uniform(0.1, 0.2) * r, rng.uniform(0.2, 0.5)))
+            shape.spots.append(
+                (
+                    d * math.sin(ang),
+                    d * math.cos(ang),
+                    rng.uniform(0.1, 0.2) * r,
+                    rng.uniform(0.2, 0.5),
+                )
+            )
     return shape
 
 
-def _group(cfg: SyntheticConfig, rng: np.random.Generator
-           ) -> tuple[list[_Shape], list[tuple[float, float]]]:
+def _group(
+    cfg: SyntheticConfig, rng: np.random.Generator
+) -> tuple[list[_Shape], list[tuple[float, float]]]:
     """One object or a group (dividing pair, dying fragments) with offsets from its anchor."""
     r = rng.uniform(*cfg.radius)
     u = rng.random()
@@ -247,8 +278,9 @@ def _group(cfg: SyntheticConfig, rng: np.random.Generator
     return [main], [(0.0, 0.0)]
 
 
-def _dividing(cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: float
-              ) -> tuple[list[_Shape], list[tuple[float, float]]]:
+def _dividing(
+    cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: float
+) -> tuple[list[_Shape], list[tuple[float, float]]]:
     cells = cfg.kind == "cells"
     rd = r * rng.uniform(0.55, 0.7) if cells else r * rng.uniform(0.6, 0.75)
     ratio = rng.uniform(0.8, 1.0) if cells else rng.uniform(0.5, 0.8)
@@ -259,17 +291,27 @@ def _dividing(cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: f
     gain = rng.uniform(1.4, 2.2)
     shapes, offsets = [], []
     for sign in (-1.0, 1.0):
-        d = _Shape(cy=0.0, cx=0.0, a=a, b=b, theta=axis + np.pi / 2,
-                   harm=_harmonics(rng, cfg.irregularity * 0.5, 4),
-                   brightness=main.brightness * gain, texture=main.texture * 0.5,
-                   dome=rng.uniform(0.05, 0.2), defocus=main.defocus, plain=True)
+        d = _Shape(
+            cy=0.0,
+            cx=0.0,
+            a=a,
+            b=b,
+            theta=axis + np.pi / 2,
+            harm=_harmonics(rng, cfg.irregularity * 0.5, 4),
+            brightness=main.brightness * gain,
+            texture=main.texture * 0.5,
+            dome=rng.uniform(0.05, 0.2),
+            defocus=main.defocus,
+            plain=True,
+        )
         shapes.append(d)
         offsets.append((sign * half * math.sin(axis), sign * half * math.cos(axis)))
     return shapes, offsets
 
 
-def _dying(cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: float
-           ) -> tuple[list[_Shape], list[tuple[float, float]]]:
+def _dying(
+    cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: float
+) -> tuple[list[_Shape], list[tuple[float, float]]]:
     min_r = math.sqrt(cfg.min_size / math.pi) + 0.8
     rd = max(r * rng.uniform(0.35, 0.6), min_r)
     bright = main.brightness * rng.uniform(1.8, 3.5)
@@ -278,11 +320,21 @@ def _dying(cfg: SyntheticConfig, rng: np.random.Generator, main: _Shape, r: floa
     for i in range(n):
         rf = rd if n == 1 else max(rd * rng.uniform(0.4, 0.65), min_r)
         a, b = _ellipse_axes(rf, rng.uniform(0.8, 1.0))
-        shapes.append(_Shape(cy=0.0, cx=0.0, a=a, b=b, theta=rng.uniform(0, np.pi),
-                             harm=_harmonics(rng, 0.03, 3),
-                             brightness=bright * rng.uniform(0.8, 1.2),
-                             texture=main.texture * 0.2, dome=rng.uniform(0.0, 0.1),
-                             defocus=main.defocus, plain=True))
+        shapes.append(
+            _Shape(
+                cy=0.0,
+                cx=0.0,
+                a=a,
+                b=b,
+                theta=rng.uniform(0, np.pi),
+                harm=_harmonics(rng, 0.03, 3),
+                brightness=bright * rng.uniform(0.8, 1.2),
+                texture=main.texture * 0.2,
+                dome=rng.uniform(0.0, 0.1),
+                defocus=main.defocus,
+                plain=True,
+            )
+        )
         d = 0.0 if i == 0 else rng.uniform(1.2, 2.2) * rd
         ang = rng.uniform(0, 2 * np.pi)
         offsets.append((d * math.sin(ang), d * math.cos(ang)))
@@ -326,7 +378,7 @@ def _place(cfg: SyntheticConfig, rng: np.random.Generator) -> list[_Shape]:
         if not clustered:  # a free spot: cheap rejection before drawing a shape
             ay, ax = rng.uniform(0, hw[0]), rng.uniform(0, hw[1])
             iy, ix = int(ay), int(ax)
-            if canvas.labels[max(iy - k, 0):iy + k + 1, max(ix - k, 0):ix + k + 1].any():
+            if canvas.labels[max(iy - k, 0) : iy + k + 1, max(ix - k, 0) : ix + k + 1].any():
                 continue
         group, offsets = _group(cfg, rng)
         on_top = clustered and rng.random() < cfg.overlap
@@ -345,9 +397,15 @@ def _place(cfg: SyntheticConfig, rng: np.random.Generator) -> list[_Shape]:
     return shapes
 
 
-def _put_group(canvas: _Canvas, shapes: list[_Shape], group: list[_Shape],
-               offsets: list[tuple[float, float]], anchor: tuple[float, float],
-               clustered: bool, level: int) -> bool:
+def _put_group(
+    canvas: _Canvas,
+    shapes: list[_Shape],
+    group: list[_Shape],
+    offsets: list[tuple[float, float]],
+    anchor: tuple[float, float],
+    clustered: bool,
+    level: int,
+) -> bool:
     """Stamp the group's shapes that fit; False when its first shape does not."""
     for i, (s, (oy, ox)) in enumerate(zip(group, offsets, strict=True)):
         s.cy, s.cx, s.level = anchor[0] + oy, anchor[1] + ox, level
@@ -374,8 +432,9 @@ def _fits(canvas: _Canvas, s: _Shape, stamp: _Stamp, clustered: bool, on_top: bo
     return not taken[rho <= margin].any()
 
 
-def _rasterise(shapes: list[_Shape], hw: tuple[int, int], shifts: np.ndarray, min_size: int
-               ) -> tuple[np.ndarray, list[_Stamp | None]]:
+def _rasterise(
+    shapes: list[_Shape], hw: tuple[int, int], shifts: np.ndarray, min_size: int
+) -> tuple[np.ndarray, list[_Stamp | None]]:
     """Labels (H, W) int32 with id i + 1 for ``shapes[i]`` (0 where dropped) and the stamps."""
     canvas = _Canvas(hw)
     stamps: list[_Stamp | None] = []
@@ -391,8 +450,7 @@ def _rasterise(shapes: list[_Shape], hw: tuple[int, int], shifts: np.ndarray, mi
         if stamp is None or areas[i + 1] == 0:
             continue
         sl, rho = stamp
-        clipped = (sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == hw[0]
-                   or sl[1].stop == hw[1])
+        clipped = sl[0].start == 0 or sl[1].start == 0 or sl[0].stop == hw[0] or sl[1].stop == hw[1]
         if clipped or areas[i + 1] < np.count_nonzero(rho <= 1.0):  # may be cut in pieces
             own = labels[sl] == i + 1
             comp, n = ndimage.label(own)
@@ -412,17 +470,22 @@ def _unit_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float) 
     return f / std if std > 0 else f
 
 
-def _textures(cfg: SyntheticConfig, rng: np.random.Generator, shape: tuple[int, int]
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _textures(
+    cfg: SyntheticConfig, rng: np.random.Generator, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Fine and coarse zero-mean, unit-variance random fields (H', W') float32."""
     r = 0.5 * sum(cfg.radius)
-    return (_unit_noise(rng, shape, max(0.7, 0.08 * r)),
-            _unit_noise(rng, shape, max(1.5, 0.3 * r)))
+    return (_unit_noise(rng, shape, max(0.7, 0.08 * r)), _unit_noise(rng, shape, max(1.5, 0.3 * r)))
 
 
-def _render(cfg: SyntheticConfig, shapes: list[_Shape], stamps: list[_Stamp | None],
-            labels: np.ndarray, tex: tuple[np.ndarray, np.ndarray], tex_shift: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    cfg: SyntheticConfig,
+    shapes: list[_Shape],
+    stamps: list[_Stamp | None],
+    labels: np.ndarray,
+    tex: tuple[np.ndarray, np.ndarray],
+    tex_shift: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     """Object signal (in focus, out of focus), each (H, W) float32, before blur."""
     focus = np.zeros(cfg.shape, np.float32)
     blurred = np.zeros(cfg.shape, np.float32)
@@ -507,10 +570,17 @@ def _debris(cfg: SyntheticConfig, rng: np.random.Generator) -> tuple[np.ndarray,
         speck = rng.random() < 0.7
         r = rng.uniform(0.6, max(1.0, 0.3 * rmin)) if speck else rng.uniform(0.3, 0.6) * rmin
         a, b = _ellipse_axes(max(r, 0.6), rng.uniform(0.5, 1.0))
-        s = _Shape(cy=rng.uniform(0, hw[0]), cx=rng.uniform(0, hw[1]), a=a, b=b,
-                   theta=rng.uniform(0, np.pi), harm=_harmonics(rng, 0.2, 4),
-                   brightness=rng.uniform(0.5, 3.0) if speck else rng.uniform(0.15, 0.4),
-                   texture=0.0, dome=0.3)
+        s = _Shape(
+            cy=rng.uniform(0, hw[0]),
+            cx=rng.uniform(0, hw[1]),
+            a=a,
+            b=b,
+            theta=rng.uniform(0, np.pi),
+            harm=_harmonics(rng, 0.2, 4),
+            brightness=rng.uniform(0.5, 3.0) if speck else rng.uniform(0.15, 0.4),
+            texture=0.0,
+            dome=0.3,
+        )
         stamp = _geometry(s, hw)
         if stamp is None:
             continue
@@ -530,7 +600,8 @@ def _illumination(cfg: SyntheticConfig, rng: np.random.Generator) -> np.ndarray:
     vignette = np.float32(rng.uniform(0.0, 0.8))
     g = np.float32(cfg.gradient)
     field_ = np.exp(g * (gy * y - vignette * (y - y0) ** 2)) * np.exp(
-        g * (gx * x - vignette * (x - x0) ** 2))  # separable: two small exps, one product
+        g * (gx * x - vignette * (x - x0) ** 2)
+    )  # separable: two small exps, one product
     return field_ / np.float32(field_.mean())
 
 
@@ -554,8 +625,13 @@ def _blur(a: np.ndarray, sigma: float) -> np.ndarray:
     return ndimage.gaussian_filter(a, sigma, truncate=3.5)
 
 
-def _form_image(cfg: SyntheticConfig, rng: np.random.Generator, signal: tuple[np.ndarray, ...],
-                debris: tuple[np.ndarray, np.ndarray], illum: np.ndarray) -> np.ndarray:
+def _form_image(
+    cfg: SyntheticConfig,
+    rng: np.random.Generator,
+    signal: tuple[np.ndarray, ...],
+    debris: tuple[np.ndarray, np.ndarray],
+    illum: np.ndarray,
+) -> np.ndarray:
     focus, blurred = signal
     r = 0.5 * sum(cfg.radius)
     sigma_defocus = math.hypot(cfg.blur, 1.0 + 0.2 * r)
@@ -589,8 +665,9 @@ def _set_shift(shapes: list[_Shape], shifts: np.ndarray) -> None:
         s.shift = (float(d[0]), float(d[1]))
 
 
-def make_image(config: SyntheticConfig, seed: Seed = None, *, dtype: np.dtype | type = np.float32
-               ) -> tuple[np.ndarray, np.ndarray]:
+def make_image(
+    config: SyntheticConfig, seed: Seed = None, *, dtype: np.dtype | type = np.float32
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic image and its exact instance labels.
 
     Args:
@@ -607,9 +684,15 @@ def make_image(config: SyntheticConfig, seed: Seed = None, *, dtype: np.dtype | 
     return images[0], labels[0]
 
 
-def make_stack(config: SyntheticConfig, n_planes: int, seed: Seed = None, *,
-               dtype: np.dtype | type = np.float32, speed: float = 0.5,
-               independent: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def make_stack(
+    config: SyntheticConfig,
+    n_planes: int,
+    seed: Seed = None,
+    *,
+    dtype: np.dtype | type = np.float32,
+    speed: float = 0.5,
+    independent: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
     """A short time-lapse (or independent planes) with exact labels.
 
     By default the same objects appear in every plane and drift slowly (a random walk with about
@@ -647,8 +730,13 @@ def _walk(rng: np.random.Generator, n_planes: int, n: int, speed: float) -> np.n
     return np.concatenate([np.zeros((1, n, 2)), np.cumsum(steps, axis=0)])
 
 
-def _make(cfg: SyntheticConfig, n_planes: int, rng: np.random.Generator,
-          dtype: np.dtype | type, speed: float) -> tuple[np.ndarray, np.ndarray]:
+def _make(
+    cfg: SyntheticConfig,
+    n_planes: int,
+    rng: np.random.Generator,
+    dtype: np.dtype | type,
+    speed: float,
+) -> tuple[np.ndarray, np.ndarray]:
     shapes = _place(cfg, rng)
     shifts = _walk(rng, n_planes, len(shapes), speed)
     pad = int(np.ceil(np.abs(shifts).max())) + 1 if shifts.size else 1
@@ -666,8 +754,9 @@ def _make(cfg: SyntheticConfig, n_planes: int, rng: np.random.Generator,
     return np.stack(images), _relabel(np.stack(all_labels), len(shapes))
 
 
-def random_config(rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *,
-                  cells_fraction: float = 0.2) -> SyntheticConfig:
+def random_config(
+    rng: np.random.Generator, shape: tuple[int, int] = (256, 256), *, cells_fraction: float = 0.2
+) -> SyntheticConfig:
     """A configuration with parameters drawn across realistic ranges.
 
     Magnification (radius 4..30 px, log-uniform), crowding, clumping and overlap, texture,
@@ -715,10 +804,26 @@ def random_config(rng: np.random.Generator, shape: tuple[int, int] = (256, 256),
 
 
 SAMPLE_CONFIG = SyntheticConfig(
-    shape=(512, 512), radius=(9.0, 15.0), elongation=0.4, irregularity=0.08, coverage=0.3,
-    clustered=0.5, overlap=0.1, texture=0.35, brightness_variation=0.4, blur=1.2, defocus=0.1,
-    background=0.08, gradient=0.4, photons=120.0, gain=2.0, read_noise=3.0, offset=100.0,
-    dividing=0.04, dying=0.03, debris=0.4,
+    shape=(512, 512),
+    radius=(9.0, 15.0),
+    elongation=0.4,
+    irregularity=0.08,
+    coverage=0.3,
+    clustered=0.5,
+    overlap=0.1,
+    texture=0.35,
+    brightness_variation=0.4,
+    blur=1.2,
+    defocus=0.1,
+    background=0.08,
+    gradient=0.4,
+    photons=120.0,
+    gain=2.0,
+    read_noise=3.0,
+    offset=100.0,
+    dividing=0.04,
+    dying=0.03,
+    debris=0.4,
 )
 
 

@@ -142,22 +142,32 @@ def check_labels(labels: np.ndarray, name: str = "labels") -> np.ndarray:
         return arr.view(np.uint8)
     if np.issubdtype(arr.dtype, np.floating):
         if arr.size and not np.all(np.isfinite(arr)):
-            raise UserError(f"The {name} contain NaN or infinite values; labels must be whole "
-                            "numbers (0 for background, 1, 2, ... for objects).")
+            raise UserError(
+                f"The {name} contain NaN or infinite values; labels must be whole "
+                "numbers (0 for background, 1, 2, ... for objects)."
+            )
         if arr.size and not np.array_equal(arr, np.round(arr)):
             bad = arr[arr != np.round(arr)].flat[0]
-            raise UserError(f"The {name} contain fractional values (such as {bad:g}); labels must "
-                            "be whole numbers (0 for background, 1, 2, ... for objects).")
+            raise UserError(
+                f"The {name} contain fractional values (such as {bad:g}); labels must "
+                "be whole numbers (0 for background, 1, 2, ... for objects)."
+            )
         if arr.size and arr.min() < 0:
-            raise UserError(f"The {name} contain negative values (smallest {arr.min():g}); labels "
-                            "must be 0 for background and positive whole numbers for objects.")
+            raise UserError(
+                f"The {name} contain negative values (smallest {arr.min():g}); labels "
+                "must be 0 for background and positive whole numbers for objects."
+            )
         return arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
-        raise UserError(f"The {name} have data type {arr.dtype}; labels must be whole numbers "
-                        "(0 for background, 1, 2, ... for objects).")
+        raise UserError(
+            f"The {name} have data type {arr.dtype}; labels must be whole numbers "
+            "(0 for background, 1, 2, ... for objects)."
+        )
     if np.issubdtype(arr.dtype, np.signedinteger) and arr.size and arr.min() < 0:
-        raise UserError(f"The {name} contain negative values (smallest {arr.min()}); labels must "
-                        "be 0 for background and positive whole numbers for objects.")
+        raise UserError(
+            f"The {name} contain negative values (smallest {arr.min()}); labels must "
+            "be 0 for background and positive whole numbers for objects."
+        )
     return arr
 
 
@@ -167,20 +177,24 @@ def _check_mask(mask: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray |
         return None
     arr = np.asarray(mask)
     if arr.shape != shape:
-        raise InputMismatchError(f"The mask has shape {arr.shape} but the labels have shape "
-                                 f"{shape}; they must be the same.")
+        raise InputMismatchError(
+            f"The mask has shape {arr.shape} but the labels have shape "
+            f"{shape}; they must be the same."
+        )
     if arr.dtype == bool:
         return arr.copy()
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise UserError(f"The mask has data type {arr.dtype}; it must hold numbers "
-                        "(non-zero = annotated).")
+        raise UserError(
+            f"The mask has data type {arr.dtype}; it must hold numbers (non-zero = annotated)."
+        )
     return arr != 0
 
 
 def _check_ndim(labels: np.ndarray, ndim: int, hint: str) -> None:
     if labels.ndim != ndim:
-        raise UserError(f"The labels have shape {labels.shape}; expected {ndim} dimensions "
-                        f"({hint}).")
+        raise UserError(
+            f"The labels have shape {labels.shape}; expected {ndim} dimensions ({hint})."
+        )
     if labels.size == 0:
         raise UserError(f"The labels have shape {labels.shape}; they hold no pixels.")
 
@@ -253,8 +267,9 @@ def _update_two_smallest(d1: np.ndarray, d2: np.ndarray, dist: np.ndarray) -> No
 
 def _distance_to(region: np.ndarray, obj_id: int) -> np.ndarray:
     """Euclidean distance float32 (h, w) from each pixel of ``region`` to the pixels == obj_id."""
-    nearest = ndi.distance_transform_edt(region != obj_id, return_distances=False,
-                                         return_indices=True)
+    nearest = ndi.distance_transform_edt(
+        region != obj_id, return_distances=False, return_indices=True
+    )
     if max(region.shape) > 40_000:  # squared offsets would overflow int32
         nearest = nearest.astype(np.int64)
     dy = nearest[0] - np.arange(region.shape[0], dtype=nearest.dtype)[:, None]
@@ -322,8 +337,10 @@ def gap_term(
     d1 = np.full(labels.shape, np.inf, np.float32)
     d2 = np.full(labels.shape, np.inf, np.float32)
     for obj_id, box in objects:
-        padded = tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n))
-                       for s, n in zip(box, labels.shape, strict=True))
+        padded = tuple(
+            slice(max(s.start - margin, 0), min(s.stop + margin, n))
+            for s, n in zip(box, labels.shape, strict=True)
+        )
         if mask is not None and not mask[padded].any():
             continue
         _update_two_smallest(d1[padded], d2[padded], _distance_to(labels[padded], obj_id))
@@ -398,8 +415,9 @@ def instance_targets(
         UserError: labels not 2D, negative, fractional or not numbers.
         InputMismatchError: mask shape differs from the labels.
     """
-    config, labels, mask_arr = _checked_2d(labels, mask, config,
-                                           "an (H, W) image; use stack_targets for a stack")
+    config, labels, mask_arr = _checked_2d(
+        labels, mask, config, "an (H, W) image; use stack_targets for a stack"
+    )
     return _assemble(labels, mask_arr, config, gap_term)
 
 
@@ -460,10 +478,16 @@ def stack_targets(
         if plane_mask.any():
             planes.append(instance_targets(plane, config, plane_mask))
         else:
-            planes.append(Targets(classes=np.zeros(plane.shape, np.uint8),
-                                  weights=np.zeros(plane.shape, np.float32), mask=plane_mask))
-    logger.debug("stack targets: %d of %d planes annotated", int(masks.any(axis=(1, 2)).sum()),
-                 len(planes))
+            planes.append(
+                Targets(
+                    classes=np.zeros(plane.shape, np.uint8),
+                    weights=np.zeros(plane.shape, np.float32),
+                    mask=plane_mask,
+                )
+            )
+    logger.debug(
+        "stack targets: %d of %d planes annotated", int(masks.any(axis=(1, 2)).sum()), len(planes)
+    )
     return _stack(planes)
 
 
@@ -497,12 +521,15 @@ def semantic_targets(
         raise ValueError(f"n_classes must be at least 2, got {n_classes}")
     labels = check_labels(labels)
     if labels.ndim not in (2, 3):
-        raise UserError(f"The labels have shape {labels.shape}; expected an (H, W) image or a "
-                        "(Z, H, W) stack.")
+        raise UserError(
+            f"The labels have shape {labels.shape}; expected an (H, W) image or a (Z, H, W) stack."
+        )
     top = int(labels.max()) if labels.size else 0
     if top >= n_classes:
-        raise UserError(f"The labels contain class {top}, but the model has {n_classes} classes "
-                        f"(0 to {n_classes - 1}).")
+        raise UserError(
+            f"The labels contain class {top}, but the model has {n_classes} classes "
+            f"(0 to {n_classes - 1})."
+        )
     dtype = np.uint8 if n_classes <= 256 else np.uint16
     classes = labels.astype(dtype)
     mask_arr = _check_mask(mask, labels.shape)
@@ -512,6 +539,7 @@ def semantic_targets(
         weights = _class_weights(classes, mask_arr, n_classes, config)
         return Targets(classes=classes, weights=weights, mask=mask_arr)
     masks = _plane_masks(labels, mask_arr)
-    weights = np.stack([_class_weights(c, m, n_classes, config)
-                        for c, m in zip(classes, masks, strict=True)])
+    weights = np.stack(
+        [_class_weights(c, m, n_classes, config) for c, m in zip(classes, masks, strict=True)]
+    )
     return Targets(classes=classes, weights=weights, mask=masks)

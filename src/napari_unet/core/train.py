@@ -119,8 +119,10 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0 or self.smooth_validations < 1:
             raise UserError("ema_decay must be in [0, 1) and smooth_validations at least 1.")
         if self.steps_per_epoch < 1 or self.batch_size < 1 or self.patch_size < 16:
-            raise UserError("steps per epoch and batch size must be at least 1, the patch size "
-                            "at least 16 pixels.")
+            raise UserError(
+                "steps per epoch and batch size must be at least 1, the patch size "
+                "at least 16 pixels."
+            )
 
 
 @dataclass(frozen=True)
@@ -205,8 +207,10 @@ def _train_mode(model: UNet, freeze_batchnorm: bool) -> None:
 
 
 def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(a).to(device, non_blocking=True)
-                 for a in (batch.images, batch.classes, batch.weights, batch.mask))
+    return tuple(
+        torch.from_numpy(a).to(device, non_blocking=True)
+        for a in (batch.images, batch.classes, batch.weights, batch.mask)
+    )
 
 
 def _start_model(base: LoadedModel | None, model_config: ModelConfig | None, seed: int) -> UNet:
@@ -218,27 +222,38 @@ def _start_model(base: LoadedModel | None, model_config: ModelConfig | None, see
 class _Run:
     """The state of one training run (model, optimiser, counters, best scores) and its parts."""
 
-    def __init__(self, pairs: Sequence[TrainingPair], output: Path, base: LoadedModel | None,
-                 config: TrainConfig, dev: torch.device, model_config: ModelConfig | None,
-                 clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        pairs: Sequence[TrainingPair],
+        output: Path,
+        base: LoadedModel | None,
+        config: TrainConfig,
+        dev: torch.device,
+        model_config: ModelConfig | None,
+        clock: Callable[[], float],
+    ) -> None:
         self.config, self.dev, self.base, self.output, self.clock = config, dev, base, output, clock
         rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.model = _start_model(base, model_config, config.seed).to(dev)
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else None
-        self.training, self.crops = split_validation(pairs, config.val_fraction, rng,
-                                                     block=config.validation_block)
+        self.training, self.crops = split_validation(
+            pairs, config.val_fraction, rng, block=config.validation_block
+        )
         self.sampler = PatchSampler(self.training, config.patch_size, rng)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         self.use_amp, self.amp_dtype = _autocast(config, dev)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp
-                                           and self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.use_amp and self.amp_dtype == torch.float16
+        )
         self.hashes = [data_hash(p.image, p.labels, p.targets.mask) for p in pairs]
         self.total_steps = config.epochs * config.steps_per_epoch
         self.budget = config.max_minutes * 60.0 if config.max_minutes else None
-        self.freeze = (config.freeze_batchnorm if config.freeze_batchnorm is not None
-                       else base is not None)
+        self.freeze = (
+            config.freeze_batchnorm if config.freeze_batchnorm is not None else base is not None
+        )
         self.step = self.epoch = 0
         self.smoothed = float("nan")
         self.best: dict[str, float] = {}
@@ -265,9 +280,19 @@ class _Run:
         return max(0.0, elapsed / fraction - elapsed) if fraction > 0 else float("nan")
 
     def status(self, kind: str, metrics: dict[str, float], reason: str = "") -> TrainStatus:
-        return TrainStatus(kind, self.step, self.epoch, self.smoothed, dict(metrics),
-                           dict(self.best), self.seconds_left(), dict(self.baseline),
-                           len(self.crops), self.saved, reason)
+        return TrainStatus(
+            kind,
+            self.step,
+            self.epoch,
+            self.smoothed,
+            dict(metrics),
+            dict(self.best),
+            self.seconds_left(),
+            dict(self.baseline),
+            len(self.crops),
+            self.saved,
+            reason,
+        )
 
     # -- steps -----------------------------------------------------------------------------
 
@@ -280,8 +305,9 @@ class _Run:
         """One optimiser step; returns its loss."""
         config, dev = self.config, self.dev
         images, classes, weights, mask = _to_device(self.sampler.sample(config.batch_size), dev)
-        aug = augment_batch(images, classes, weights, mask, config=config.augment,
-                            generator=self.generator)
+        aug = augment_batch(
+            images, classes, weights, mask, config=config.augment, generator=self.generator
+        )
         loss_weights = aug.weights * aug.mask.float()
         for group in self.optimizer.param_groups:
             group["lr"] = _learning_rate(config, self.step, self.progress())
@@ -327,35 +353,51 @@ class _Run:
     def stalled(self, score: float) -> bool:
         """Record a validation score; whether early stopping should end the run."""
         self.scores.append(score)
-        window = self.scores[-self.config.smooth_validations:]
+        window = self.scores[-self.config.smooth_validations :]
         smoothed = float(np.mean(window))
         if smoothed > self.best_smoothed:
             self.best_smoothed, self.stale = smoothed, 0
         else:
             self.stale += 1
-        return (bool(self.config.patience) and self.stale >= self.config.patience
-                and self.progress() >= self.config.stop_after)
+        return (
+            bool(self.config.patience)
+            and self.stale >= self.config.patience
+            and self.progress() >= self.config.stop_after
+        )
 
     def save(self, metrics: dict[str, float], meta: dict[str, Any]) -> None:
         base = self.base
         provenance = dict(base.metadata.get("provenance") or {}) if base is not None else {}
         earlier = (provenance.get("metrics") or {}).get("rounds") or []
-        this_round = {"base": base.name if base is not None else None,
-                      "before": dict(self.baseline), "after": dict(metrics),
-                      "scored_on": scored_on(self.crops), "steps": self.step}
+        this_round = {
+            "base": base.name if base is not None else None,
+            "before": dict(self.baseline),
+            "after": dict(metrics),
+            "scored_on": scored_on(self.crops),
+            "steps": self.step,
+        }
         metadata = new_metadata(
-            self.model.config, task=meta["task"], name=meta["name"],
+            self.model.config,
+            task=meta["task"],
+            name=meta["name"],
             class_names=base.class_names if base is not None else None,
             normalize=meta["normalize"] or NormalizeConfig(),
             tiling=base.metadata.get("tiling") if base is not None else None,
             parent=base.name if base is not None else None,
             data_hashes=self.hashes,
-            settings={**to_dict(self.config), "steps": self.step, "epochs_done": self.epoch,
-                      "training_pixels": sum(p.annotated_pixels for p in self.training),
-                      "validation_crops": len(self.crops)},
-            metrics={**metrics, "baseline": dict(self.baseline),
-                     "scored_on": scored_on(self.crops),
-                     "rounds": [*(r for r in earlier if isinstance(r, dict)), this_round]},
+            settings={
+                **to_dict(self.config),
+                "steps": self.step,
+                "epochs_done": self.epoch,
+                "training_pixels": sum(p.annotated_pixels for p in self.training),
+                "validation_crops": len(self.crops),
+            },
+            metrics={
+                **metrics,
+                "baseline": dict(self.baseline),
+                "scored_on": scored_on(self.crops),
+                "rounds": [*(r for r in earlier if isinstance(r, dict)), this_round],
+            },
             **meta["scale_info"],
         )
         scored = self.scored
@@ -370,31 +412,52 @@ def _epoch(run: _Run, task: str, meta: dict[str, Any]) -> Generator[Progress, No
     config = run.config
     for _ in range(config.steps_per_epoch):
         run.train_step()
-        yield Progress("train", run.step, run.total_steps,
-                       f"epoch {run.epoch + 1}, step {run.step}: loss {run.smoothed:.4f}",
-                       run.status("step", {}))
+        yield Progress(
+            "train",
+            run.step,
+            run.total_steps,
+            f"epoch {run.epoch + 1}, step {run.step}: loss {run.smoothed:.4f}",
+            run.status("step", {}),
+        )
         if run.out_of_time():
             break
     run.epoch += 1
     if not run.crops:  # nothing held out: keep the latest weights, nothing to compare
         metrics = {"loss": run.smoothed}
-        yield Progress("train", run.step, run.total_steps, f"epoch {run.epoch}: loss "
-                       f"{run.smoothed:.4f} (no validation)", run.status("validation", metrics))
+        yield Progress(
+            "train",
+            run.step,
+            run.total_steps,
+            f"epoch {run.epoch}: loss {run.smoothed:.4f} (no validation)",
+            run.status("validation", metrics),
+        )
         run.save(metrics, meta)
-        yield Progress("train", run.step, run.total_steps, f"saved {run.output.name}",
-                       run.status("saved", metrics))
+        yield Progress(
+            "train",
+            run.step,
+            run.total_steps,
+            f"saved {run.output.name}",
+            run.status("saved", metrics),
+        )
         return False
     metrics = run.validate(task)
     improved = metrics["score"] > run.best["score"]
-    message = (f"epoch {run.epoch}: loss {run.smoothed:.4f}, validation score "
-               f"{metrics['score']:.3f}" + (" (best)" if improved else ""))
+    message = (
+        f"epoch {run.epoch}: loss {run.smoothed:.4f}, validation score "
+        f"{metrics['score']:.3f}" + (" (best)" if improved else "")
+    )
     logger.info(message)
     yield Progress("train", run.step, run.total_steps, message, run.status("validation", metrics))
     if improved:
         run.best = dict(metrics)
         run.save(run.best, meta)
-        yield Progress("train", run.step, run.total_steps, f"saved {run.output.name}",
-                       run.status("saved", metrics))
+        yield Progress(
+            "train",
+            run.step,
+            run.total_steps,
+            f"saved {run.output.name}",
+            run.status("saved", metrics),
+        )
     return run.stalled(metrics["score"])
 
 
@@ -457,15 +520,23 @@ def train(
     benchmark = torch.backends.cudnn.benchmark  # validation's Predictor may set it
     try:
         run = _Run(pairs, output, base, config, dev, model_config, clock)
-        meta = {"task": task, "name": name or output.stem, "normalize": normalize,
-                "scale_info": training_scale(pairs, task, base, pixel_size)}
+        meta = {
+            "task": task,
+            "name": name or output.stem,
+            "normalize": normalize,
+            "scale_info": training_scale(pairs, task, base, pixel_size),
+        }
         if run.crops:
             run.baseline = run.validate(task)
             run.best = dict(run.baseline)
             logger.info("validation before training: %s", run.baseline)
-            yield Progress("train", 0, run.total_steps,
-                           f"before training: score {run.best['score']:.3f}",
-                           run.status("validation", run.baseline))
+            yield Progress(
+                "train",
+                0,
+                run.total_steps,
+                f"before training: score {run.best['score']:.3f}",
+                run.status("validation", run.baseline),
+            )
         if not require_improvement or not run.crops:
             run.save(run.best, meta)
         _train_mode(run.model, run.freeze)
@@ -480,8 +551,13 @@ def train(
                 break
         else:
             reason = "budget" if run.out_of_time() else "epochs"
-        yield Progress("train", run.step, run.total_steps, f"training ended ({reason})",
-                       run.status("end", run.best, reason))
+        yield Progress(
+            "train",
+            run.step,
+            run.total_steps,
+            f"training ended ({reason})",
+            run.status("end", run.best, reason),
+        )
     finally:
         torch.backends.cudnn.benchmark = benchmark
     from .weights import load_model

@@ -634,8 +634,7 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
                 return path
     if text == DEFAULT_MODEL:
         raise ModelNotFoundError(
-            f"the built-in '{DEFAULT_MODEL}' model is not installed in this version of "
-            "napari-unet",
+            f"the built-in '{DEFAULT_MODEL}' model is not installed in this version of napari-unet",
             hint=Hint("model"),
         )
     names = sorted({entry.name for entry in list_models()})
