@@ -69,12 +69,14 @@ def _ids(values: Any) -> set[int]:
         return set()
 
 
-def accept_objects(layer: Any, ids: Iterable[int]) -> None:
-    """Mark the objects ``ids`` of a Labels layer as reviewed and right as they are."""
+def accept_objects(layer: Any, ids: Iterable[int]) -> list[int]:
+    """Mark the objects ``ids`` of a Labels layer as reviewed and right as they are, in
+    ``layer.metadata["napari_unet_review"]["accepted"]``; returns all accepted ids, sorted."""
     state = review_state(layer, create=True)
     accepted = state.get("accepted")
     merged = _ids(accepted) | {int(i) for i in ids if int(i) != 0}
-    state["accepted"] = merged if isinstance(accepted, set) else sorted(merged)
+    state["accepted"] = sorted(merged)
+    return sorted(merged)
 
 
 def clear_review(layer: Any) -> None:

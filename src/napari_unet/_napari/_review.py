@@ -29,6 +29,7 @@ from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 from napari_unet.core.review import MISS, Item, ReviewQueue, build_queue
 
+from ._edits import accept_objects
 from ._segment_logic import METADATA_KEY, full_resolution, image_axes
 
 if TYPE_CHECKING:
@@ -38,22 +39,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-REVIEW_KEY = "napari_unet_review"
 QUALITY_KEY = "napari_unet_quality"
 CLASS_NAMES = ("background", "interior", "boundary")
 #: Share of the smaller canvas side that the object's bounding box fills after a move.
 ZOOM_FILL = 0.12
-
-
-def accept_objects(layer: Labels, ids: Iterable[int]) -> list[int]:
-    """Record ``ids`` as accepted in ``layer.metadata["napari_unet_review"]["accepted"]``.
-
-    The dict and list are created when missing; the ids stay a sorted list of int. Returns it.
-    """
-    review = layer.metadata.setdefault(REVIEW_KEY, {})
-    accepted = sorted({int(i) for i in review.get("accepted", [])} | {int(i) for i in ids})
-    review["accepted"] = accepted
-    return accepted
 
 
 def delete_objects(layer: Labels, ids: Iterable[int]) -> int:

@@ -197,6 +197,22 @@ class AnnotatedImage:
     name: str = "image"
 
 
+def model_expectations(
+    base: LoadedModel | None, model_config: ModelConfig | None
+) -> tuple[int, str, int, NormalizeConfig]:
+    """What the model to train expects of its pairs: (input channels, task, classes,
+    normalisation), from the model to fine-tune or else the architecture of a new network.
+
+    Raises:
+        ValueError: neither is given.
+    """
+    if base is not None:
+        return base.config.in_channels, base.task, base.config.out_classes, base.normalize
+    if model_config is not None:
+        return model_config.in_channels, "instances", model_config.out_classes, NormalizeConfig()
+    raise ValueError("give the base model or the configuration of a new one")
+
+
 def training_pairs(
     annotated: Iterable[AnnotatedImage],
     base: LoadedModel | None,
@@ -217,14 +233,7 @@ def training_pairs(
         UserError: see :func:`make_pairs`; also when, for instances, no annotated pixel belongs
             to an object.
     """
-    if base is not None:
-        in_channels, task = base.config.in_channels, base.task
-        n_classes, normalize = base.config.out_classes, base.normalize
-    elif model_config is not None:
-        in_channels, task = model_config.in_channels, "instances"
-        n_classes, normalize = model_config.out_classes, NormalizeConfig()
-    else:
-        raise ValueError("give the base model or the configuration of a new one")
+    in_channels, task, n_classes, normalize = model_expectations(base, model_config)
     pairs: list[TrainingPair] = []
     for item in annotated:
         pairs += make_pairs(

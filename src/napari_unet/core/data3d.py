@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data import TrainingPair, make_pairs
+from .data import TrainingPair, make_pairs, model_expectations
 from .errors import InputMismatchError, UserError
 from .normalize import NormalizeConfig
 from .stack3d import resample_axis
@@ -158,14 +158,7 @@ def volume_training_pairs(
 ) -> list[TrainingPair]:
     """Training pairs of every annotated volume, made the way the model to train expects them
     (the 3D counterpart of :func:`~.data.training_pairs`)."""
-    if base is not None:
-        in_channels, task = base.config.in_channels, base.task
-        n_classes, normalize = base.config.out_classes, base.normalize
-    elif model_config is not None:
-        in_channels, task = model_config.in_channels, "instances"
-        n_classes, normalize = model_config.out_classes, NormalizeConfig()
-    else:
-        raise ValueError("give the base model or the configuration of a new one")
+    in_channels, task, n_classes, normalize = model_expectations(base, model_config)
     pairs: list[TrainingPair] = []
     for item in volumes:
         pairs += volume_pairs(item, in_channels, normalize, task, n_classes, target_config)
