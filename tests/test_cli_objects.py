@@ -7,16 +7,12 @@ import csv
 import numpy as np
 import pytest
 
-from napari_unet.cli import main
+from _cli_helpers import run
+from _object_columns import COLUMNS_2D
 from napari_unet.core.io import read_image, write_image
 from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image, make_stack
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def read_csv(path) -> tuple[list[str], list[dict[str, str]]]:
@@ -39,21 +35,7 @@ def test_objects_table_of_a_2d_image_with_pixel_size(tmp_path, capsys):
     code, err = run(capsys, "predict", source, "-o", out, "--objects", table, "--device", "cpu")
     assert code == 0, err
     names, rows = read_csv(table)
-    expected = [
-        "label",
-        "area",
-        "centroid-0",
-        "centroid-1",
-        "bbox-0",
-        "bbox-1",
-        "bbox-2",
-        "bbox-3",
-        "intensity_mean",
-        "quality",
-        "area_um2",
-        "centroid-0_um",
-        "centroid-1_um",
-    ]
+    expected = [*COLUMNS_2D, "area_um2", "centroid-0_um", "centroid-1_um"]
     assert names == expected
     labels = read_image(out).data
     assert len(rows) == len(np.unique(labels)) - 1 > 5

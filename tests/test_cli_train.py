@@ -75,6 +75,23 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def train_tiny(capsys, files, tiny_model, output, *extra) -> tuple[int, str, str]:
+    """``train`` on the first image and labels, from the tiny model, into ``output``."""
+    return run(
+        capsys,
+        "train",
+        "--image",
+        files["img"],
+        "--labels",
+        files["lab"],
+        "--model",
+        tiny_model,
+        *extra,
+        "-o",
+        output,
+    )
+
+
 def assert_user_error(code: int, out: str, err: str, contains: str = "") -> None:
     assert code == 2, err
     lines = err.strip().splitlines()
@@ -135,18 +152,7 @@ def test_bad_input(capsys, tmp_path, files, tiny_model, case):
 
 def test_output_folder_missing(capsys, tmp_path, files, tiny_model):
     output = tmp_path / "missing" / "new.safetensors"
-    code, out, err = run(
-        capsys,
-        "train",
-        "--image",
-        files["img"],
-        "--labels",
-        files["lab"],
-        "--model",
-        tiny_model,
-        "-o",
-        output,
-    )
+    code, out, err = train_tiny(capsys, files, tiny_model, output)
     assert_user_error(code, out, err, "does not exist")
     assert not output.parent.exists()
 
@@ -162,18 +168,7 @@ def test_default_model_not_installed(capsys, tmp_path, files):
 
 def test_output_is_the_base_model(capsys, files, tiny_model):
     before = tiny_model.read_bytes()
-    code, out, err = run(
-        capsys,
-        "train",
-        "--image",
-        files["img"],
-        "--labels",
-        files["lab"],
-        "--model",
-        tiny_model,
-        "-o",
-        tiny_model,
-    )
+    code, out, err = train_tiny(capsys, files, tiny_model, tiny_model)
     assert_user_error(code, out, err, "fine-tuned")
     assert tiny_model.read_bytes() == before
 
@@ -335,19 +330,7 @@ def test_ctrl_c_keeps_the_best_checkpoint(capsys, tmp_path, files, tiny_model, m
 
     monkeypatch.setattr(train_module, "augment_batch", interrupted_at_step_5)
     output = tmp_path / "stopped.safetensors"
-    code, out, err = run(
-        capsys,
-        "train",
-        "--image",
-        files["img"],
-        "--labels",
-        files["lab"],
-        "--model",
-        tiny_model,
-        *FAST,
-        "-o",
-        output,
-    )
+    code, out, err = train_tiny(capsys, files, tiny_model, output, *FAST)
     assert code == 130, err
     assert err.strip().splitlines()[-1] == (
         f"napari-unet: interrupted; the best model so far is in {output}"
@@ -364,19 +347,7 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
 
     monkeypatch.setattr(train_module, "save_model", interrupted)
     output = tmp_path / "stopped.safetensors"
-    code, out, err = run(
-        capsys,
-        "train",
-        "--image",
-        files["img"],
-        "--labels",
-        files["lab"],
-        "--model",
-        tiny_model,
-        *FAST,
-        "-o",
-        output,
-    )
+    code, out, err = train_tiny(capsys, files, tiny_model, output, *FAST)
     assert code == 130 and out == ""
     assert err.strip().splitlines()[-1] == "napari-unet: interrupted before a model was saved"
     assert not output.exists()

@@ -11,31 +11,13 @@ import pytest
 import tifffile
 import zarr
 
-from _blockwise_helpers import nuclei_image, save_nuclei_model
-from napari_unet.cli import main
+from _blockwise_helpers import nuclei_image
+from _cli_helpers import child_env, one_error, predict_argv, predict_cpu, run
 from napari_unet.core.errors import ImageReadError
 from napari_unet.core.io import read_image, write_labels
 from napari_unet.core.lazy import open_lazy
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_nuclei_model(tmp_path_factory.mktemp("models") / "nuclei.safetensors")
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
-
-
-def one_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("napari-unet: error:"), err
-    for word in words:
-        assert word in err, err
 
 
 def giant_tiff(path: Path, compression: int = 1) -> Path:
@@ -74,7 +56,7 @@ def test_a_tiny_tiff_claiming_ten_gigapixels_allocates_nothing(
     with pytest.raises(ImageReadError, match=r"truncated|corrupt"):
         open_lazy(source)
     for out in (tmp_path / "out.zarr", tmp_path / "out.tif", tmp_path):
-        code, err = run(capsys, "predict", source, "-o", out, "-m", model_file, "--device", "cpu")
+        code, err = predict_cpu(capsys, source, out, model_file)
         one_error(code, err, "giant.tif")
     from napari_unet._napari._reader import get_reader
 
@@ -92,18 +74,7 @@ def test_one_bit_tiffs_are_read(capsys, tmp_path, model_file):
     image = read_image(tmp_path / "mask.tif")
     assert image.data.dtype == np.uint8 and image.data.sum() == mask.sum()
     assert open_lazy(tmp_path / "mask.tif").data.compute().sum() == mask.sum()
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "mask.tif",
-        "-o",
-        tmp_path / "l.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "mask.tif", tmp_path / "l.tif", model_file, "-q")
     assert code == 0, err
     code, err = run(capsys, "evaluate", tmp_path / "mask.tif", tmp_path / "mask.tif")
     assert code == 0, err
@@ -113,9 +84,7 @@ def test_complex_pixels_are_refused(capsys, tmp_path, model_file):
     tifffile.imwrite(tmp_path / "c.tif", np.ones((32, 32), np.complex64))
     zarr.create_array(str(tmp_path / "c.zarr"), data=np.ones((32, 32), np.complex64))
     for source in (tmp_path / "c.tif", tmp_path / "c.zarr"):
-        code, err = run(
-            capsys, "predict", source, "-o", tmp_path / "o.tif", "-m", model_file, "--device", "cpu"
-        )
+        code, err = predict_cpu(capsys, source, tmp_path / "o.tif", model_file)
         one_error(code, err, "complex-valued")
 
 
@@ -124,18 +93,7 @@ def test_bool_zarr_arrays_are_read_as_zero_and_one(capsys, tmp_path, model_file)
     data[10:30, 10:30] = True
     zarr.create_array(str(tmp_path / "b.zarr"), data=data, chunks=(32, 32))
     assert open_lazy(tmp_path / "b.zarr").data.dtype == np.uint8
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "b.zarr",
-        "-o",
-        tmp_path / "o.zarr",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "b.zarr", tmp_path / "o.zarr", model_file, "-q")
     assert code == 0, err
 
 
@@ -146,19 +104,8 @@ def test_corrupt_zarr_chunks_on_the_blockwise_path(capsys, tmp_path, model_file)
     assert chunks
     for chunk in chunks:
         chunk.write_bytes(b"garbage" * 10)
-    code, err = run(
-        capsys,
-        "predict",
-        store,
-        "-o",
-        tmp_path / "o.zarr",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "--block-size",
-        "64",
-        "-q",
+    code, err = predict_cpu(
+        capsys, store, tmp_path / "o.zarr", model_file, "--block-size", "64", "-q"
     )
     one_error(code, err, "Cannot read the image's pixels", "corrupt")
     assert not (tmp_path / "o.zarr").exists()
@@ -169,19 +116,8 @@ def test_truncated_tiled_tiff_on_the_blockwise_path(capsys, tmp_path, model_file
     tifffile.imwrite(source, nuclei_image(256, seed=1), tile=(64, 64), compression="zlib")
     data = source.read_bytes()
     source.write_bytes(data[: len(data) // 2])
-    code, err = run(
-        capsys,
-        "predict",
-        source,
-        "-o",
-        tmp_path / "o.zarr",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "--block-size",
-        "64",
-        "-q",
+    code, err = predict_cpu(
+        capsys, source, tmp_path / "o.zarr", model_file, "--block-size", "64", "-q"
     )
     one_error(code, err)
 
@@ -206,9 +142,7 @@ def _png(path: Path, width: int, height: int) -> Path:
 
 def test_a_png_decompression_bomb_is_refused(capsys, tmp_path, model_file):
     bomb = _png(tmp_path / "bomb.png", 60000, 60000)
-    code, err = run(
-        capsys, "predict", bomb, "-o", tmp_path / "o.tif", "-m", model_file, "--device", "cpu"
-    )
+    code, err = predict_cpu(capsys, bomb, tmp_path / "o.tif", model_file)
     one_error(code, err, "decompression bomb")
 
 
@@ -222,18 +156,7 @@ def test_an_extreme_ome_pixel_size_is_ignored_before_predicting(capsys, tmp_path
         metadata={"axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size},
     )
     assert read_image(source).pixel_size is None
-    code, err = run(
-        capsys,
-        "predict",
-        source,
-        "-o",
-        tmp_path / "o.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, source, tmp_path / "o.tif", model_file, "-q")
     assert code == 0, err
     assert read_image(tmp_path / "o.tif").pixel_size is None
 
@@ -271,19 +194,8 @@ def test_a_float_ome_zarr_marked_as_labels_opens_as_an_image(tmp_path):
 
 def test_probabilities_and_labels_cannot_share_a_file(capsys, tmp_path, model_file):
     tifffile.imwrite(tmp_path / "in.tif", nuclei_image(64, seed=1))
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "out.tif",
-        "--probabilities",
-        tmp_path / "out.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-    )
+    out = tmp_path / "out.tif"
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", out, model_file, "--probabilities", out)
     one_error(code, err, "named twice")
     assert not (tmp_path / "out.tif").exists()
 
@@ -305,23 +217,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 def test_library_warnings_do_not_surround_the_error_line(tmp_path, model_file):
-    import os
     import subprocess
     import sys
 
     tifffile.imwrite(tmp_path / "in.tif", nuclei_image(32, seed=1))
-    argv = [
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "o.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    argv = predict_argv(tmp_path / "in.tif", tmp_path / "o.tif", model_file, "-q")
+    env = child_env()
     done = subprocess.run(
         [sys.executable, "-c", _NOISY, *map(str, argv)],
         capture_output=True,
@@ -341,18 +242,7 @@ def test_deeply_nested_ome_xml_is_one_clear_line(capsys, tmp_path, model_file):
         + "</OME>"
     )
     tifffile.imwrite(source, nuclei_image(32, seed=1), description=xml, metadata=None)
-    code, err = run(
-        capsys,
-        "predict",
-        source,
-        "-o",
-        tmp_path / "o.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, source, tmp_path / "o.tif", model_file, "-q")
     assert code in (0, 2), err
     if code == 2:
         one_error(code, err)

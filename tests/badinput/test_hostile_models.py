@@ -11,8 +11,8 @@ import tifffile
 import torch
 from safetensors.torch import load_file, save_file
 
-from _blockwise_helpers import nuclei_image, save_nuclei_model
-from napari_unet.cli import main
+from _blockwise_helpers import nuclei_image
+from _cli_helpers import one_error, predict_cpu, run, train_argv
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import ModelFileError
 from napari_unet.core.model import build_model
@@ -29,20 +29,10 @@ pytestmark = pytest.mark.usefixtures("isolated_models")
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_nuclei_model(tmp_path_factory.mktemp("models") / "nuclei.safetensors")
-
-
-@pytest.fixture(scope="module")
 def image_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("images") / "img.tif"
     tifffile.imwrite(path, nuclei_image(64, seed=2))
     return path
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def rewrite(source: Path, target: Path, edit=None, tensors_edit=None) -> Path:
@@ -63,14 +53,6 @@ def rewrite(source: Path, target: Path, edit=None, tensors_edit=None) -> Path:
         metadata={METADATA_KEY: text if isinstance(text, str) else json.dumps(text)},
     )
     return target
-
-
-def one_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("napari-unet: error:"), err
-    for word in words:
-        assert word in err, err
 
 
 def _config(**changes):
@@ -111,7 +93,7 @@ def test_hostile_metadata_is_refused_in_one_line(
     capsys, tmp_path, model_file, image_file, edit, words
 ):
     bad = rewrite(model_file, tmp_path / "bad.safetensors", edit)
-    code, err = run(capsys, "predict", image_file, "-o", tmp_path, "-m", bad, "--device", "cpu")
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
     one_error(code, err, *words)
 
 
@@ -141,7 +123,7 @@ def test_nan_statistics_are_refused_at_load(capsys, tmp_path, image_file):
     bad = _nan_statistics(tmp_path)
     with pytest.raises(ModelFileError, match="running_var holds NaN"):
         load_model(bad)
-    code, err = run(capsys, "predict", image_file, "-o", tmp_path, "-m", bad, "--device", "cpu")
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
     one_error(code, err, "NaN")
 
 
@@ -160,29 +142,14 @@ def test_a_model_with_nan_weights_is_never_saved(tmp_path):
 )
 def test_absurd_tiling_options_are_refused(capsys, tmp_path, model_file, image_file, option):
     for out in (tmp_path, tmp_path / "out.zarr"):
-        code, err = run(
-            capsys, "predict", image_file, "-o", out, "-m", model_file, "--device", "cpu", *option
-        )
+        code, err = predict_cpu(capsys, image_file, out, model_file, *option)
         one_error(code, err)
     assert not (tmp_path / "out.zarr").exists()
 
 
 def test_a_batch_larger_than_the_tiles_runs(capsys, tmp_path, model_file, image_file):
-    code, err = run(
-        capsys,
-        "predict",
-        image_file,
-        "-o",
-        tmp_path,
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "--batch-size",
-        "1000",
-        "--tile-size",
-        "32",
-        "-q",
+    code, err = predict_cpu(
+        capsys, image_file, tmp_path, model_file, "--batch-size", "1000", "--tile-size", "32", "-q"
     )
     assert code == 0, err
 
@@ -237,18 +204,7 @@ def test_a_diverging_training_never_writes_a_nan_model(
     out = tmp_path / "new.safetensors"
     code, err = run(
         capsys,
-        "train",
-        "--image",
-        image,
-        "--labels",
-        labels,
-        "-o",
-        out,
-        "--model",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
+        *train_argv(image, labels, out, model_file),
         "--learning-rate",
         "1e30",
         "--validation-fraction",

@@ -10,26 +10,16 @@ import pytest
 import tifffile
 import zarr
 
-from _blockwise_helpers import nuclei_image, save_nuclei_model
-from napari_unet.cli import main
+from _blockwise_helpers import nuclei_image
+from _cli_helpers import predict_cpu, run
 from napari_unet.core.block_io import create_label_zarr
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_nuclei_model(tmp_path_factory.mktemp("models") / "nuclei.safetensors")
-
-
-@pytest.fixture(scope="module")
 def image() -> np.ndarray:
     return nuclei_image(96, seed=3)
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def predict(capsys, model_file, *argv) -> tuple[int, str]:
@@ -205,17 +195,7 @@ def test_a_model_behind_a_closed_folder_is_reported_as_such(capsys, tmp_path, mo
 
     monkeypatch.setattr(Path, "stat", stat)
     tifffile.imwrite(tmp_path / "in.tif", nuclei_image(32, seed=1))
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "o.tif",
-        "-m",
-        locked,
-        "--device",
-        "cpu",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", tmp_path / "o.tif", locked)
     assert code == 2 and "permission denied" in err, err
 
 

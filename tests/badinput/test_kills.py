@@ -14,21 +14,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from _blockwise_helpers import nuclei_image, save_nuclei_model
-from napari_unet.cli import main
+from _blockwise_helpers import nuclei_image
+from _cli_helpers import child_env, predict_argv, predict_cpu, run, train_argv
 from napari_unet.core.safe_paths import WORK_PREFIX, _host, is_stale, sweep_stale, temp_tag
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
-
-
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    return save_nuclei_model(tmp_path_factory.mktemp("models") / "nuclei.safetensors")
-
-
-def run(capsys, *argv) -> tuple[int, str]:
-    code = main([str(a) for a in argv])
-    return code, capsys.readouterr().err
 
 
 def dead_pid() -> int:
@@ -84,31 +74,9 @@ def test_predict_sweeps_what_killed_runs_left(capsys, tmp_path, model_file):
     someone_elses = tmp_path / ".out.tif.notes"
     someone_elses.write_text("keep")
     aged(someone_elses, 10**7)
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "out.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", tmp_path / "out.tif", model_file, "-q")
     assert code == 0, err
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "labels.zarr",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", tmp_path / "labels.zarr", model_file, "-q")
     assert code == 0, err
     assert not any(p.exists() for p in leftovers)
     assert someone_elses.read_text() == "keep"
@@ -134,22 +102,12 @@ sys.exit(main(sys.argv[1:]))
 @pytest.mark.parametrize("output", ["out.zarr", "out.tif"])
 def test_sigterm_cleans_up_like_ctrl_c(tmp_path, model_file, output):
     tifffile.imwrite(tmp_path / "in.tif", nuclei_image(256, seed=1))
-    argv = [
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / output,
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "--block-size",
-        "64",
-        "-q",
-    ]
+    argv = predict_argv(
+        tmp_path / "in.tif", tmp_path / output, model_file, "--block-size", "64", "-q"
+    )
     if output.endswith(".zarr"):
         argv += ["--probabilities", tmp_path / "p.zarr"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = child_env()
     child = subprocess.Popen(
         [sys.executable, "-c", _SLOW, *map(str, argv)], stderr=subprocess.PIPE, text=True, env=env
     )
@@ -164,6 +122,15 @@ def test_sigterm_cleans_up_like_ctrl_c(tmp_path, model_file, output):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "registry"]
 
 
+def training_pair(folder: Path) -> tuple[Path, Path]:
+    """A 64 x 64 nuclei image and labels with one square object, written to ``folder``."""
+    labels = np.zeros((64, 64), np.uint16)
+    labels[10:30, 10:30] = 1
+    tifffile.imwrite(folder / "img.tif", nuclei_image(64, seed=1))
+    tifffile.imwrite(folder / "img_labels.tif", labels)
+    return folder / "img.tif", folder / "img_labels.tif"
+
+
 def _disk_full(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device", "somewhere")
 
@@ -176,18 +143,7 @@ def test_a_full_disk_is_reported_as_such_for_tiff(capsys, tmp_path, model_file, 
         _disk_full()
 
     monkeypatch.setattr(tifffile, "imwrite", write_some_then_fail)
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "out.tif",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", tmp_path / "out.tif", model_file, "-q")
     assert code == 2 and "disk full" in err and err.count("\n") == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "registry"]
 
@@ -204,18 +160,7 @@ def test_a_full_disk_is_reported_as_such_for_zarr(capsys, tmp_path, model_file, 
         return real(path, value, exclusive)
 
     monkeypatch.setattr(_local, "_put", put)
-    code, err = run(
-        capsys,
-        "predict",
-        tmp_path / "in.tif",
-        "-o",
-        tmp_path / "out.zarr",
-        "-m",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
-    )
+    code, err = predict_cpu(capsys, tmp_path / "in.tif", tmp_path / "out.zarr", model_file, "-q")
     assert code == 2 and "disk full" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "registry"]
 
@@ -225,10 +170,7 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
 ):
     import napari_unet.core.weights as weights
 
-    labels = np.zeros((64, 64), np.uint16)
-    labels[10:30, 10:30] = 1
-    tifffile.imwrite(tmp_path / "img.tif", nuclei_image(64, seed=1))
-    tifffile.imwrite(tmp_path / "img_labels.tif", labels)
+    image, labels = training_pair(tmp_path)
 
     def save_file(tensors, path, metadata=None):
         Path(path).write_bytes(b"partial")
@@ -237,18 +179,7 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
     monkeypatch.setattr(weights, "save_file", save_file)
     code, err = run(
         capsys,
-        "train",
-        "--image",
-        tmp_path / "img.tif",
-        "--labels",
-        tmp_path / "img_labels.tif",
-        "-o",
-        tmp_path / "m.safetensors",
-        "--model",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
+        *train_argv(image, labels, tmp_path / "m.safetensors", model_file),
         "--epochs",
         "1",
         "--steps-per-epoch",
@@ -265,26 +196,12 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
 def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
     from napari_unet.core.weights import load_model
 
-    labels = np.zeros((64, 64), np.uint16)
-    labels[10:30, 10:30] = 1
-    tifffile.imwrite(tmp_path / "img.tif", nuclei_image(64, seed=1))
-    tifffile.imwrite(tmp_path / "img_labels.tif", labels)
+    image, labels = training_pair(tmp_path)
     out = tmp_path / "m.safetensors"
     argv = [
         "-m",
         "napari_unet",
-        "train",
-        "--image",
-        tmp_path / "img.tif",
-        "--labels",
-        tmp_path / "img_labels.tif",
-        "-o",
-        out,
-        "--model",
-        model_file,
-        "--device",
-        "cpu",
-        "-q",
+        *train_argv(image, labels, out, model_file),
         "--epochs",
         "100000",
         "--steps-per-epoch",
@@ -296,7 +213,7 @@ def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
         "--validation-fraction",
         "0",
     ]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    env = child_env()
     child = subprocess.Popen(
         [sys.executable, *map(str, argv)], stderr=subprocess.PIPE, text=True, env=env
     )

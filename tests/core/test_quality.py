@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from _object_columns import COLUMNS_2D
 from napari_unet.core.errors import InputMismatchError
 from napari_unet.core.object_table import is_volume, objects_table, write_csv
 from napari_unet.core.objects import FEATURE_NAMES, likely_misses, object_features
@@ -161,19 +162,7 @@ def test_objects_table_2d_columns_and_physical_units():
     image = np.where(labels == 1, 100.0, np.where(labels == 2, 300.0, 10.0)).astype(np.float32)
     table = objects_table(labels, "YX", image, "YX", probs, pixel_size=(0.5, 0.25))
     names = list(table)
-    assert names[:11] == [
-        "label",
-        "area",
-        "centroid-0",
-        "centroid-1",
-        "bbox-0",
-        "bbox-1",
-        "bbox-2",
-        "bbox-3",
-        "intensity_mean",
-        "quality",
-        "area_um2",
-    ]
+    assert names[:11] == [*COLUMNS_2D, "area_um2"]
     assert {"centroid-0_um", "centroid-1_um"} <= set(names)
     np.testing.assert_array_equal(table["label"], [1, 2])
     assert table["area"][1] == (labels == 2).sum()

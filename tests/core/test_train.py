@@ -419,31 +419,22 @@ def _validated_pairs():
 def test_a_run_that_does_not_beat_its_base_writes_nothing(tmp_path):
     base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
     config = quick(epochs=2, steps_per_epoch=1, learning_rate=0.0, val_fraction=0.2, patience=0)
-    gen = train(
-        _validated_pairs(),
-        tmp_path / "m",
-        base=base,
-        config=config,
-        device="cpu",
-        require_improvement=True,
-    )
-    events = list(_events(gen))
+
+    def unimproved_run():
+        return train(
+            _validated_pairs(),
+            tmp_path / "m",
+            base=base,
+            config=config,
+            device="cpu",
+            require_improvement=True,
+        )
+
+    events = list(_events(unimproved_run()))
     end = events[-1].payload
     assert end.validation_crops >= 1 and end.baseline["score"] == end.best["score"]
     assert not end.saved and not (tmp_path / "m.safetensors").exists()
-    assert (
-        drain(
-            train(
-                _validated_pairs(),
-                tmp_path / "m",
-                base=base,
-                config=config,
-                device="cpu",
-                require_improvement=True,
-            )
-        )
-        is None
-    )
+    assert drain(unimproved_run()) is None
 
 
 def test_rounds_are_kept_in_the_provenance(tmp_path, pairs):

@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 
+from _object_columns import COLUMNS_2D
 from napari_unet._napari._export import ExportWidget
 from napari_unet._napari._review import QUALITY_KEY
 
@@ -29,18 +30,7 @@ def test_export_writes_the_objects_table_with_quality_and_units(make_napari_view
     written = widget.export()
     assert tmp_path / "cells_objects.csv" in written and tmp_path / "cells.tif" in written
     names, rows = _read(tmp_path / "cells_objects.csv")
-    assert names[:10] == [
-        "label",
-        "area",
-        "centroid-0",
-        "centroid-1",
-        "bbox-0",
-        "bbox-1",
-        "bbox-2",
-        "bbox-3",
-        "intensity_mean",
-        "quality",
-    ]
+    assert names[:10] == COLUMNS_2D
     assert "area_um2" in names and "centroid-1_um" in names
     assert [r["label"] for r in rows] == ["3", "5"]
     assert rows[0]["quality"] == "0.25" and rows[1]["quality"] == ""  # 5 was never ranked
