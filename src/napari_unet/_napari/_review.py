@@ -17,7 +17,7 @@ class probabilities can be shown as image layers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -318,26 +318,23 @@ class ReviewWidget(Container):
 
     def accept(self, _: Any = None) -> Item | None:
         """Accept the current object (a miss: mark it seen) and go to the next item."""
-        item = self.queue.current if self.queue is not None else None
-        if item is None or self._layer is None:
-            return None
-        if item.kind == MISS:
-            self.queue.mark("seen")
-        else:
-            accept_objects(self._layer, [item.ident])
-            self.queue.mark("accepted")
-        return self.next()
+        return self._decide(accept_objects, "accepted")
 
     def delete(self, _: Any = None) -> Item | None:
         """Delete the current object (set its pixels to 0) and go to the next item."""
+        return self._decide(delete_objects, "deleted")
+
+    def _decide(self, act: Callable[[Labels, list[int]], object], status: str) -> Item | None:
+        """Apply ``act`` to the current object (a miss is only marked seen), record ``status``
+        in the queue and go to the next item."""
         item = self.queue.current if self.queue is not None else None
         if item is None or self._layer is None:
             return None
         if item.kind == MISS:
             self.queue.mark("seen")
         else:
-            delete_objects(self._layer, [item.ident])
-            self.queue.mark("deleted")
+            act(self._layer, [item.ident])
+            self.queue.mark(status)
         return self.next()
 
     def delete_at(self, position: Any) -> int:
