@@ -128,10 +128,15 @@ class _Watcher(QObject):
         content.installEventFilter(self)
 
     def eventFilter(self, obj: QObject, event: QEvent) -> bool:
+        # while a viewer closes, Qt can still deliver events after Python has cleared this
+        # object's attributes: then there is nothing left to do
+        content, outer = getattr(self, "_content", None), getattr(self, "_outer", None)
+        if content is None or outer is None:
+            return False
         kind = event.type()
-        if obj is self._content and kind == QEvent.Type.LayoutRequest:
-            narrow_lists(self._content)
-        elif obj is self._outer and kind == QEvent.Type.ParentChange:
+        if obj is content and kind == QEvent.Type.LayoutRequest:
+            narrow_lists(content)
+        elif obj is outer and kind == QEvent.Type.ParentChange:
             QTimer.singleShot(0, self.share_height)
         return False
 
