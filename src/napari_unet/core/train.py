@@ -279,6 +279,14 @@ class _Run:
         fraction = self.progress()
         return max(0.0, elapsed / fraction - elapsed) if fraction > 0 else float("nan")
 
+    def event(
+        self, message: str, kind: str, metrics: dict[str, float], reason: str = ""
+    ) -> Progress:
+        """The progress event of this run now, with its :class:`TrainStatus` payload."""
+        return Progress(
+            "train", self.step, self.total_steps, message, self.status(kind, metrics, reason)
+        )
+
     def status(self, kind: str, metrics: dict[str, float], reason: str = "") -> TrainStatus:
         return TrainStatus(
             kind,
@@ -412,33 +420,19 @@ def _epoch(run: _Run, task: str, meta: dict[str, Any]) -> Generator[Progress, No
     config = run.config
     for _ in range(config.steps_per_epoch):
         run.train_step()
-        yield Progress(
-            "train",
-            run.step,
-            run.total_steps,
-            f"epoch {run.epoch + 1}, step {run.step}: loss {run.smoothed:.4f}",
-            run.status("step", {}),
+        yield run.event(
+            f"epoch {run.epoch + 1}, step {run.step}: loss {run.smoothed:.4f}", "step", {}
         )
         if run.out_of_time():
             break
     run.epoch += 1
     if not run.crops:  # nothing held out: keep the latest weights, nothing to compare
         metrics = {"loss": run.smoothed}
-        yield Progress(
-            "train",
-            run.step,
-            run.total_steps,
-            f"epoch {run.epoch}: loss {run.smoothed:.4f} (no validation)",
-            run.status("validation", metrics),
+        yield run.event(
+            f"epoch {run.epoch}: loss {run.smoothed:.4f} (no validation)", "validation", metrics
         )
         run.save(metrics, meta)
-        yield Progress(
-            "train",
-            run.step,
-            run.total_steps,
-            f"saved {run.output.name}",
-            run.status("saved", metrics),
-        )
+        yield run.event(f"saved {run.output.name}", "saved", metrics)
         return False
     metrics = run.validate(task)
     improved = metrics["score"] > run.best["score"]
@@ -447,17 +441,11 @@ def _epoch(run: _Run, task: str, meta: dict[str, Any]) -> Generator[Progress, No
         f"{metrics['score']:.3f}" + (" (best)" if improved else "")
     )
     logger.info(message)
-    yield Progress("train", run.step, run.total_steps, message, run.status("validation", metrics))
+    yield run.event(message, "validation", metrics)
     if improved:
         run.best = dict(metrics)
         run.save(run.best, meta)
-        yield Progress(
-            "train",
-            run.step,
-            run.total_steps,
-            f"saved {run.output.name}",
-            run.status("saved", metrics),
-        )
+        yield run.event(f"saved {run.output.name}", "saved", metrics)
     return run.stalled(metrics["score"])
 
 
@@ -530,12 +518,8 @@ def train(
             run.baseline = run.validate(task)
             run.best = dict(run.baseline)
             logger.info("validation before training: %s", run.baseline)
-            yield Progress(
-                "train",
-                0,
-                run.total_steps,
-                f"before training: score {run.best['score']:.3f}",
-                run.status("validation", run.baseline),
+            yield run.event(
+                f"before training: score {run.best['score']:.3f}", "validation", run.baseline
             )
         if not require_improvement or not run.crops:
             run.save(run.best, meta)
@@ -551,13 +535,7 @@ def train(
                 break
         else:
             reason = "budget" if run.out_of_time() else "epochs"
-        yield Progress(
-            "train",
-            run.step,
-            run.total_steps,
-            f"training ended ({reason})",
-            run.status("end", run.best, reason),
-        )
+        yield run.event(f"training ended ({reason})", "end", run.best, reason)
     finally:
         torch.backends.cudnn.benchmark = benchmark
     from .weights import load_model
