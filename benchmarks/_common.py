@@ -22,6 +22,22 @@ import torch
 
 from napari_unet.core.config import ModelConfig, to_dict
 from napari_unet.core.model import UNet, build_model
+from napari_unet.core.synthetic import SyntheticConfig
+
+#: The unfamiliar sample of the fine-tuning and quality benchmarks: elongated, heavily textured,
+#: clumped nuclei (radius 6-10 px) that the starter model was not trained on.
+ROD_DOMAIN = SyntheticConfig(
+    radius=(6.0, 10.0),
+    elongation=0.85,
+    irregularity=0.1,
+    coverage=0.3,
+    clustered=0.6,
+    texture=0.9,
+    photons=40.0,
+    blur=1.2,
+    debris=0.4,
+    gradient=0.6,
+)
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 

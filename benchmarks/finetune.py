@@ -65,13 +65,20 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from _common import DOCS, command_line, machine_description, markdown_table, update_section
+from _common import (
+    DOCS,
+    ROD_DOMAIN,
+    command_line,
+    machine_description,
+    markdown_table,
+    update_section,
+)
 from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.data import TrainingPair, make_pairs
 from napari_unet.core.metrics import evaluate
 from napari_unet.core.normalize import percentile_normalize
 from napari_unet.core.predict import predict_labels
-from napari_unet.core.synthetic import SyntheticConfig, make_image
+from napari_unet.core.synthetic import make_image
 from napari_unet.core.targets import TargetConfig
 from napari_unet.core.train import TrainConfig, train
 from napari_unet.core.weights import LoadedModel, get_model, load_model
@@ -80,19 +87,8 @@ SECTION = "finetune"
 PLOT = DOCS.parent / "images" / "finetune.png"
 log = logging.getLogger("finetune")
 
-#: The unfamiliar sample: elongated, heavily textured, clumped nuclei (radius 6-10 px).
-DOMAIN = SyntheticConfig(
-    radius=(6.0, 10.0),
-    elongation=0.85,
-    irregularity=0.1,
-    coverage=0.3,
-    clustered=0.6,
-    texture=0.9,
-    photons=40.0,
-    blur=1.2,
-    debris=0.4,
-    gradient=0.6,
-)
+#: The unfamiliar sample (see :data:`_common.ROD_DOMAIN`).
+DOMAIN = ROD_DOMAIN
 #: Configurations: name -> changes to the default TrainConfig.
 CONFIGS: dict[str, dict[str, object]] = {
     "default": {},

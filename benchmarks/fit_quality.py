@@ -50,22 +50,10 @@ from napari_unet.core.synthetic import SyntheticConfig, make_image, random_confi
 from napari_unet.core.weights import get_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, machine_description, markdown_table, update_section
+from _common import ROD_DOMAIN, command_line, machine_description, markdown_table, update_section
 
 QUALITY_FILE = Path(__file__).resolve().parent.parent / "src/napari_unet/core/quality.py"
 SAMPLES = Path(__file__).resolve().parent.parent / "src/napari_unet/samples"
-ROD_DOMAIN = SyntheticConfig(
-    radius=(6.0, 10.0),
-    elongation=0.85,
-    irregularity=0.1,
-    coverage=0.3,
-    clustered=0.6,
-    texture=0.9,
-    photons=40.0,
-    blur=1.2,
-    debris=0.4,
-    gradient=0.6,
-)  # the domain of benchmarks/finetune.py
 
 
 def shifted_config(rng: np.random.Generator, size: int) -> SyntheticConfig:
