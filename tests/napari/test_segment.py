@@ -10,7 +10,6 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
-from napari_unet._napari._segment import SegmentWidget
 from napari_unet._napari._segment_job import PlaneLabels
 from napari_unet.core import io
 from napari_unet.core.config import ModelConfig, TilingConfig
@@ -24,17 +23,6 @@ from napari_unet.core.weights import get_model, new_metadata, save_model
 SAMPLES = Path(io.__file__).parent.parent / "samples"
 TINY = ModelConfig(depth=2, base_channels=4)
 TIMEOUT = 60_000
-
-
-@pytest.fixture
-def segment(make_napari_viewer, isolated_models):
-    """(viewer, Segment widget docked through the manifest), with an empty user model folder."""
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    assert isinstance(widget, SegmentWidget)
-    yield viewer, widget
-    if widget.job is not None:
-        widget.cancel()
 
 
 @pytest.fixture

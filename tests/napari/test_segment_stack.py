@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
-from napari_unet._napari._segment import SegmentWidget
 from napari_unet.core.progress import drain
 from napari_unet.core.stack3d import predict_stack
 from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
@@ -13,16 +11,6 @@ from napari_unet.core.weights import get_model
 
 TIMEOUT = 120_000
 CONFIG = Synthetic3DConfig(shape=(10, 40, 40))
-
-
-@pytest.fixture
-def segment(make_napari_viewer, isolated_models):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-    assert isinstance(widget, SegmentWidget)
-    yield viewer, widget
-    if widget.job is not None:
-        widget.cancel()
 
 
 def test_segment_fills_a_3d_labels_layer_in_the_image_scale(segment, qtbot):
