@@ -31,9 +31,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, interleaved_best, machine_description, update_section
-from napari_unet.core.augment import AugmentConfig, augment_batch
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.model import build_model
+from napari_unet.core.network.model import build_model
+from napari_unet.core.training.augment import AugmentConfig, augment_batch
 
 
 def make_batch(batch: int, size: int, seed: int = 0) -> dict[str, torch.Tensor]:

@@ -64,7 +64,7 @@ def _cpu_seconds() -> float:
 def _base_tile(seed: int = 0) -> np.ndarray:
     import dataclasses
 
-    from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
 
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(CHUNK, CHUNK))
     image, _ = make_image(config, seed, dtype=np.uint16)
@@ -127,10 +127,10 @@ def write_image(path: Path, size: int, kind: str, base: np.ndarray) -> Path:
 
 
 def _child(args: argparse.Namespace) -> dict[str, Any]:
-    from napari_unet.core.blockwise import predict_blockwise
-    from napari_unet.core.lazy import open_lazy
+    from napari_unet.core.io.lazy import open_lazy
+    from napari_unet.core.large.blockwise import predict_blockwise
+    from napari_unet.core.network.weights import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.weights import get_model
 
     model = get_model(None)
     base_mb = _peak_mb()
@@ -138,7 +138,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     result: dict[str, Any] = {"base_mb": base_mb}
     if args.child == "memory":
-        from napari_unet.core.predict import predict_labels
+        from napari_unet.core.inference.predict import predict_labels
 
         start, cpu = time.perf_counter(), _cpu_seconds()
         data = np.asarray(image.data.compute())
@@ -164,7 +164,7 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
             dashboard_address=None,
         )
         client = distributed.Client(cluster)
-        client.run(lambda: __import__("napari_unet.core.block_jobs"))  # warm the workers
+        client.run(lambda: __import__("napari_unet.core.large.block_jobs"))  # warm the workers
         worker_cpu = sum(client.run(_cpu_seconds).values())
     start, cpu = time.perf_counter(), _cpu_seconds()
     done = drain(
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 def _precision() -> str:
     import torch
 
-    from napari_unet.core.device import resolve_precision
+    from napari_unet.core.network.device import resolve_precision
 
     return f"precision auto: {resolve_precision('auto', torch.device('cpu'))}"
 

@@ -8,7 +8,8 @@ jobs alike):
 
 1. plain eager PyTorch: the network (``ModelConfig()``, BatchNorm not folded, default memory
    layout) on the whole image at once, then a softmax: the baseline;
-2. our network path in float32: :class:`~napari_unet.core.device.Predictor` (BatchNorm folded,
+2. our network path in float32: :class:`~napari_unet.core.network.device.Predictor` (BatchNorm
+folded,
    channels-last, inference mode) through overlap-tile inference with the default CPU tiling;
 3. the same in bfloat16 autocast, if the CPU supports it, with its largest probability
    difference from float32 and the share of pixels with the same class;
@@ -42,12 +43,12 @@ from _common import (
     update_section,
 )
 from napari_unet.core.config import ModelConfig, TilingConfig
-from napari_unet.core.device import Predictor, cpu_supports_bf16, describe_device
-from napari_unet.core.model import UNet, receptive_radius
-from napari_unet.core.normalize import percentile_normalize
+from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo, tile_grid
+from napari_unet.core.network.device import Predictor, cpu_supports_bf16, describe_device
+from napari_unet.core.network.model import UNet, receptive_radius
+from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
-from napari_unet.core.tiling import default_tiling, predict_tiled, resolve_halo, tile_grid
+from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
 
 SECTION = "cpu_speed"
 CPU = torch.device("cpu")
@@ -96,8 +97,8 @@ def end_to_end(
     import time
 
     try:
-        from napari_unet.core.postprocess import labels_from_probabilities
-        from napari_unet.core.predict import predict_probabilities
+        from napari_unet.core.inference.postprocess import labels_from_probabilities
+        from napari_unet.core.inference.predict import predict_probabilities
     except ImportError as exc:
         logging.warning("end to end skipped: %s", exc)
         return None

@@ -9,7 +9,8 @@ Usage: ``python benchmarks/finetune.py [--seeds N] [--minutes M] [--checkpoints 
 **Data.** A synthetic sample that looks unlike the starter's training data
 (:data:`DOMAIN`: strongly elongated, rod-like nuclei with heavy chromatin texture and bright spots,
 clumped, at a moderate signal-to-noise ratio; the starter was trained on
-:func:`~napari_unet.core.synthetic.random_config`, whose elongation stops at 0.6 and texture at
+:func:`~napari_unet.core.synthetic.images.random_config`, whose elongation stops at 0.6 and texture
+at
 0.6). For each seed, ``--crops`` fully annotated crops of ``--crop-size`` px are the training data
 (new crops for every seed: which cells a user annotates matters as much as the optimiser's
 randomness); ``--test-images`` held-out images of ``--test-size`` px, the same for every seed, are
@@ -21,9 +22,12 @@ objects):
 - *classical*: Gaussian smoothing (sigma 1 px), Otsu threshold, holes filled, objects under 16 px
   removed, then a watershed of the negated distance transform from ``peak_local_max`` seeds. Its
   ``min_distance`` is tuned once, on the first seed's annotated training crops, and used for all;
-- *zero-shot*: the built-in starter model through :func:`~napari_unet.core.predict.predict_labels`;
-- *fine-tuned*: :func:`~napari_unet.core.train.train` from the starter with the product's default
-  :class:`~napari_unet.core.train.TrainConfig` (validation split, early stopping, frozen BatchNorm
+- *zero-shot*: the built-in starter model through
+  :func:`~napari_unet.core.inference.predict.predict_labels`;
+- *fine-tuned*: :func:`~napari_unet.core.training.train.train` from the starter with the product's
+  default
+  :class:`~napari_unet.core.training.train.TrainConfig` (validation split, early stopping, frozen
+  BatchNorm
   statistics) and a wall-clock budget of ``--minutes``. One run per seed and configuration; at each
   checkpoint time the model file that training keeps (the best by validation so far) is copied,
   which is exactly what stopping the run at that moment leaves to the user. The last checkpoint is
@@ -73,15 +77,15 @@ from _common import (
     markdown_table,
     update_section,
 )
-from napari_unet.core.augment import AugmentConfig
-from napari_unet.core.data import TrainingPair, make_pairs
-from napari_unet.core.metrics import evaluate
-from napari_unet.core.normalize import percentile_normalize
-from napari_unet.core.predict import predict_labels
-from napari_unet.core.synthetic import make_image
-from napari_unet.core.targets import TargetConfig
-from napari_unet.core.train import TrainConfig, train
-from napari_unet.core.weights import LoadedModel, get_model, load_model
+from napari_unet.core.analysis.metrics import evaluate
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.network.normalize import percentile_normalize
+from napari_unet.core.network.weights import LoadedModel, get_model, load_model
+from napari_unet.core.synthetic.images import make_image
+from napari_unet.core.training.augment import AugmentConfig
+from napari_unet.core.training.data import TrainingPair, make_pairs
+from napari_unet.core.training.targets import TargetConfig
+from napari_unet.core.training.train import TrainConfig, train
 
 SECTION = "finetune"
 PLOT = DOCS.parent / "images" / "finetune.png"

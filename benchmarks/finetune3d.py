@@ -3,10 +3,11 @@
     python benchmarks/finetune3d.py [--minutes 3] [--shape 32 128 128] [--seeds 200 201]
                                     [--threads 2] [--no-update]
 
-For each seed, a synthetic nuclei volume (:func:`napari_unet.core.synthetic3d.make_volume`, Z
+For each seed, a synthetic nuclei volume (:func:`napari_unet.core.synthetic.volumes.make_volume`, Z
 step twice the XY pixel) is split along X: the left half is annotated (a 3D mask), the right
 half is held out. The starter model is fine-tuned from the left half's planes in the XY, XZ and
-YZ orientations (:mod:`napari_unet.core.data3d`, the path of ``napari-unet train`` for a ZYX
+YZ orientations (:mod:`napari_unet.core.training.data3d`, the path of ``napari-unet train`` for a
+ZYX
 input with ``--mask``) for ``--minutes`` of CPU time (``time.process_time``), then the right half
 is labelled by ortho fusion and scored (3D AP at IoU 0.5) against its exact labels, before
 (zero-shot starter) and after. Rewrites the ``finetune3d`` section of docs/benchmarks.md.
@@ -26,13 +27,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, machine_description, markdown_table, update_section
-from napari_unet.core.data3d import AnnotatedVolume, volume_training_pairs
-from napari_unet.core.metrics import match
+from napari_unet.core.analysis.metrics import match
+from napari_unet.core.inference.stack3d import predict_stack
+from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.stack3d import predict_stack
-from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-from napari_unet.core.train import TrainConfig, train
-from napari_unet.core.weights import get_model
+from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
+from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
+from napari_unet.core.training.train import TrainConfig, train
 
 
 def _score(model, image, truth, voxel) -> tuple[float, int, int]:

@@ -1,10 +1,12 @@
-"""Fit the per-object quality regression (:mod:`napari_unet.core.quality`) and measure its AUROC.
+"""Fit the per-object quality regression (:mod:`napari_unet.core.analysis.quality`) and measure its
+AUROC.
 
 Usage: ``python benchmarks/fit_quality.py [--fit-images N] [--test-images N] [--size PX]
 [--write] [--no-update]``
 
 **Data.** Synthetic images from :func:`shifted_config`: the starter's own training distribution
-(:func:`~napari_unet.core.synthetic.random_config`) pushed out of it (a fifth to a half of the
+(:func:`~napari_unet.core.synthetic.images.random_config`) pushed out of it (a fifth to a half of
+the
 photons, more clumping and overlap, more debris and defocus), so that the starter makes errors of
 every kind (merges, splits, fragments, debris taken for nuclei, missed dim nuclei). The fit images
 and the held-out images are drawn from different seeds.
@@ -18,7 +20,7 @@ copies: flipped in Y, flipped in X, turned by 90 degrees).
 the held-out synthetic images, on the rod-shaped domain of ``benchmarks/finetune.py`` (never seen
 by the fit), and on the shipped sample ``samples/nuclei.tif`` with its labels; the calibration
 (mean quality against the share of right objects, in bins). ``--write`` stores the coefficients
-in ``src/napari_unet/core/quality.py``.
+in ``src/napari_unet/core/analysis/quality.py``.
 """
 
 from __future__ import annotations
@@ -35,10 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_unet.core.objects import FEATURE_NAMES
-from napari_unet.core.predict import predict_labels
-from napari_unet.core.progress import drain
-from napari_unet.core.quality import (
+from napari_unet.core.analysis.objects import FEATURE_NAMES
+from napari_unet.core.analysis.quality import (
     AGREEMENT,
     QualityModel,
     auroc,
@@ -46,13 +46,15 @@ from napari_unet.core.quality import (
     right_objects,
     tta_agreement,
 )
-from napari_unet.core.synthetic import SyntheticConfig, make_image, random_config
-from napari_unet.core.weights import get_model
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.network.weights import get_model
+from napari_unet.core.progress import drain
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image, random_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROD_DOMAIN, command_line, machine_description, markdown_table, update_section
 
-QUALITY_FILE = Path(__file__).resolve().parent.parent / "src/napari_unet/core/quality.py"
+QUALITY_FILE = Path(__file__).resolve().parent.parent / "src/napari_unet/core/analysis/quality.py"
 SAMPLES = Path(__file__).resolve().parent.parent / "src/napari_unet/samples"
 
 
@@ -223,8 +225,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_update:
         body = (
             "## Per-object quality\n\n"
-            "How well `quality` (the chance that an object is right, `core/quality.py`) tells "
-            "right objects (matched at IoU 0.5) from wrong ones, for the starter model. AUROC "
+            "How well `quality` (the chance that an object is right, "
+            "`core/analysis/quality.py`) tells right objects (matched at IoU 0.5) from wrong ones, "
+            "for the starter model. AUROC "
             "0.5 is chance, 1.0 a perfect ranking. The regression was fitted on "
             f"{args.fit_images} shifted synthetic images ({args.size} px) and measured on "
             "images it never saw; *with TTA* adds the agreement with three flipped/rotated "

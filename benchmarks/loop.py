@@ -42,15 +42,15 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from napari_unet.core.data import AnnotatedImage, training_pairs
+from napari_unet.core.analysis.metrics import match
+from napari_unet.core.analysis.quality import auroc, object_quality, right_objects
 from napari_unet.core.errors import UserError
-from napari_unet.core.metrics import match
-from napari_unet.core.predict import predict_labels
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.quality import auroc, object_quality, right_objects
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.train import TrainConfig, train
-from napari_unet.core.weights import get_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.training.data import AnnotatedImage, training_pairs
+from napari_unet.core.training.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine_description, markdown_table, update_section

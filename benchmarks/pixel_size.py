@@ -26,12 +26,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, machine_description, markdown_table, update_section
-from napari_unet.core import io
-from napari_unet.core.metrics import evaluate
-from napari_unet.core.predict import predict_labels
+from napari_unet.core.analysis.metrics import evaluate
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.inference.rescale import RescaleConfig, choose_scale
+from napari_unet.core.io import images as io
+from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.rescale import RescaleConfig, choose_scale
-from napari_unet.core.weights import get_model
 
 SAMPLES = Path(__file__).resolve().parent.parent / "src" / "napari_unet" / "samples"
 

@@ -2,9 +2,11 @@
 
 Usage: ``python benchmarks/precision.py [--images N] [--size PX] [--rounds R] [--no-update]``
 
-Runs the built-in starter model through :func:`~napari_unet.core.predict.predict_labels` in fp32
+Runs the built-in starter model through :func:`~napari_unet.core.inference.predict.predict_labels`
+in fp32
 and in bf16 on the shipped sample (with its exact labels) and on ``--images`` synthetic images from
-the starter's own generator (:func:`~napari_unet.core.synthetic.random_config`, seeds the starter
+the starter's own generator (:func:`~napari_unet.core.synthetic.images.random_config`, seeds the
+starter
 never saw), and scores both against the ground truth (AP at IoU 0.5 and AP at IoU 0.5:0.95). Then
 times the tiled network alone on one 1024 x 1024 image in both precisions, interleaved, best of
 ``--rounds``. This is the evidence behind ``precision="auto"`` choosing bf16 on CPUs with native
@@ -26,15 +28,15 @@ from _common import (
     markdown_table,
     update_section,
 )
-from napari_unet.core import io
-from napari_unet.core.device import Predictor, cpu_supports_bf16
-from napari_unet.core.metrics import evaluate
-from napari_unet.core.normalize import percentile_normalize
-from napari_unet.core.predict import predict_labels
+from napari_unet.core.analysis.metrics import evaluate
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo
+from napari_unet.core.io import images as io
+from napari_unet.core.network.device import Predictor, cpu_supports_bf16
+from napari_unet.core.network.normalize import percentile_normalize
+from napari_unet.core.network.weights import builtin_models_dir, get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic import make_image, random_config
-from napari_unet.core.tiling import default_tiling, predict_tiled, resolve_halo
-from napari_unet.core.weights import builtin_models_dir, get_model
+from napari_unet.core.synthetic.images import make_image, random_config
 
 SECTION = "precision"
 

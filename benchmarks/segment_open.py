@@ -39,7 +39,7 @@ def child(mode: str) -> dict[str, float]:
     if "torch" in sys.modules:
         raise RuntimeError("torch is imported already; the measurement needs a fresh process")
     if mode == "sync":
-        from napari_unet._napari import _segment
+        from napari_unet._napari.segment import widget as _segment
 
         _segment.load_engine.__globals__["engine_loaded"] = lambda: True
     viewer = napari.Viewer(show=True)

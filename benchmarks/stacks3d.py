@@ -3,7 +3,7 @@ baseline, on synthetic nuclei volumes.
 
     python benchmarks/stacks3d.py [--volumes 3] [--shape 32 128 128] [--threads 1] [--no-update]
 
-Each volume comes from :func:`napari_unet.core.synthetic3d.make_volume` (z step twice the XY
+Each volume comes from :func:`napari_unet.core.synthetic.volumes.make_volume` (z step twice the XY
 pixel, axial blur and out-of-focus haze, touching clusters), seeds 100, 101, ... Methods:
 
 - *planes*: each plane labelled on its own by the starter model (``--stack planes``);
@@ -13,7 +13,8 @@ pixel, axial blur and out-of-focus haze, touching clusters), seeds 100, 101, ...
 - *classical*: Gaussian smoothing, Otsu threshold and a 3D distance-transform watershed
   (scikit-image), with the voxel size.
 
-3D AP at IoU 0.5 with :func:`napari_unet.core.metrics.match` on the whole volumes (pooled over
+3D AP at IoU 0.5 with :func:`napari_unet.core.analysis.metrics.match` on the whole volumes (pooled
+over
 all objects of all volumes); megavoxels per CPU second (``time.process_time``, torch on
 ``--threads`` threads, the starter at fp32); peak memory: the high-water mark of a child process
 that runs one method on one volume, minus that of the same process before the method ran
@@ -69,10 +70,10 @@ def classical(
 def _worker(method: str, seed: int, shape: tuple[int, int, int], threads: int) -> dict:
     import torch
 
+    from napari_unet.core.inference.stack3d import predict_stack
+    from napari_unet.core.network.weights import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.stack3d import predict_stack
-    from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
     torch.set_num_threads(threads)
     config = Synthetic3DConfig(shape=shape)
@@ -126,8 +127,8 @@ def main() -> None:
 
     import tempfile
 
-    from napari_unet.core.metrics import match
-    from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
+    from napari_unet.core.analysis.metrics import match
+    from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
     machine = machine_description()
     shape = tuple(args.shape)

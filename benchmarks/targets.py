@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from _common import command_line, machine_description, update_section
-from napari_unet.core.targets import TargetConfig, exact_weight_map, instance_targets
+from napari_unet.core.training.targets import TargetConfig, exact_weight_map, instance_targets
 
 # (image side, objects, side of the annotated square or None for the whole image)
 CASES = [(256, 40, None), (512, 150, None), (1024, 600, None), (2048, 2400, 256)]

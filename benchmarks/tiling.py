@@ -35,12 +35,12 @@ from _common import (
     update_section,
 )
 from napari_unet.core.config import ModelConfig, TilingConfig
-from napari_unet.core.device import Predictor
-from napari_unet.core.model import receptive_radius
-from napari_unet.core.normalize import percentile_normalize
+from napari_unet.core.inference.tiling import default_halo, default_tiling, predict_tiled
+from napari_unet.core.network.device import Predictor
+from napari_unet.core.network.model import receptive_radius
+from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
-from napari_unet.core.tiling import default_halo, default_tiling, predict_tiled
+from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
 
 
 def _image(size: int) -> np.ndarray:

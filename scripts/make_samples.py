@@ -4,7 +4,8 @@
 
 ``nuclei.tif``: a synthetic 512x512 uint16 fluorescence image of nuclei (pixel size 0.5 um) and
 ``nuclei_labels.tif``: its exact instance labels; ``nuclei_stack.tif`` and its labels:
-a (5, 256, 256) time-lapse. They come from :mod:`napari_unet.core.synthetic` with fixed seeds.
+a (5, 256, 256) time-lapse. They come from :mod:`napari_unet.core.synthetic.images` with fixed
+seeds.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import tifffile
 
-from napari_unet.core.io import atomic_path, write_labels
-from napari_unet.core.synthetic import sample_nuclei, sample_stack
+from napari_unet.core.io.images import atomic_path, write_labels
+from napari_unet.core.synthetic.images import sample_nuclei, sample_stack
 
 PIXEL_SIZE_UM = 0.5
 FOLDER = Path(__file__).resolve().parents[1] / "src" / "napari_unet" / "samples"

@@ -120,7 +120,7 @@ def main() -> int:
     import napari
     import napari._qt.qt_main_window as main_window
 
-    from napari_unet._napari._demo import build_demo
+    from napari_unet._napari.demo import build_demo
 
     # under PyQt5, napari's notice that its support is deprecated would sit on the canvas
     main_window.SHOW_QT_WARNING = False

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.model import build_model
-from napari_unet.core.weights import LoadedModel
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import LoadedModel
 
 TINY = ModelConfig(depth=2, base_channels=4)
 

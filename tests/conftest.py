@@ -34,7 +34,9 @@ def isolated_models(tmp_path, monkeypatch):
 @pytest.fixture
 def no_builtin_models(tmp_path, monkeypatch):
     """Hide the models that ship in the package (as if none were installed)."""
-    monkeypatch.setattr("napari_unet.core.weights.builtin_models_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(
+        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+    )
 
 
 class _Terminal(io.StringIO):

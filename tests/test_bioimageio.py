@@ -14,14 +14,14 @@ pytest.importorskip("bioimageio.core")
 from _bioimageio_helpers import foreign_package, tiny_model
 from napari_unet.cli import main
 from napari_unet.core.bioimageio.export import export_model
-from napari_unet.core.data import make_pairs
 from napari_unet.core.errors import ModelFileError, UserError
-from napari_unet.core.io import read_image, write_image
-from napari_unet.core.predict import predict_labels
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.io.images import read_image, write_image
+from napari_unet.core.network.weights import get_model, list_models, save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
-from napari_unet.core.train import TrainConfig, train
-from napari_unet.core.weights import get_model, list_models, save_model
+from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+from napari_unet.core.training.data import make_pairs
+from napari_unet.core.training.train import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 

@@ -15,10 +15,10 @@ import torch
 
 from napari_unet.cli import ProgressReporter, main
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.io import read_image, write_labels
-from napari_unet.core.model import build_model
+from napari_unet.core.io.images import read_image, write_labels
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import new_metadata, save_model
 from napari_unet.core.progress import Progress
-from napari_unet.core.weights import new_metadata, save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 
@@ -175,7 +175,7 @@ def test_fp16_on_the_cpu_is_a_user_error(capsys, tmp_path, out_dir, model_file):
 
 def test_bf16_precision_on_the_cpu(capsys, tmp_path, out_dir, model_file):
     """bf16 runs where the CPU supports it and gives nearly the fp32 probabilities."""
-    from napari_unet.core.device import cpu_supports_bf16
+    from napari_unet.core.network.device import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bfloat16 support")
@@ -267,7 +267,7 @@ def test_evaluate_missing_file(capsys, tmp_path):
 
 
 def test_unexpected_error_exit_1(capsys, tmp_path, out_dir, model_file, monkeypatch):
-    import napari_unet.core.weights as weights
+    import napari_unet.core.network.weights as weights
 
     def boom(name):
         raise RuntimeError("something broke")

@@ -11,9 +11,9 @@ import zarr
 
 from _blockwise_helpers import nuclei_image, save_nuclei_model
 from napari_unet.cli import main
-from napari_unet.core.io import read_image
-from napari_unet.core.lazy import open_lazy
-from napari_unet.core.metrics import match
+from napari_unet.core.analysis.metrics import match
+from napari_unet.core.io.images import read_image
+from napari_unet.core.io.lazy import open_lazy
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 
@@ -112,7 +112,7 @@ def test_blockwise_tiff_to_folder_writes_an_imagej_tiff(capsys, tmp_path, model_
 
 
 def test_large_images_go_blockwise_by_themselves(capsys, tmp_path, model_file, image, monkeypatch):
-    monkeypatch.setattr("napari_unet.core.block_jobs.BLOCKWISE_PIXELS", 100 * 100)
+    monkeypatch.setattr("napari_unet.core.large.block_jobs.BLOCKWISE_PIXELS", 100 * 100)
     tifffile.imwrite(tmp_path / "large.tif", image)
     code, _, err = run(
         capsys,

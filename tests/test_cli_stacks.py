@@ -9,12 +9,12 @@ import pytest
 import tifffile
 
 from napari_unet.cli import main
-from napari_unet.core.io import read_image
-from napari_unet.core.postprocess import postprocess
-from napari_unet.core.predict import predict_probabilities
+from napari_unet.core.inference.postprocess import postprocess
+from napari_unet.core.inference.predict import predict_probabilities
+from napari_unet.core.io.images import read_image
+from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-from napari_unet.core.weights import get_model
+from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 

@@ -12,12 +12,12 @@ import torch
 
 from napari_unet import cli
 from napari_unet.cli import TrainingInput, main, training_inputs
-from napari_unet.core import train as train_module
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserError
-from napari_unet.core.model import build_model
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.training import train as train_module
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(80, 72), radius=(6.0, 10.0), debris=0.0)
@@ -27,7 +27,9 @@ FAST = ("--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--patch
 @pytest.fixture(autouse=True)
 def isolated_models(isolated_models, tmp_path, monkeypatch):
     """The empty user model folder of conftest.py, and the starter model is not installed."""
-    monkeypatch.setattr("napari_unet.core.weights.builtin_models_dir", lambda: tmp_path / "none")
+    monkeypatch.setattr(
+        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+    )
     return isolated_models
 
 
@@ -355,7 +357,7 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
 
 def test_progress_line_on_a_terminal(terminal):
     from napari_unet.core.progress import Progress
-    from napari_unet.core.train import TrainStatus
+    from napari_unet.core.training.train import TrainStatus
 
     stream = terminal
     reporter = cli.TrainReporter(stream, epochs=4)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _blockwise_helpers import nuclei_image, nuclei_model
-from napari_unet.core.io import write_labels, write_probabilities
+from napari_unet.core.io.images import write_labels, write_probabilities
 
 IJ_JAR = Path("/usr/share/java/ij.jar")
 MACRO = """
@@ -79,8 +79,8 @@ def test_imagej_opens_probabilities_with_classes_as_channels(tmp_path):
 
 
 def test_imagej_opens_blockwise_tiff_output(tmp_path):
-    from napari_unet.core.blockwise import predict_blockwise
-    from napari_unet.core.lazy import lazy_from_array
+    from napari_unet.core.io.lazy import lazy_from_array
+    from napari_unet.core.large.blockwise import predict_blockwise
     from napari_unet.core.progress import drain
 
     stack = np.stack([nuclei_image(96, seed=1), nuclei_image(96, seed=2)])

@@ -85,11 +85,11 @@ def test_ome_zarr_py_reads_labels_as_labels(outputs):
 
 def test_large_label_stores_get_a_pyramid(tmp_path, monkeypatch):
     from _blockwise_helpers import nuclei_model
-    from napari_unet.core.blockwise import predict_blockwise
-    from napari_unet.core.lazy import lazy_from_array, open_lazy
+    from napari_unet.core.io.lazy import lazy_from_array, open_lazy
+    from napari_unet.core.large.blockwise import predict_blockwise
     from napari_unet.core.progress import drain
 
-    monkeypatch.setattr("napari_unet.core.block_io.PYRAMID_SIDE", 64)
+    monkeypatch.setattr("napari_unet.core.large.block_io.PYRAMID_SIDE", 64)
     image = lazy_from_array(nuclei_image(256, seed=3), "YX", pixel_size=(0.5, 0.5))
     drain(
         predict_blockwise(

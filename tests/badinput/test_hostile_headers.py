@@ -14,8 +14,8 @@ import zarr
 from _blockwise_helpers import nuclei_image
 from _cli_helpers import child_env, one_error, predict_argv, predict_cpu, run
 from napari_unet.core.errors import ImageReadError
-from napari_unet.core.io import read_image, write_labels
-from napari_unet.core.lazy import open_lazy
+from napari_unet.core.io.images import read_image, write_labels
+from napari_unet.core.io.lazy import open_lazy
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -58,7 +58,7 @@ def test_a_tiny_tiff_claiming_ten_gigapixels_allocates_nothing(
     for out in (tmp_path / "out.zarr", tmp_path / "out.tif", tmp_path):
         code, err = predict_cpu(capsys, source, out, model_file)
         one_error(code, err, "giant.tif")
-    from napari_unet._napari._reader import get_reader
+    from napari_unet._napari.files.reader import get_reader
 
     assert get_reader(str(source)) is None
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
@@ -172,7 +172,7 @@ def test_float_labels_of_1e30_are_called_too_large(capsys, tmp_path):
 
 @pytest.mark.parametrize("shape", [(), (5,)])
 def test_writing_0d_and_1d_labels_is_a_clear_error(tmp_path, shape):
-    from napari_unet._napari._writer import write_labels as napari_writer
+    from napari_unet._napari.files.writer import write_labels as napari_writer
     from napari_unet.core.errors import UserError
 
     with pytest.raises(UserError, match="at least 2 dimensions"):
@@ -183,8 +183,8 @@ def test_writing_0d_and_1d_labels_is_a_clear_error(tmp_path, shape):
 
 
 def test_a_float_ome_zarr_marked_as_labels_opens_as_an_image(tmp_path):
-    from napari_unet._napari._reader import get_reader
-    from napari_unet.core.block_io import create_label_zarr
+    from napari_unet._napari.files.reader import get_reader
+    from napari_unet.core.large.block_io import create_label_zarr
 
     array = create_label_zarr(tmp_path / "f.zarr", (32, 32), "float32", (32, 32), "YX")
     array[:] = 0.5
@@ -202,7 +202,7 @@ def test_probabilities_and_labels_cannot_share_a_file(capsys, tmp_path, model_fi
 
 _NOISY = """
 import logging, sys, warnings
-import napari_unet.core.io as io
+import napari_unet.core.io.images as io
 from napari_unet.core.errors import ImageReadError
 
 def noisy_read(path, memmap=True):

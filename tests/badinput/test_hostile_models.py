@@ -15,8 +15,8 @@ from _blockwise_helpers import nuclei_image
 from _cli_helpers import one_error, predict_cpu, run, train_argv
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import ModelFileError
-from napari_unet.core.model import build_model
-from napari_unet.core.weights import (
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import (
     METADATA_KEY,
     LoadedModel,
     list_models,

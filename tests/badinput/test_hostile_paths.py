@@ -12,7 +12,7 @@ import zarr
 
 from _blockwise_helpers import nuclei_image
 from _cli_helpers import predict_cpu, run
-from napari_unet.core.block_io import create_label_zarr
+from napari_unet.core.large.block_io import create_label_zarr
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -131,7 +131,7 @@ def test_a_fifo_is_refused_without_being_opened(capsys, tmp_path, model_file):
     for out in (tmp_path / "out.zarr", tmp_path / "out.tif", tmp_path):
         code, err = predict(capsys, model_file, fifo, "-o", out)
         assert code == 2 and "named pipe" in err, err
-    from napari_unet._napari._reader import get_reader
+    from napari_unet._napari.files.reader import get_reader
 
     assert get_reader(str(fifo)) is None
 
@@ -158,7 +158,7 @@ def test_a_fifo_is_refused_by_train(capsys, tmp_path):
 
 
 def test_reader_gives_none_for_a_zarr_it_cannot_look_into(tmp_path, monkeypatch):
-    from napari_unet._napari._reader import get_reader
+    from napari_unet._napari.files.reader import get_reader
 
     store = tmp_path / "locked" / "x.zarr"
     real = Path.is_dir

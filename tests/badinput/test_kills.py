@@ -16,7 +16,7 @@ import tifffile
 
 from _blockwise_helpers import nuclei_image
 from _cli_helpers import child_env, predict_argv, predict_cpu, run, train_argv
-from napari_unet.core.safe_paths import WORK_PREFIX, _host, is_stale, sweep_stale, temp_tag
+from napari_unet.core.io.safe_paths import WORK_PREFIX, _host, is_stale, sweep_stale, temp_tag
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -84,7 +84,7 @@ def test_predict_sweeps_what_killed_runs_left(capsys, tmp_path, model_file):
 
 _SLOW = """
 import sys, time
-import napari_unet.core.block_io as block_io
+import napari_unet.core.large.block_io as block_io
 real = block_io.compute_pixels
 
 def slow(block, where, scheduler="synchronous"):
@@ -168,7 +168,7 @@ def test_a_full_disk_is_reported_as_such_for_zarr(capsys, tmp_path, model_file, 
 def test_a_full_disk_during_training_keeps_no_partial_model(
     capsys, tmp_path, model_file, monkeypatch
 ):
-    import napari_unet.core.weights as weights
+    import napari_unet.core.network.weights as weights
 
     image, labels = training_pair(tmp_path)
 
@@ -194,7 +194,7 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
 
 
 def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
-    from napari_unet.core.weights import load_model
+    from napari_unet.core.network.weights import load_model
 
     image, labels = training_pair(tmp_path)
     out = tmp_path / "m.safetensors"

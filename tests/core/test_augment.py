@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_unet.core.augment import AugmentConfig, augment_batch, preview, sampling_grid
 from napari_unet.core.config import from_dict, to_dict
+from napari_unet.core.training.augment import AugmentConfig, augment_batch, preview, sampling_grid
 
 NO_INTENSITY = {"gain": 0.0, "offset": 0.0, "gamma": 0.0, "noise_std": 0.0}
 RIGID_OFF = {"flip": False, "rot90": False, "rotation": 0.0, "scale_min": 1.0, "scale_max": 1.0}

@@ -4,7 +4,7 @@ faces pair up, and the sizes follow the network's stride."""
 import numpy as np
 import pytest
 
-from napari_unet.core.blocks import chunk_side, default_block_size, make_grid, relative
+from napari_unet.core.large.blocks import chunk_side, default_block_size, make_grid, relative
 
 
 @pytest.mark.parametrize(("height", "width", "block"), [(100, 130, 32), (64, 64, 64), (17, 5, 16)])

@@ -12,16 +12,16 @@ import zarr
 from scipy import ndimage as ndi
 
 from _blockwise_helpers import nuclei_image, nuclei_model
-from napari_unet.core.blocks import chunk_side, default_block_size, make_grid, relative
-from napari_unet.core.blockwise import BlockRegion, predict_blockwise
+from napari_unet.core.analysis.metrics import match
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.io import read_image
-from napari_unet.core.lazy import lazy_from_array, open_lazy
-from napari_unet.core.metrics import match
-from napari_unet.core.postprocess import PostprocessConfig
-from napari_unet.core.predict import predict_labels
+from napari_unet.core.inference.postprocess import PostprocessConfig
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.io.images import read_image
+from napari_unet.core.io.lazy import lazy_from_array, open_lazy
+from napari_unet.core.large.blocks import chunk_side, default_block_size, make_grid, relative
+from napari_unet.core.large.blockwise import BlockRegion, predict_blockwise
+from napari_unet.core.large.stitch import BlockLabels, Stitcher, matching_pairs
 from napari_unet.core.progress import Progress, drain
-from napari_unet.core.stitch import BlockLabels, Stitcher, matching_pairs
 
 BLOCK, OVERLAP = 64, 48  # small blocks: many borders on a 320 px image
 

@@ -7,11 +7,11 @@ import pytest
 import tifffile
 
 from napari_unet.cli import main
-from napari_unet.core.data3d import AnnotatedVolume, volume_pairs
 from napari_unet.core.errors import UserError
-from napari_unet.core.normalize import NormalizeConfig
-from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-from napari_unet.core.weights import read_metadata
+from napari_unet.core.network.normalize import NormalizeConfig
+from napari_unet.core.network.weights import read_metadata
+from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
+from napari_unet.core.training.data3d import AnnotatedVolume, volume_pairs
 
 CONFIG = Synthetic3DConfig(shape=(8, 32, 40), n_objects=6, clustered=0.7)
 

@@ -7,9 +7,10 @@ import re
 import pytest
 import torch
 
-from napari_unet.core import device as dev
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.device import (
+from napari_unet.core.errors import Hint, UserError
+from napari_unet.core.network import device as dev
+from napari_unet.core.network.device import (
     Predictor,
     configure_cpu_threads,
     describe_device,
@@ -18,8 +19,7 @@ from napari_unet.core.device import (
     resolve_device,
     resolve_precision,
 )
-from napari_unet.core.errors import Hint, UserError
-from napari_unet.core.model import build_model
+from napari_unet.core.network.model import build_model
 
 CPU = torch.device("cpu")
 

@@ -10,13 +10,13 @@ import tifffile
 
 from _blockwise_helpers import nuclei_image, nuclei_model, save_nuclei_model
 from napari_unet.cli import main
-from napari_unet.core.blockwise import predict_blockwise
-from napari_unet.core.distributed import FileJob, connect, predict_files
-from napari_unet.core.io import read_image
-from napari_unet.core.lazy import open_lazy
-from napari_unet.core.metrics import match
-from napari_unet.core.postprocess import labels_from_probabilities
-from napari_unet.core.predict import predict_probabilities
+from napari_unet.core.analysis.metrics import match
+from napari_unet.core.inference.postprocess import labels_from_probabilities
+from napari_unet.core.inference.predict import predict_probabilities
+from napari_unet.core.io.images import read_image
+from napari_unet.core.io.lazy import open_lazy
+from napari_unet.core.large.blockwise import predict_blockwise
+from napari_unet.core.large.distributed import FileJob, connect, predict_files
 from napari_unet.core.progress import drain
 
 distributed = pytest.importorskip("distributed")

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet.core import io
 from napari_unet.core.errors import ImageReadError, UserError
-from napari_unet.core.io import (
+from napari_unet.core.io import images as io
+from napari_unet.core.io.images import (
     ImageData,
     atomic_path,
     read_image,

@@ -9,7 +9,7 @@ import tifffile
 import zarr
 
 from napari_unet.core.errors import ImageReadError
-from napari_unet.core.lazy import LazyImage, is_zarr_path, lazy_from_array, open_lazy
+from napari_unet.core.io.lazy import LazyImage, is_zarr_path, lazy_from_array, open_lazy
 
 
 def _stack(shape=(3, 300, 260), seed=0) -> np.ndarray:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
+from napari_unet.core.analysis.metrics import DEFAULT_THRESHOLDS, evaluate, match, overlaps
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.metrics import DEFAULT_THRESHOLDS, evaluate, match, overlaps
 
 KEYS = {
     "ap_50", "ap_50_95", "precision", "recall", "f1", "mean_matched_iou",

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_unet.core.config import ModelConfig, TilingConfig, from_dict, to_dict
-from napari_unet.core.model import (
+from napari_unet.core.network.model import (
     build_model,
     count_parameters,
     fuse_for_inference,

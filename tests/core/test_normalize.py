@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet.core import normalize
 from napari_unet.core.errors import InputMismatchError
-from napari_unet.core.normalize import (
+from napari_unet.core.network import normalize
+from napari_unet.core.network.normalize import (
     NormalizeConfig,
     as_planes,
     normalize_bounds,

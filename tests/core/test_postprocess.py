@@ -7,14 +7,14 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.labels import labels_dtype
-from napari_unet.core.postprocess import (
+from napari_unet.core.inference.postprocess import (
     PostprocessConfig,
     instances_from_probabilities,
     labels_from_probabilities,
     postprocess,
     semantic_from_probabilities,
 )
+from napari_unet.core.labels import labels_dtype
 from napari_unet.core.progress import drain
 
 

@@ -13,9 +13,9 @@ import torch
 
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import InputMismatchError
-from napari_unet.core.model import UNet, build_model
-from napari_unet.core.normalize import NormalizeConfig, percentile_normalize
-from napari_unet.core.predict import predict_labels, predict_probabilities
+from napari_unet.core.inference.predict import predict_labels, predict_probabilities
+from napari_unet.core.network.model import UNet, build_model
+from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
 from napari_unet.core.progress import Progress, drain
 
 GAIN = 5.0
@@ -181,7 +181,7 @@ def test_closing_the_generator_stops_the_prediction():
 
 
 def test_loaded_model_normalisation_and_tiling_are_used():
-    weights = pytest.importorskip("napari_unet.core.weights")
+    weights = pytest.importorskip("napari_unet.core.network.weights")
     loaded = weights.LoadedModel.from_model(
         known_net(),
         task="semantic",
@@ -198,8 +198,8 @@ def test_loaded_model_normalisation_and_tiling_are_used():
 
 
 def test_predict_labels_semantic_gives_class_ids():
-    pytest.importorskip("napari_unet.core.weights")
-    from napari_unet.core.weights import LoadedModel
+    pytest.importorskip("napari_unet.core.network.weights")
+    from napari_unet.core.network.weights import LoadedModel
 
     loaded = LoadedModel.from_model(known_net(), task="semantic", class_names=["fg", "bg"])
     data = _stack((2, 30, 30))

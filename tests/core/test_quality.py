@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 
 from _object_columns import COLUMNS_2D
-from napari_unet.core.errors import InputMismatchError
-from napari_unet.core.object_table import is_volume, objects_table, write_csv
-from napari_unet.core.objects import FEATURE_NAMES, likely_misses, object_features
-from napari_unet.core.quality import (
+from napari_unet.core.analysis.object_table import is_volume, objects_table, write_csv
+from napari_unet.core.analysis.objects import FEATURE_NAMES, likely_misses, object_features
+from napari_unet.core.analysis.quality import (
     auroc,
     object_quality,
     quality_map,
     right_objects,
     tta_agreement,
 )
+from napari_unet.core.errors import InputMismatchError
 
 
 def _disc(shape, centre, radius):
@@ -91,10 +91,10 @@ def test_auroc_matches_definition():
 def test_quality_of_the_starter_separates_right_from_wrong_objects():
     """On synthetic images the starter was not trained on (dim, clumped, with debris), the
     objects that do not match the truth get a lower quality: AUROC well above chance."""
-    from napari_unet.core.predict import predict_labels
+    from napari_unet.core.inference.predict import predict_labels
+    from napari_unet.core.network.weights import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic import SyntheticConfig, make_image
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.synthetic.images import SyntheticConfig, make_image
 
     model = get_model(None)
     config = SyntheticConfig(
@@ -120,10 +120,10 @@ def test_quality_of_the_starter_separates_right_from_wrong_objects():
 
 
 def test_tta_agreement_is_high_for_a_clean_image():
-    from napari_unet.core.predict import predict_labels
+    from napari_unet.core.inference.predict import predict_labels
+    from napari_unet.core.network.weights import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
 
     model = get_model(None)
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(96, 128), photons=2000.0, debris=0.0)

@@ -9,21 +9,21 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from napari_unet.core.analysis.metrics import match
 from napari_unet.core.errors import UserError
-from napari_unet.core.io import read_image
-from napari_unet.core.link3d import link_planes, link_stack
-from napari_unet.core.metrics import match
-from napari_unet.core.postprocess import postprocess
-from napari_unet.core.progress import drain
-from napari_unet.core.stack3d import (
+from napari_unet.core.inference.link3d import link_planes, link_stack
+from napari_unet.core.inference.postprocess import postprocess
+from napari_unet.core.inference.stack3d import (
     Stack3DConfig,
     default_mode,
     instances_3d,
     predict_stack,
     resample_axis,
 )
-from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-from napari_unet.core.voxels import parse_voxel_size, resolve_voxel_size
+from napari_unet.core.io.images import read_image
+from napari_unet.core.io.voxels import parse_voxel_size, resolve_voxel_size
+from napari_unet.core.progress import drain
+from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
 SMALL = Synthetic3DConfig(shape=(16, 48, 48))
 
@@ -184,7 +184,7 @@ def test_3d_watershed_separates_touching_balls():
 
 @pytest.fixture(scope="module")
 def starter():
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.network.weights import get_model
 
     return get_model(None)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_unet.core.errors import UserError
-from napari_unet.core.stitch import BlockLabels, Stitcher, matching_pairs
+from napari_unet.core.large.stitch import BlockLabels, Stitcher, matching_pairs
 
 
 def test_matching_pairs_by_iou_in_the_strip():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.core.synthetic import (
+from napari_unet.core.synthetic.images import (
     SyntheticConfig,
     make_image,
     make_stack,

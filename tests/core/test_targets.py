@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.targets import (
+from napari_unet.core.training.targets import (
     TargetConfig,
     exact_weight_map,
     instance_targets,

@@ -11,9 +11,7 @@ import torch
 
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import UserError
-from napari_unet.core.model import build_model, receptive_radius
-from napari_unet.core.progress import Progress, drain
-from napari_unet.core.tiling import (
+from napari_unet.core.inference.tiling import (
     TileBatch,
     default_halo,
     mirror_indices,
@@ -22,6 +20,8 @@ from napari_unet.core.tiling import (
     resolve_halo,
     tile_grid,
 )
+from napari_unet.core.network.model import build_model, receptive_radius
+from napari_unet.core.progress import Progress, drain
 
 WHOLE = TilingConfig(tile_size=100_000)  # one tile: the whole-image reference pass
 
@@ -188,7 +188,7 @@ def test_out_of_memory_halves_the_batch_and_resumes(caplog):
     image = _image(1, 60, 60)
     predictor = RunsOutOfMemory(max_batch=2)
     tiling = TilingConfig(tile_size=10, batch_size=8)
-    with caplog.at_level(logging.WARNING, logger="napari_unet.core.tiling"):
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.inference.tiling"):
         out = drain(predict_tiled(predictor, image, 1, tiling, 2, 1))
     np.testing.assert_array_equal(out, image + 1)
     assert predictor.failures == 2  # 8 -> 4 -> 2
@@ -201,7 +201,7 @@ def test_out_of_memory_then_halves_the_tile(caplog):
     image = _image(1, 300, 300)
     predictor = RunsOutOfMemory(max_pixels=150 * 150)
     tiling = TilingConfig(tile_size=256, batch_size=2)
-    with caplog.at_level(logging.WARNING, logger="napari_unet.core.tiling"):
+    with caplog.at_level(logging.WARNING, logger="napari_unet.core.inference.tiling"):
         out = drain(predict_tiled(predictor, image, 1, tiling, 16, 16))
     np.testing.assert_array_equal(out, image + 1)
     assert predictor.failures == 2  # batch 2 -> 1, then tile 160 -> 80

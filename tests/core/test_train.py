@@ -13,18 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import weights as weights_module
-from napari_unet.core.augment import AugmentConfig
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.data import PatchSampler, ValidationCrop, make_pairs
 from napari_unet.core.errors import ModelNotFoundError, UserError
-from napari_unet.core.model import build_model
-from napari_unet.core.normalize import NormalizeConfig
+from napari_unet.core.network import weights as weights_module
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.normalize import NormalizeConfig
+from napari_unet.core.network.weights import LoadedModel, load_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.targets import TargetConfig
-from napari_unet.core.train import TrainConfig, train, validate, weighted_loss
-from napari_unet.core.weights import LoadedModel, load_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.training.augment import AugmentConfig
+from napari_unet.core.training.data import PatchSampler, ValidationCrop, make_pairs
+from napari_unet.core.training.targets import TargetConfig
+from napari_unet.core.training.train import TrainConfig, train, validate, weighted_loss
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0, gradient=0.0)
@@ -217,7 +217,7 @@ def test_time_budget_stops_training(tmp_path, pairs):
 
 
 def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tensor]:
-    from napari_unet.core import train as train_module
+    from napari_unet.core.training import train as train_module
 
     seen = []
 
@@ -245,7 +245,7 @@ def test_without_the_border_term_the_loss_keeps_the_class_balance(monkeypatch, t
 
 
 def test_bf16_training_on_the_cpu(tmp_path, pairs):
-    from napari_unet.core.device import cpu_supports_bf16
+    from napari_unet.core.network.device import cpu_supports_bf16
 
     if not cpu_supports_bf16():
         pytest.skip("this CPU has no bfloat16")
@@ -333,9 +333,9 @@ def test_a_failed_later_write_keeps_the_previous_checkpoint(tmp_path, pairs, mon
 
 KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
-    from napari_unet.core import weights
+    from napari_unet.core.network import weights
     from napari_unet.core.config import ModelConfig
-    from napari_unet.core.model import build_model
+    from napari_unet.core.network.model import build_model
 
     def save_file(tensors, filename, metadata=None):
         with open(filename, "wb") as fh:

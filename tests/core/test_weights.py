@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from napari_unet.core import weights
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import ModelFileError, ModelNotFoundError
-from napari_unet.core.model import build_model
-from napari_unet.core.weights import (
+from napari_unet.core.network import weights
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import (
     DEFAULT_MODEL,
     METADATA_KEY,
     get_model,

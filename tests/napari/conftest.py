@@ -2,7 +2,7 @@
 
 import pytest
 
-from napari_unet._napari._segment import SegmentWidget
+from napari_unet._napari.segment.widget import SegmentWidget
 
 
 @pytest.fixture

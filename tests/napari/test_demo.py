@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from napari_unet._napari import _demo
+from napari_unet._napari import demo as _demo
 from napari_unet.cli import main
 
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
-from napari_unet._napari import _edits
-from napari_unet._napari._edits import accept_objects, review_mask, sidecar_path, track
-from napari_unet._napari._reader import read_layers
-from napari_unet._napari._training_data import REVIEWED, NotAnnotated, collect_inputs
-from napari_unet._napari._writer import write_labels
+from napari_unet._napari.files.reader import read_layers
+from napari_unet._napari.files.writer import write_labels
+from napari_unet._napari.finetune.training_data import REVIEWED, NotAnnotated, collect_inputs
+from napari_unet._napari.review import edits as _edits
+from napari_unet._napari.review.edits import accept_objects, review_mask, sidecar_path, track
 
 
 def objects() -> np.ndarray:

@@ -4,9 +4,15 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet._napari._export import ExportWidget, clean_stem, label_dtype, planes, safe_name
-from napari_unet.core import io
+from napari_unet._napari.files.export import (
+    ExportWidget,
+    clean_stem,
+    label_dtype,
+    planes,
+    safe_name,
+)
 from napari_unet.core.errors import UserError
+from napari_unet.core.io import images as io
 
 RNG = np.random.default_rng(1)
 

@@ -5,8 +5,8 @@ import csv
 import numpy as np
 
 from _object_columns import COLUMNS_2D
-from napari_unet._napari._export import ExportWidget
-from napari_unet._napari._review import QUALITY_KEY
+from napari_unet._napari.files.export import ExportWidget
+from napari_unet._napari.review.widget import QUALITY_KEY
 
 
 def _read(path):

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
-from napari_unet._napari import _finetune
-from napari_unet._napari._finetune import FinetuneWidget
-from napari_unet._napari._plot import TrainingPlot
-from napari_unet._napari._training_data import PLANES, SHAPES, WHOLE
+from napari_unet._napari.finetune import widget as _finetune
+from napari_unet._napari.finetune.plot import TrainingPlot
+from napari_unet._napari.finetune.training_data import PLANES, SHAPES, WHOLE
+from napari_unet._napari.finetune.widget import FinetuneWidget
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.model import build_model
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.weights import load_model, new_metadata, read_metadata, save_model
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import load_model, new_metadata, read_metadata, save_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)
@@ -103,7 +103,7 @@ def test_a_model_without_held_out_check_is_saved_but_not_selected(
     assert widget.trained_model == "tiny-tuned" and widget.apply_button.enabled
     assert widget.train_button.enabled and not widget.stop_button.enabled
     assert any(label == "tiny-tuned" for label, _ in widget._models)
-    from napari_unet._napari._segment import SegmentWidget
+    from napari_unet._napari.segment.widget import SegmentWidget
 
     _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
     assert isinstance(segment, SegmentWidget)
@@ -267,7 +267,7 @@ def test_bad_inputs_are_notified(finetune, isolated_models, errors, case, messag
     elif case == "bad name":
         widget.model_name.value = "../outside"
     elif case == "built-in name":
-        from napari_unet.core.weights import list_models
+        from napari_unet.core.network.weights import list_models
 
         builtin = [e.name for e in list_models() if e.builtin]
         if not builtin:
@@ -360,7 +360,7 @@ def test_plot_collects_points_and_redraws(qtbot):
 def test_a_dying_process_is_reported(qtbot):
     import os
 
-    from napari_unet._napari._process import start_process_job
+    from napari_unet._napari.jobs.process import start_process_job
 
     outcome: dict = {}
     job = start_process_job(
@@ -378,7 +378,7 @@ def test_a_dying_process_is_reported(qtbot):
 def test_children_do_not_rerun_the_main_script():
     import multiprocessing.spawn
 
-    from napari_unet._napari._process import _without_main_module
+    from napari_unet._napari.jobs.process import _without_main_module
 
     with _without_main_module():
         data = multiprocessing.spawn.get_preparation_data("child")

@@ -7,14 +7,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_unet._napari._edits import accept_objects, review_mask
-from napari_unet._napari._finetune import FinetuneWidget
-from napari_unet._napari._segment_layers import mark_written
-from napari_unet._napari._training_data import WHOLE
+from napari_unet._napari.finetune.training_data import WHOLE
+from napari_unet._napari.finetune.widget import FinetuneWidget
+from napari_unet._napari.review.edits import accept_objects, review_mask
+from napari_unet._napari.segment.layers import mark_written
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.model import build_model
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.weights import new_metadata, read_metadata, save_model
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import new_metadata, read_metadata, save_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
 
 TINY = ModelConfig(depth=2, base_channels=4)
 TIMEOUT = 60_000

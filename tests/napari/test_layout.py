@@ -11,8 +11,8 @@ import pytest
 from magicgui.widgets import Container, Label
 from qtpy.QtWidgets import QScrollArea
 
-from napari_unet._napari._layout import Message, breakable, fit_in_dock
-from napari_unet.core import io
+from napari_unet._napari.layout import Message, breakable, fit_in_dock
+from napari_unet.core.io import images as io
 
 WIDTH, HEIGHT = 1366, 768
 WIDGETS = ("Segment", "Fine-tune", "Export")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_unet._napari._reader import get_reader
-from napari_unet._napari._writer import write_labels
-from napari_unet.core import io
+from napari_unet._napari.files.reader import get_reader
+from napari_unet._napari.files.writer import write_labels
 from napari_unet.core.errors import UserError
+from napari_unet.core.io import images as io
 
 RNG = np.random.default_rng(0)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from napari.utils.key_bindings import KeymapHandler
 
-from napari_unet._napari._review import ReviewWidget, accept_objects, delete_objects
-from napari_unet.core.review import MISS
+from napari_unet._napari.review.widget import ReviewWidget, accept_objects, delete_objects
+from napari_unet.core.analysis.review import MISS
 
 
 def _disc(shape, centre, radius):
@@ -135,11 +135,11 @@ def test_accept_and_delete_helpers_keep_the_contract(make_napari_viewer):
 def test_rank_runs_the_model_in_the_background(make_napari_viewer, qtbot):
     from dataclasses import replace
 
-    from napari_unet.core.postprocess import labels_from_probabilities
-    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.inference.postprocess import labels_from_probabilities
+    from napari_unet.core.inference.predict import predict_probabilities
+    from napari_unet.core.network.weights import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic import SAMPLE_CONFIG, make_image
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
 
     viewer = make_napari_viewer()
     image, _ = make_image(replace(SAMPLE_CONFIG, shape=(96, 96)), 0)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from napari_unet._napari._sample_data import sample_nuclei, sample_stack
+from napari_unet._napari.files.sample_data import sample_nuclei, sample_stack
 
 
 @pytest.mark.parametrize(

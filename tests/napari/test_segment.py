@@ -10,17 +10,18 @@ import pytest
 from napari.utils.notifications import notification_manager
 from qtpy.QtCore import Qt
 
-from napari_unet._napari._segment_job import PlaneLabels
-from napari_unet.core import io
+import napari_unet
+from napari_unet._napari.segment.job import PlaneLabels
 from napari_unet.core.config import ModelConfig, TilingConfig
-from napari_unet.core.device import Predictor
-from napari_unet.core.model import build_model
-from napari_unet.core.postprocess import PostprocessConfig, labels_from_probabilities
-from napari_unet.core.predict import predict_labels, predict_probabilities
+from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.core.inference.predict import predict_labels, predict_probabilities
+from napari_unet.core.io import images as io
+from napari_unet.core.network.device import Predictor
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import get_model, new_metadata, save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.weights import get_model, new_metadata, save_model
 
-SAMPLES = Path(io.__file__).parent.parent / "samples"
+SAMPLES = Path(napari_unet.__file__).parent / "samples"
 TINY = ModelConfig(depth=2, base_channels=4)
 TIMEOUT = 60_000
 
@@ -358,7 +359,7 @@ def test_the_first_opening_loads_pytorch_in_the_background(
 ):
     """In a viewer where PyTorch is not imported yet, the widget opens at once with Run
     disabled, and enables it (with the models listed) when the background import is done."""
-    from napari_unet._napari import _segment_engine
+    from napari_unet._napari.segment import engine as _segment_engine
 
     monkeypatch.setattr(_segment_engine, "engine_loaded", lambda: False)
     viewer = make_napari_viewer()

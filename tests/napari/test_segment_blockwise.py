@@ -14,15 +14,15 @@ import tifffile
 import zarr
 
 from _blockwise_helpers import nuclei_image, nuclei_model, save_nuclei_model
-from napari_unet._napari import _reader
-from napari_unet._napari._reader import get_reader, opens_lazily
-from napari_unet._napari._segment import SegmentWidget
-from napari_unet._napari._segment_blockwise import NO_RETHRESHOLD
-from napari_unet.core.block_io import create_label_zarr
-from napari_unet.core.blockwise import BlockRegion
-from napari_unet.core.device import Predictor
-from napari_unet.core.metrics import match
-from napari_unet.core.predict import predict_labels
+from napari_unet._napari.files import reader as _reader
+from napari_unet._napari.files.reader import get_reader, opens_lazily
+from napari_unet._napari.segment.blockwise import NO_RETHRESHOLD
+from napari_unet._napari.segment.widget import SegmentWidget
+from napari_unet.core.analysis.metrics import match
+from napari_unet.core.inference.predict import predict_labels
+from napari_unet.core.large.block_io import create_label_zarr
+from napari_unet.core.large.blockwise import BlockRegion
+from napari_unet.core.network.device import Predictor
 from napari_unet.core.progress import drain
 
 BLOCK = 64  # 300 px planes: 5 x 5 blocks each

@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from napari.layers import Image, Labels
 
-from napari_unet._napari._layer_info import (
+from napari_unet._napari.files.layer_info import (
     channel_candidate,
     labels_candidates,
     looks_like_labels,

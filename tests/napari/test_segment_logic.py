@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_unet._napari._segment_job import (
+import napari_unet
+from napari_unet._napari.segment.job import (
     Kept,
     PlaneLabels,
     ProbabilityStore,
@@ -15,7 +16,7 @@ from napari_unet._napari._segment_job import (
     rethreshold_job,
     segment_job,
 )
-from napari_unet._napari._segment_logic import (
+from napari_unet._napari.segment.logic import (
     build_postprocess,
     build_tiling,
     channel_problem,
@@ -33,17 +34,17 @@ from napari_unet._napari._segment_logic import (
     select_plane,
     written_by_us,
 )
-from napari_unet._napari._segment_models import ModelList, model_summary, model_tiling
-from napari_unet.core import io
+from napari_unet._napari.segment.models import ModelList, model_summary, model_tiling
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, UserError
-from napari_unet.core.model import build_model
-from napari_unet.core.postprocess import PostprocessConfig, labels_from_probabilities
-from napari_unet.core.predict import predict_probabilities
+from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
+from napari_unet.core.inference.predict import predict_probabilities
+from napari_unet.core.io import images as io
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import get_model, new_metadata, save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.weights import get_model, new_metadata, save_model
 
-SAMPLES = Path(io.__file__).parent.parent / "samples"
+SAMPLES = Path(napari_unet.__file__).parent / "samples"
 TINY = ModelConfig(depth=2, base_channels=4)
 
 

@@ -6,7 +6,7 @@ import pytest
 pytest.importorskip("bioimageio.spec")
 
 from _bioimageio_helpers import foreign_package
-from napari_unet._napari._segment_models import ModelList
+from napari_unet._napari.segment.models import ModelList
 
 
 def test_a_package_loads_from_file_and_predicts(tmp_path, isolated_models):
@@ -17,7 +17,7 @@ def test_a_package_loads_from_file_and_predicts(tmp_path, isolated_models):
     assert choice in models.refresh()
     loaded = models.loaded(choice)
     assert loaded is not None
-    from napari_unet.core.predict import predict_labels
+    from napari_unet.core.inference.predict import predict_labels
     from napari_unet.core.progress import drain
 
     image = np.random.default_rng(0).random((40, 48)).astype(np.float32)
@@ -28,7 +28,7 @@ def test_a_package_loads_from_file_and_predicts(tmp_path, isolated_models):
 def test_the_file_dialog_offers_packages(make_napari_viewer, monkeypatch):
     from qtpy.QtWidgets import QFileDialog
 
-    from napari_unet._napari._segment import SegmentWidget
+    from napari_unet._napari.segment.widget import SegmentWidget
 
     seen = {}
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_unet.core.inference.stack3d import predict_stack
+from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.stack3d import predict_stack
-from napari_unet.core.synthetic3d import Synthetic3DConfig, make_volume
-from napari_unet.core.weights import get_model
+from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
 TIMEOUT = 120_000
 CONFIG = Synthetic3DConfig(shape=(10, 40, 40))

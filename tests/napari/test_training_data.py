@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Shapes
 
-from napari_unet._napari._background import ErrorReport, child_main
-from napari_unet._napari._training_data import (
+from napari_unet._napari.finetune.job import (
+    BAR_STEPS,
+    TrainingInput,
+    TrainRequest,
+    augment_config,
+    check_model_name,
+    free_name,
+    preview_samples,
+    training_job,
+)
+from napari_unet._napari.finetune.training_data import (
     PLANES,
     SHAPES,
     WHOLE,
@@ -22,24 +31,15 @@ from napari_unet._napari._training_data import (
     plane_index,
     shapes_mask,
 )
-from napari_unet._napari._training_job import (
-    BAR_STEPS,
-    TrainingInput,
-    TrainRequest,
-    augment_config,
-    check_model_name,
-    free_name,
-    preview_samples,
-    training_job,
-)
+from napari_unet._napari.jobs.background import ErrorReport, child_main
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.data import training_pairs
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.model import build_model
+from napari_unet.core.network.model import build_model
+from napari_unet.core.network.weights import load_model, new_metadata, save_model
 from napari_unet.core.progress import Progress, drain
-from napari_unet.core.synthetic import SyntheticConfig, make_image
-from napari_unet.core.train import TrainConfig
-from napari_unet.core.weights import load_model, new_metadata, save_model
+from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.training.data import training_pairs
+from napari_unet.core.training.train import TrainConfig
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)

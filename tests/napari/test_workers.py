@@ -8,7 +8,7 @@ import time
 import pytest
 from napari.utils import progress
 
-from napari_unet._napari._workers import start_job
+from napari_unet._napari.jobs.workers import start_job
 from napari_unet.core.progress import Progress
 
 TIMEOUT = 10_000

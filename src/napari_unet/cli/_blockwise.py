@@ -2,7 +2,7 @@
 BigTIFF, and batches of files on a dask cluster.
 
 ``predict`` goes blockwise when an input is a zarr / OME-Zarr store, ``-o`` names a ``.zarr``
-store, an image has more than :data:`~napari_unet.core.block_jobs.BLOCKWISE_PIXELS` pixels, or
+store, an image has more than :data:`~napari_unet.core.large.block_jobs.BLOCKWISE_PIXELS` pixels, or
 ``--blockwise``, ``--block-size`` or ``--bigtiff`` is given. Outputs: ``-o NAME.zarr`` (an
 OME-Zarr label image), ``-o NAME.tif`` (a TIFF that ImageJ opens, or a tiled BigTIFF when the
 labels pass 4 GB or a plane 512 MB), or a folder: ``NAME_labels.zarr`` for a
@@ -81,7 +81,7 @@ def _large(path: Path) -> bool:
     only is read)."""
     import tifffile
 
-    from napari_unet.core.block_jobs import BLOCKWISE_PIXELS
+    from napari_unet.core.large.block_jobs import BLOCKWISE_PIXELS
 
     if not path.is_file() or path.suffix.lower() not in _TIFF:
         return False
@@ -100,7 +100,7 @@ def _large(path: Path) -> bool:
 def route(args: argparse.Namespace) -> Any:
     """The command that runs ``predict`` for these arguments: blockwise, a batch on a cluster,
     or ``None`` for the in-memory path."""
-    from napari_unet.core.lazy import is_zarr_path
+    from napari_unet.core.io.lazy import is_zarr_path
 
     inputs = [Path(p).expanduser() for p in args.inputs]
     if (
@@ -113,7 +113,7 @@ def route(args: argparse.Namespace) -> Any:
         or any(_large(p) for p in inputs)
     ):
         return cmd_predict_blockwise
-    from napari_unet.core.distributed import configured_address
+    from napari_unet.core.large.distributed import configured_address
 
     if args.scheduler or configured_address():
         return cmd_predict_cluster
@@ -144,7 +144,7 @@ def _targets(
 ) -> list[Path]:
     """Where each input's blockwise result goes (a .zarr store or a .tif file)."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.lazy import is_zarr_path
+    from napari_unet.core.io.lazy import is_zarr_path
 
     name = str(target).lower().rstrip("/")
     if bigtiff and name.endswith(_ZARR):
@@ -175,8 +175,8 @@ def _check_inputs(inputs: list[Path], outputs: list[Path], probs: list[Path]) ->
     anything but a store napari-unet wrote."""
     from napari_unet.cli._paths import check_not_an_input
     from napari_unet.core.errors import ImageReadError
-    from napari_unet.core.lazy import is_zarr_path
-    from napari_unet.core.safe_paths import check_replaceable, require_regular_file
+    from napari_unet.core.io.lazy import is_zarr_path
+    from napari_unet.core.io.safe_paths import check_replaceable, require_regular_file
 
     for path in inputs:
         if not path.exists():
@@ -201,8 +201,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     """(device, model, tiling, post-processing) from the arguments."""
     from napari_unet.cli._common import chosen_device
     from napari_unet.cli._predict import _postprocess_config, _tiling
-    from napari_unet.core.device import resolve_precision
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.network.device import resolve_precision
+    from napari_unet.core.network.weights import get_model
 
     device = chosen_device(args.device)
     resolve_precision(args.precision, device)
@@ -212,7 +212,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
 
 def cmd_predict_blockwise(args: argparse.Namespace) -> int:
     """``predict`` block by block; returns the exit code."""
-    from napari_unet.core.distributed import connect
+    from napari_unet.core.large.distributed import connect
 
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = _targets(inputs, Path(args.output).expanduser(), args.bigtiff, "_labels", "-o")
@@ -256,8 +256,8 @@ def _blockwise_one(
     label: str,
 ) -> None:
     from napari_unet.cli._progress import ProgressReporter
-    from napari_unet.core.blockwise import DEFAULT_OVERLAP, predict_blockwise
-    from napari_unet.core.lazy import open_lazy
+    from napari_unet.core.io.lazy import open_lazy
+    from napari_unet.core.large.blockwise import DEFAULT_OVERLAP, predict_blockwise
     from napari_unet.core.progress import drain
 
     start = time.monotonic()
@@ -304,7 +304,7 @@ def cmd_predict_cluster(args: argparse.Namespace) -> int:
         check_inputs,
         output_paths,
     )
-    from napari_unet.core.distributed import FileJob, connect, predict_files
+    from napari_unet.core.large.distributed import FileJob, connect, predict_files
 
     inputs = [Path(p).expanduser() for p in args.inputs]
     outputs = output_paths(inputs, Path(args.output).expanduser(), LABELS_SUFFIX, "-o")

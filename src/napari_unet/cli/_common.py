@@ -107,7 +107,7 @@ def add_device_option(parser: argparse.ArgumentParser, what: str) -> None:
 def chosen_device(name: str) -> Any:
     """The ``torch.device`` for ``--device name``; warns when "auto" falls back to the CPU
     on a machine with an unused GPU."""
-    from napari_unet.core.device import gpu_hint, resolve_device
+    from napari_unet.core.network.device import gpu_hint, resolve_device
 
     device = resolve_device(name)
     if device.type == "cpu" and name == "auto":

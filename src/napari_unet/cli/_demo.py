@@ -24,7 +24,7 @@ def add_demo(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPars
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo until the napari window is closed."""
     try:
-        from napari_unet._napari._demo import run_demo
+        from napari_unet._napari.demo import run_demo
     except ImportError as exc:
         raise UserError(
             f"The demo needs napari with a Qt binding ({exc.name or exc} is missing): "

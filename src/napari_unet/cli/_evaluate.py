@@ -29,8 +29,8 @@ def add_evaluate(sub: Any, common: argparse.ArgumentParser) -> argparse.Argument
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Run ``napari-unet evaluate``; returns the exit code."""
+    from napari_unet.core.analysis.metrics import evaluate
     from napari_unet.core.errors import InputMismatchError
-    from napari_unet.core.metrics import evaluate
 
     pred_path, gt_path = Path(args.pred).expanduser(), Path(args.gt).expanduser()
     pred = read_labels(pred_path, "prediction")

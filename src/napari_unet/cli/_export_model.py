@@ -67,8 +67,8 @@ def _test_image(path: str | None, in_channels: int) -> Any:
         return None
     import numpy as np
 
-    from napari_unet.core.io import read_image
-    from napari_unet.core.normalize import as_planes
+    from napari_unet.core.io.images import read_image
+    from napari_unet.core.network.normalize import as_planes
 
     image = read_image(Path(path).expanduser())
     planes, _, _ = as_planes(image.data, image.axes, in_channels)
@@ -81,7 +81,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     """Run ``napari-unet export-model``; returns the exit code."""
     from napari_unet.core.bioimageio.export import DEFAULT_LICENSE, export_model
     from napari_unet.core.errors import UserError
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.network.weights import get_model
 
     loaded = get_model(args.model)
     if not loaded.metadata.get("trainable", True) or not hasattr(loaded.model, "encoders"):

@@ -49,7 +49,7 @@ def _describe_entry(entry: Any) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Run ``napari-unet models``; returns the exit code."""
-    from napari_unet.core.weights import (
+    from napari_unet.core.network.weights import (
         DEFAULT_MODEL,
         builtin_models_dir,
         list_models,

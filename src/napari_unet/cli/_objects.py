@@ -81,8 +81,8 @@ def write_objects(
     """
     if not getattr(args, "objects", None):
         return None
+    from napari_unet.core.analysis.object_table import objects_table, write_csv
     from napari_unet.core.errors import UserError
-    from napari_unet.core.object_table import objects_table, write_csv
 
     if task != "instances":
         raise UserError("--objects needs an instance model (this model gives semantic classes)")

@@ -75,7 +75,7 @@ def output_paths(inputs: Sequence[Path], target: Path, suffix: str, option: str)
 def check_not_an_input(inputs: Iterable[Path | None], outputs: Iterable[Path]) -> None:
     """Raise UserError when an output is one of the (existing) inputs, holds one (a folder or
     store around it) or lies inside one."""
-    from napari_unet.core.safe_paths import check_outputs_apart
+    from napari_unet.core.io.safe_paths import check_outputs_apart
 
     check_outputs_apart([p for p in inputs if p is not None and p.exists()], list(outputs))
 
@@ -88,7 +88,7 @@ def check_inputs(inputs: Sequence[Path], outputs: Sequence[Path]) -> None:
         UserError: an output is one of the inputs.
     """
     from napari_unet.core.errors import ImageReadError
-    from napari_unet.core.safe_paths import require_regular_file
+    from napari_unet.core.io.safe_paths import require_regular_file
 
     for path in inputs:
         if not path.exists():

@@ -138,7 +138,7 @@ def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
     device's defaults."""
     from dataclasses import replace
 
-    from napari_unet.core.tiling import default_tiling
+    from napari_unet.core.inference.tiling import default_tiling
 
     tiling = loaded.tiling or default_tiling(loaded.config, device_type)
     options = {
@@ -147,13 +147,13 @@ def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
         "halo": args.overlap,
         "batch_size": args.batch_size,
     }
-    from napari_unet.core.limits import check_tiling
+    from napari_unet.core.network.limits import check_tiling
 
     return check_tiling(replace(tiling, **given(options)))
 
 
 def _postprocess_config(args: argparse.Namespace) -> Any:
-    from napari_unet.core.postprocess import PostprocessConfig
+    from napari_unet.core.inference.postprocess import PostprocessConfig
 
     options = {
         "min_size": args.min_size,
@@ -193,8 +193,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
 
-    from napari_unet.core.device import describe_device, resolve_precision
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.network.device import describe_device, resolve_precision
+    from napari_unet.core.network.weights import get_model
 
     device = chosen_device(args.device)
     resolve_precision(args.precision, device)  # an unsupported precision is a user error
@@ -230,7 +230,7 @@ def _predict_one(
     label: str,
 ) -> None:
     """Read one image, predict, post-process and write its labels (and probabilities)."""
-    from napari_unet.core import io
+    from napari_unet.core.io import images as io
 
     start = time.monotonic()
     image = io.read_image(source)

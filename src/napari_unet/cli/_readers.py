@@ -10,7 +10,7 @@ def _read_array(path: Path) -> tuple[Any, str]:
     """The whole image at ``path`` in memory (a numpy array) and its axes."""
     import numpy as np
 
-    from napari_unet.core import io
+    from napari_unet.core.io import images as io
 
     image = io.read_image(path, memmap=False)
     return np.asarray(image.data), image.axes

@@ -56,8 +56,8 @@ def add_rescale_options(parser: argparse.ArgumentParser) -> None:
 
 
 def rescale_config(args: argparse.Namespace) -> Any:
-    """The :class:`~napari_unet.core.rescale.RescaleConfig` of the options given."""
-    from napari_unet.core.rescale import RescaleConfig
+    """The :class:`~napari_unet.core.inference.rescale.RescaleConfig` of the options given."""
+    from napari_unet.core.inference.rescale import RescaleConfig
 
     return RescaleConfig(
         enabled=getattr(args, "rescale", True),
@@ -99,12 +99,13 @@ def predict_planes(
     reporter: Any,
 ) -> tuple[Any, Any]:
     """Probabilities (float32 (C, ...)) and labels of ``image`` (``io.ImageData``) plane by
-    plane, each plane resized to the model's scale first (:func:`~napari_unet.core.rescale.
+    plane, each plane resized to the model's scale first
+    (:func:`~napari_unet.core.inference.rescale.
     choose_scale`) and mapped back."""
-    from napari_unet.core.postprocess import postprocess
-    from napari_unet.core.predict import predict_probabilities
+    from napari_unet.core.inference.postprocess import postprocess
+    from napari_unet.core.inference.predict import predict_probabilities
+    from napari_unet.core.inference.rescale import choose_scale, scaled_postprocess
     from napari_unet.core.progress import drain
-    from napari_unet.core.rescale import choose_scale, scaled_postprocess
 
     scale = drain(
         choose_scale(image.data, image.axes, loaded, image.pixel_size, rescale_config(args),

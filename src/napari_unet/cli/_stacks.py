@@ -12,7 +12,7 @@ STACK_CHOICES = ("auto", "planes", "link", "ortho")
 def voxel_size_type(text: str) -> tuple[float, float, float]:
     """``Z,Y,X`` in µm (an argparse type)."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.voxels import parse_voxel_size
+    from napari_unet.core.io.voxels import parse_voxel_size
 
     try:
         return parse_voxel_size(text)
@@ -46,7 +46,7 @@ def add_stack_options(p: argparse.ArgumentParser) -> None:
 
 def stack_mode(args: argparse.Namespace, axes: str) -> str:
     """The mode for an image with ``axes``: ``--stack``, or ortho with a Z axis, else planes."""
-    from napari_unet.core.stack3d import default_mode
+    from napari_unet.core.inference.stack3d import default_mode
 
     mode = getattr(args, "stack", "auto") or "auto"
     if mode != "auto":
@@ -70,9 +70,9 @@ def predict_image(
     reporter: Any,
 ) -> tuple[Any, Any, Any, Any]:
     """Probabilities, labels, pixel size and Z step to write, for one image (``io.ImageData``)."""
+    from napari_unet.core.inference.stack3d import Stack3DConfig, predict_stack
+    from napari_unet.core.io.voxels import resolve_voxel_size
     from napari_unet.core.progress import drain
-    from napari_unet.core.stack3d import Stack3DConfig, predict_stack
-    from napari_unet.core.voxels import resolve_voxel_size
 
     mode = stack_mode(args, image.axes)
     voxel = None
@@ -143,13 +143,14 @@ def read_stack_training_data(
     read_planar: Any,
 ) -> tuple[list, Any]:
     """Training pairs for ``train``: Z-stacks (axes with Z, without T) as volumes cut in three
-    orientations (:mod:`napari_unet.core.data3d`), other images by ``read_planar(inputs, base,
+    orientations (:mod:`napari_unet.core.training.data3d`), other images by ``read_planar(inputs,
+    base,
     model_config, target_config)``. Returns the pairs and the voxel size (z, y, x) of the first
     volume in µm, or None when no input is a volume."""
     from napari_unet.cli._readers import read_labels, read_mask
-    from napari_unet.core import io
-    from napari_unet.core.data3d import AnnotatedVolume, volume_training_pairs
-    from napari_unet.core.voxels import resolve_voxel_size
+    from napari_unet.core.io import images as io
+    from napari_unet.core.io.voxels import resolve_voxel_size
+    from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
 
     planar = [item for item in inputs if not _is_volume(io.read_image(item.image).axes)]
     pairs = read_planar(planar, base, model_config, target_config) if planar else []
@@ -188,7 +189,7 @@ def warn_blockwise_stacks(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from napari_unet.core.errors import UserError
-    from napari_unet.core.lazy import open_lazy
+    from napari_unet.core.io.lazy import open_lazy
 
     if getattr(args, "stack", "auto") == "planes" or args.quiet:
         return

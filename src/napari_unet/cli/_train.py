@@ -39,8 +39,8 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     takes its input channels from ``first_image``."""
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io import read_image
-    from napari_unet.core.weights import get_model
+    from napari_unet.core.io.images import read_image
+    from napari_unet.core.network.weights import get_model
 
     architecture = given({"depth": args.depth, "base_channels": args.base_channels})
     if (args.model or "").strip().lower() != SCRATCH:
@@ -52,7 +52,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
         return get_model(args.model), None
     if architecture.get("depth", 0) > 8:
         raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
-    from napari_unet.core.limits import check_architecture
+    from napari_unet.core.network.limits import check_architecture
 
     channels = _scratch_channels(read_image(first_image))
     try:
@@ -65,8 +65,8 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
 def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> None:
     """Refuse patches and batches that cannot fit, before any file is written (the memory
     estimate only on the CPU, whose memory holds the activations)."""
-    from napari_unet.core.io import available_memory
-    from napari_unet.core.limits import check_training
+    from napari_unet.core.io.images import available_memory
+    from napari_unet.core.network.limits import check_training
 
     architecture = base.config if base is not None else model_config
     available = available_memory() if device.type == "cpu" else None
@@ -78,8 +78,8 @@ def _read_training_data(
 ) -> tuple[list, Any]:
     """Read every file and build the training pairs (all checks happen here); also the pixel
     size of the images (see :func:`training_pixel_size`)."""
-    from napari_unet.core import io
-    from napari_unet.core.data import AnnotatedImage, training_pairs
+    from napari_unet.core.io import images as io
+    from napari_unet.core.training.data import AnnotatedImage, training_pairs
 
     def annotated() -> Iterator[AnnotatedImage]:  # one file at a time, checked in order
         for item in inputs:
@@ -126,11 +126,11 @@ def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``napari-unet train``; returns the exit code (130 when interrupted)."""
-    from napari_unet.core.device import describe_device
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io import file_state
+    from napari_unet.core.io.images import file_state
+    from napari_unet.core.network.device import describe_device
     from napari_unet.core.progress import drain
-    from napari_unet.core.train import train
+    from napari_unet.core.training.train import train
 
     inputs = training_inputs(args.data_items)
     output = model_output(args.output)
@@ -191,7 +191,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 143 if isinstance(exc, Terminated) else 130
     reporter.close()
     if voxel_size is not None:
-        from napari_unet.core.data3d import record_voxel_size
+        from napari_unet.core.training.data3d import record_voxel_size
 
         result = record_voxel_size(result, voxel_size)
     sys.stdout.write(_summary(result, base, time.monotonic() - start, reporter.last))

@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 #: The model used when none is named: the built-in starter.
 DEFAULT_MODEL = "starter"
-#: Arithmetic a predictor accepts (see :func:`~napari_unet.core.device.resolve_precision`).
+#: Arithmetic a predictor accepts (see :func:`~napari_unet.core.network.device.resolve_precision`).
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -77,7 +77,7 @@ class TilingConfig:
         tile_size: side of the central (kept) part of a tile, in pixels. A tile size at least the
             image size means one whole-image pass.
         halo: context margin added on every side of a tile, in pixels; ``None`` derives it from
-            the network (see :func:`napari_unet.core.tiling.default_halo`).
+            the network (see :func:`napari_unet.core.inference.tiling.default_halo`).
         batch_size: tiles run together in one forward pass.
         exact: use a halo at least the network's receptive-field radius, so tiled and whole-image
             results agree to float precision.

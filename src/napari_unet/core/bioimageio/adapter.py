@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ModelFileError
-from ..normalize import NormalizeConfig
+from ..network.normalize import NormalizeConfig
 
 logger = logging.getLogger(__name__)
 

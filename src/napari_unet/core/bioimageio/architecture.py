@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ModelConfig
-from ..model import UNet
+from ..network.model import UNet
 
 #: Where the architecture is imported from, and its name, as packages record them.
 IMPORT_FROM = __name__

@@ -42,7 +42,7 @@ from . import EXTRA_HINT
 from .architecture import CALLABLE, IMPORT_FROM
 
 if TYPE_CHECKING:
-    from ..weights import LoadedModel
+    from ..network.weights import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _test_image(loaded: LoadedModel, size: int, image: np.ndarray | None) -> np.
     nuclei."""
     channels = loaded.config.in_channels
     if image is None:
-        from ..synthetic import SAMPLE_CONFIG, make_image
+        from ..synthetic.images import SAMPLE_CONFIG, make_image
 
         config = type(SAMPLE_CONFIG)(**{**to_dict(SAMPLE_CONFIG), "shape": (size, size)})
         image, _ = make_image(config, np.random.default_rng(0))
@@ -152,8 +152,8 @@ def _cover(folder: Path, test_input: np.ndarray, probs: np.ndarray, task: str) -
     from PIL import Image
     from skimage.color import label2rgb
 
-    from ..normalize import percentile_normalize
-    from ..postprocess import labels_from_probabilities
+    from ..inference.postprocess import labels_from_probabilities
+    from ..network.normalize import percentile_normalize
 
     gray = np.clip(percentile_normalize(test_input[0, 0], channel_axis=None), 0, 1)
     labels = labels_from_probabilities(probs[0], task)
@@ -323,7 +323,7 @@ def _weights(v0_5: Any, loaded: LoadedModel, files: dict[str, Path]) -> Any:
 
 
 def _config(v0_5: Any, loaded: LoadedModel) -> Any:
-    from ..model import count_parameters
+    from ..network.model import count_parameters
 
     bioimageio = v0_5.BioimageioConfig(
         training=_training_details(v0_5, loaded),
@@ -348,7 +348,7 @@ def _tags(loaded: LoadedModel) -> list[str]:
 
 
 def _halo(loaded: LoadedModel) -> int:
-    from ..tiling import default_halo, resolve_halo
+    from ..inference.tiling import default_halo, resolve_halo
 
     tiling = loaded.tiling
     halo = (
@@ -379,7 +379,7 @@ def build_description(
         onnx: also write ONNX weights (needs the ``onnx`` package).
     """
     v0_5 = _spec()
-    from ..weights import save_model
+    from ..network.weights import save_model
 
     if not authors:
         raise UserError("a bioimage.io package needs at least one author: give --author NAME")
@@ -470,7 +470,7 @@ def export_model(
         UserError: the extra is not installed, no author, or the package fails the test (then
             nothing is written).
     """
-    from ..io import atomic_path
+    from ..io.images import atomic_path
 
     _spec()  # a clear message when the extra is missing
     from bioimageio.spec import save_bioimageio_package

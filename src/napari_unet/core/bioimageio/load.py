@@ -69,7 +69,7 @@ def _read(entry: Any) -> bytes:
 
 def _native(descr: Any, path: Path) -> Any | None:
     """The napari-unet model attached to a package napari-unet exported, else ``None``."""
-    from ..weights import load_model
+    from ..network.weights import load_model
 
     for attachment in descr.attachments:
         name = str(getattr(attachment.source, "name", "") or attachment.source).split("/")[-1]
@@ -95,7 +95,7 @@ def _own_architecture(weights: Any) -> bool:
 
 def _state_dict_model(descr: Any, path: Path) -> Any:
     """napari-unet's U-Net from ``pytorch_state_dict`` weights of its own architecture."""
-    from ..weights import LoadedModel, new_metadata
+    from ..network.weights import LoadedModel, new_metadata
     from .architecture import UNet2d
 
     weights = descr.weights.pytorch_state_dict
@@ -163,7 +163,7 @@ def _refusal(descr: Any, path: Path) -> str:
 
 def _foreign(descr: Any, path: Path) -> Any | None:
     """A package of another architecture, through its TorchScript or ONNX weights."""
-    from ..weights import LoadedModel, new_metadata
+    from ..network.weights import LoadedModel, new_metadata
 
     layout = TensorLayout.from_descr(descr, path)
     weights = descr.weights
@@ -204,7 +204,7 @@ def _has_onnxruntime() -> bool:
 
 
 def load_package(path: str | Path) -> Any:
-    """Read a bioimage.io model package as a :class:`~napari_unet.core.weights.LoadedModel`.
+    """Read a bioimage.io model package as a :class:`~napari_unet.core.network.weights.LoadedModel`.
 
     Args:
         path: a ``.zip`` package, or the ``rdf.yaml`` / ``bioimageio.yaml`` of an unpacked one.

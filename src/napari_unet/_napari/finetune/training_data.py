@@ -1,0 +1,327 @@
+"""From viewer layers to training inputs, without Qt.
+
+Reads (image layer, labels layer) pairs into :class:`._training_job.TrainingInput` values: the
+image, a copy of the labels taken at that moment (the user may keep painting while training runs),
+the image's axes, and the mask of annotated pixels chosen by one of :data:`ANNOTATED_RULES`.
+Checks what can be checked at once (shapes, empty labels, empty regions) with messages for the
+user. Layers are used through their public attributes (``data``, ``metadata``, ``rgb``,
+``multiscale``, ``ndim``, coordinate transforms), so napari layers made without a viewer work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_unet.core.errors import InputMismatchError, UserError
+
+from .job import TrainingInput
+
+logger = logging.getLogger(__name__)
+
+REVIEWED = "objects you reviewed"
+WHOLE = "whole layer"
+PLANES = "planes that have labels"
+SHAPES = "regions in a Shapes layer"
+#: What counts as annotated, as offered in the widget (the first is the default).
+ANNOTATED_RULES = (REVIEWED, WHOLE, SHAPES, PLANES)
+
+_FILLED = ("rectangle", "ellipse", "polygon")
+
+
+def layer_axes(layer: Any) -> str:
+    """The core axes string of an image layer's data (``"YX"``, ``"ZYX"``, ``"YXS"``, ...):
+    ``layer.metadata["axes"]`` when it fits the data, else inferred from its dimensions (see
+    :func:`._layer_info.layer_axes`).
+
+    Raises:
+        InputMismatchError: a layer whose axes cannot be told.
+    """
+    from ..files.layer_info import layer_axes as axes_of
+
+    ndim = len(layer_array(layer).shape)
+    try:
+        return axes_of(ndim, getattr(layer, "metadata", None), bool(getattr(layer, "rgb", False)))
+    except ValueError as exc:
+        raise InputMismatchError(f"{layer.name!r}: {exc}") from exc
+
+
+def layer_array(layer: Any) -> Any:
+    """The full-resolution data of a layer (level 0 of a multiscale layer), not copied."""
+    data = layer.data
+    return data[0] if getattr(layer, "multiscale", False) else data
+
+
+def labels_shape(image_layer: Any) -> tuple[int, ...]:
+    """The shape labels of ``image_layer`` must have: the image's without its channel axis."""
+    shape = tuple(int(n) for n in layer_array(image_layer).shape)
+    axes = layer_axes(image_layer)
+    return tuple(n for n, a in zip(shape, axes, strict=True) if a not in "CS")
+
+
+def matching_labels(image_layer: Any, candidates: Sequence[Any]) -> Any | None:
+    """The last of ``candidates`` (labels layers) with the shape labels of ``image_layer``
+    need, or ``None``."""
+    try:
+        expected = labels_shape(image_layer)
+    except UserError:
+        return None
+    fitting = [c for c in candidates if tuple(layer_array(c).shape) == expected]
+    return fitting[-1] if fitting else None
+
+
+def plane_index(image_layer: Any, world_point: Sequence[float]) -> int | None:
+    """Index of the 2D plane of ``image_layer`` shown at ``world_point`` (the viewer's
+    ``dims.point``), in the order planes are trained on; ``None`` when out of the data."""
+    axes = layer_axes(image_layer)
+    shape = layer_array(image_layer).shape
+    leading = [i for i, a in enumerate(axes) if a not in "YXCS"]
+    if not leading:
+        return 0
+    position = image_layer.world_to_data(world_point)
+    index = []
+    for i in leading:
+        k = round(float(position[i]))
+        if not 0 <= k < shape[i]:
+            return None
+        index.append(k)
+    return int(np.ravel_multi_index(index, [shape[i] for i in leading]))
+
+
+def _vertices_in(labels_layer: Any, shapes_layer: Any, vertices: np.ndarray) -> np.ndarray:
+    """Shape vertices (N, shapes ndim) in the labels layer's data coordinates (N, labels ndim)."""
+    return np.array(
+        [
+            labels_layer.world_to_data(shapes_layer.data_to_world(v))
+            for v in np.asarray(vertices, dtype=float)
+        ]
+    )
+
+
+def _rasterise(kind: str, yx: np.ndarray, plane_shape: tuple[int, int]) -> np.ndarray:
+    from napari.layers import Shapes
+
+    return Shapes([yx], shape_type=[kind]).to_masks(plane_shape)[0].astype(bool)
+
+
+def shapes_mask(shapes_layer: Any, labels_layer: Any) -> np.ndarray:
+    """The pixels of ``labels_layer`` inside the rectangles, ellipses and polygons of
+    ``shapes_layer`` (lines and paths are ignored).
+
+    Coordinates go through world space, so layers with different scales or translations line
+    up as displayed. In a stack, a shape covers the plane it was drawn on; shapes of a layer with
+    fewer dimensions than the labels (e.g. drawn in 2D over a stack) cover every plane.
+
+    Returns:
+        bool array, the labels' shape.
+
+    Raises:
+        UserError: a shape that is not drawn in one YX plane.
+    """
+    shape = tuple(layer_array(labels_layer).shape)
+    mask = np.zeros(shape, dtype=bool)
+    broadcast = max(len(shape) - shapes_layer.ndim, 0)
+    for k, (vertices, kind) in enumerate(
+        zip(shapes_layer.data, shapes_layer.shape_type, strict=True)
+    ):
+        if kind not in _FILLED:
+            continue
+        coords = _vertices_in(labels_layer, shapes_layer, vertices)
+        planes = np.round(coords[:, broadcast:-2]).astype(int)
+        if planes.size and np.ptp(planes, axis=0).any():
+            raise UserError(
+                f"Shape {k + 1} of {shapes_layer.name!r} is not drawn in one YX "
+                "plane; draw annotated regions in the YX view."
+            )
+        plane = tuple(int(p) for p in planes[0]) if planes.size else ()
+        if any(not 0 <= p < n for p, n in zip(plane, shape[broadcast:-2], strict=True)):
+            continue  # drawn on a plane the labels do not have
+        region = _rasterise(kind, coords[:, -2:], shape[-2:])
+        mask[(slice(None),) * broadcast + plane] |= region
+    return mask
+
+
+class NotAnnotated(UserError):
+    """A pair with nothing to learn from under the chosen rule (the message says why)."""
+
+
+def _unreviewed(labels_layer: Any, review: Any) -> NotAnnotated:
+    name = labels_layer.name
+    if review.untracked:
+        return NotAnnotated(
+            f"{name!r} was changed in a way that cannot be followed (not with napari's painting "
+            "tools), so what you corrected is not known: choose 'whole layer' if every object "
+            "is right, or mark the reviewed regions with a Shapes layer."
+        )
+    if review.accepted:
+        return NotAnnotated(
+            f"You accepted {review.accepted} object{'s' if review.accepted != 1 else ''} of "
+            f"{name!r} but corrected none: the model already segments them this way, so training "
+            "on them alone cannot improve it. Correct a few objects first."
+        )
+    return NotAnnotated(
+        f"No object of {name!r} was corrected or accepted: there is nothing to learn from. "
+        "Correct some objects with the brush, eraser or fill (or delete wrong ones) first; "
+        "choose 'whole layer' if every object of the layer is right."
+    )
+
+
+def _rule_mask(
+    labels_layer: Any, labels: np.ndarray, rule: str, shapes_layer: Any | None
+) -> np.ndarray | None:
+    """The annotated mask of a pair under ``rule`` (``None``: the core's default rule).
+
+    Raises:
+        NotAnnotated: nothing to learn from (nothing reviewed, only accepted objects, unedited
+            model output, or shapes that cover nothing).
+    """
+    from ..review.edits import review_mask
+    from ..segment.logic import written_by_us
+
+    if rule == SHAPES:
+        mask = shapes_mask(shapes_layer, labels_layer)
+        if not mask.any():
+            raise NotAnnotated(f"No region covers {labels_layer.name!r}.")
+        return mask
+    if rule == REVIEWED:
+        review = review_mask(labels_layer, labels)
+        extra = shapes_mask(shapes_layer, labels_layer) if shapes_layer is not None else None
+        if not review.corrected and (extra is None or not extra.any()):
+            raise _unreviewed(labels_layer, review)
+        return review.mask if extra is None else review.mask | extra
+    if not labels.any():
+        raise UserError(
+            f"The labels {labels_layer.name!r} are all zero: there is nothing to "
+            "learn from. Paint some objects, or mark the reviewed regions with a "
+            "Shapes layer."
+        )
+    if written_by_us(labels_layer.metadata, labels):
+        raise NotAnnotated(
+            f"{labels_layer.name!r} is a model's unedited output: training on it teaches the "
+            "model its own mistakes and cannot improve it. Correct some objects first."
+        )
+    if rule == WHOLE and labels.ndim > 2:
+        return np.ones(labels.shape, dtype=bool)
+    return None
+
+
+def _pair_input(
+    image_layer: Any, labels_layer: Any, rule: str, shapes_layer: Any | None
+) -> TrainingInput:
+    """One pair read and checked.
+
+    Raises:
+        NotAnnotated: see :func:`_rule_mask`.
+    """
+    axes = layer_axes(image_layer)
+    expected = labels_shape(image_layer)
+    found = tuple(layer_array(labels_layer).shape)
+    if found != expected:
+        raise InputMismatchError(
+            f"The labels {labels_layer.name!r} have shape {found} but the image "
+            f"{image_layer.name!r} needs {expected} (its shape without channels)."
+        )
+    labels = np.array(layer_array(labels_layer), copy=True)
+    name = f"{image_layer.name!r} with {labels_layer.name!r}"
+    mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
+    image = np.asarray(layer_array(image_layer))
+    return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
+
+
+def describe_annotation(
+    pairs: Sequence[tuple[Any, Any]], rule: str, shapes_layer: Any | None = None
+) -> str:
+    """One line for the user: how much of the listed labels counts as annotated."""
+    from napari_unet.core.training.annotated import reviewed_objects
+
+    if rule == SHAPES and shapes_layer is None:
+        return "annotated: choose the Shapes layer of the reviewed regions"
+    objects = pixels = total = 0
+    for image_layer, labels_layer in pairs:
+        if image_layer is None or labels_layer is None:
+            continue
+        labels = np.asarray(layer_array(labels_layer))
+        if labels.size > 50_000_000:
+            return "annotated: counted when training starts (large layer)"
+        try:
+            mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
+        except UserError:
+            mask = np.zeros(labels.shape, bool)
+        if mask is None:
+            mask = np.ones(labels.shape, bool)
+            if labels.ndim > 2 and rule == PLANES:
+                planes = labels.reshape(-1, *labels.shape[-2:])
+                mask = np.broadcast_to(
+                    planes.reshape(len(planes), -1).any(1)[:, None, None], planes.shape
+                ).reshape(labels.shape)
+        objects += reviewed_objects(labels, mask)
+        pixels += int(np.count_nonzero(mask))
+        total += labels.size
+    if not pixels:
+        return "annotated: nothing yet (correct some objects, or choose another rule)"
+    return (
+        f"annotated: {objects} object{'s' if objects != 1 else ''}, "
+        f"{100 * pixels / total:.1f}% of the image"
+    )
+
+
+def collect_inputs(
+    pairs: Sequence[tuple[Any, Any]], rule: str, shapes_layer: Any | None = None
+) -> tuple[list[TrainingInput], list[str]]:
+    """Read (image layer, labels layer) pairs as training inputs.
+
+    Args:
+        pairs: the pairs; a repeated pair is read once.
+        rule: one of :data:`ANNOTATED_RULES`: the objects the user reviewed, with a margin, plus
+            the regions of ``shapes_layer`` when given (:data:`REVIEWED`, see :mod:`._edits`);
+            every pixel of the labels is annotated (:data:`WHOLE`), the planes with at least
+            one label are (:data:`PLANES`, the core's rule: a 2D image is annotated
+            everywhere), or the pixels inside the shapes of ``shapes_layer`` are
+            (:data:`SHAPES`).
+        shapes_layer: a napari Shapes layer (for :data:`SHAPES`).
+
+    Returns:
+        ``(inputs, skipped)``: the inputs (labels copied), and the names of pairs with nothing
+        to learn from under the rule (not used).
+
+    Raises:
+        UserError: no pair, labels that do not fit their image, all-zero labels, no Shapes layer
+            or shapes that cover no labels, or no object in any annotated region.
+        NotAnnotated: no pair has anything to learn from (nothing corrected, only accepted
+            objects, a model's unedited output).
+    """
+    if rule not in ANNOTATED_RULES:
+        raise UserError(f"Unknown annotation rule {rule!r}.")
+    unique = []
+    for image_layer, labels_layer in pairs:
+        if image_layer is None or labels_layer is None:
+            raise UserError("Choose an image layer and a labels layer for every pair.")
+        if not any(image_layer is a and labels_layer is b for a, b in unique):
+            unique.append((image_layer, labels_layer))
+    if not unique:
+        raise UserError("Add at least one pair of an image layer and its labels layer.")
+    if rule == SHAPES and shapes_layer is None:
+        raise UserError("Choose the Shapes layer whose regions are annotated (or another rule).")
+    inputs, skipped, reasons = [], [], []
+    for image_layer, labels_layer in unique:
+        try:
+            inputs.append(_pair_input(image_layer, labels_layer, rule, shapes_layer))
+        except NotAnnotated as exc:
+            skipped.append(f"{image_layer.name!r} with {labels_layer.name!r}")
+            reasons.append(str(exc))
+    if not inputs and rule == SHAPES:
+        raise UserError(
+            f"No rectangle, ellipse or polygon of {shapes_layer.name!r} covers the "
+            "labels: draw the reviewed regions over them."
+        )
+    if not inputs:
+        raise NotAnnotated(" ".join(dict.fromkeys(reasons)) + " No model was trained.")
+    if not any(item.labels[item.mask].any() if item.mask is not None else True for item in inputs):
+        raise UserError(
+            "None of the annotated regions holds an object (the labels are 0 "
+            "there): paint some objects."
+        )
+    return inputs, skipped

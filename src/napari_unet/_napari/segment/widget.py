@@ -1,0 +1,687 @@
+"""The Segment widget: run a U-Net on an image layer and get a Labels layer.
+
+Choose an image (2D, a stack, RGB or multichannel) and a model (built-in, the user's own, or a
+file), press Run. The network runs in the background with napari's progress bar; Run becomes
+Cancel meanwhile. A stack's labels appear plane by plane in a new layer as the network finishes
+each plane (a single plane's labels appear at once: its watershed needs the whole plane).
+
+Where results go:
+
+- "New layer" (the default): a new Labels layer named ``"<image> labels [<model>]"`` (then
+  ``"... (2)"``), with the image's scale, translate and units. For "this plane" on a stack, the
+  new layer has the stack's shape and only the current plane is filled, so that it lines up with
+  the image; choose it as the output to fill further planes into it.
+- An existing Labels layer of the right shape, chosen explicitly: its labels (or only the current
+  plane's) are replaced. If the layer holds anything that Segment did not write (the user edited
+  it, or Segment never wrote it), the widget asks first (:meth:`SegmentWidget.confirm`); if it is
+  edited while the run goes on, the result goes to a new layer instead.
+
+A failed or cancelled run changes no existing layer (a new layer being filled is removed).
+
+The probabilities of the last runs are kept per (image layer, model, plane or stack): changing a
+threshold makes the labels again from them without running the network (by itself after a short
+pause when the labels were not edited, or with "Apply thresholds", which asks before replacing
+edited labels).
+
+A large image (a dask or zarr array, as the reader gives for zarr folders and large TIFFs, or more
+than 64 megapixels) is segmented block by block into a new zarr-backed Labels layer instead
+(:mod:`._segment_blockwise`); no probabilities are kept for those runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_unet.core.errors import UserError
+
+from ..files.layer_info import as_labels_layer, looks_like_labels
+from ..review.edits import watch_viewer
+from . import layers
+from .engine import load_engine
+from .form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
+from .hints import LayerHints
+from .job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
+from .logic import (
+    build_postprocess,
+    build_tiling,
+    channel_problem,
+    count_text,
+    error_message,
+    fingerprint,
+    full_resolution,
+    image_axes,
+    label_axes,
+    labels_shape,
+    leading_axes,
+    plane_index,
+    plane_region,
+    select_plane,
+    written_by_us,
+)
+from .models import ModelChoice, ModelList, model_summary, model_tiling
+from .pixel import pixel_size_of, set_pixel_size
+from .stack import stack_settings
+
+if TYPE_CHECKING:
+    import napari
+
+    from ..jobs.workers import Job
+
+logger = logging.getLogger(__name__)
+
+#: Pause (ms) after the last threshold change before the labels are made again.
+RETHRESHOLD_DELAY_MS = 400
+
+
+class SegmentWidget(SegmentForm):
+    """Segment an image layer with a U-Net (see the module docstring).
+
+    Attributes:
+        viewer: the viewer.
+        job: the running background job (a segmentation or a re-thresholding), else ``None``.
+        ready: whether PyTorch is loaded and the models listed (the first opening imports
+            PyTorch in the background; Run is disabled until then).
+    """
+
+    @property
+    def block_size(self) -> int | None:
+        """Core side in pixels of the blocks of blockwise runs (``None``: the engine's default,
+        about 4096 pixels with the context); the "Block (px)" field, 0 meaning automatic."""
+        return int(self.block_pixels.value) or None
+
+    @block_size.setter
+    def block_size(self, value: int | None) -> None:
+        self.block_pixels.value = int(value or 0)
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        self.viewer = viewer
+        self.job: Job | None = None
+        self._plan: layers.RunPlan | None = None
+        self._models = ModelList()
+        self._kept = ProbabilityStore()
+        self._model_before: ModelChoice | None = None
+        self._device_type = "cpu"
+        self._run_clicked_at = -float("inf")
+        super().__init__(self._image_choices, self._model_choices, self._output_choices)
+        self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
+        self.ready = False
+        self._loader = load_engine(self._on_engine_ready, self._on_engine_failed)
+        if not self.ready:
+            self._show_loading()
+        self._connect()
+        self.hints = LayerHints(viewer)
+        self.insert(1, self.hints)
+        watch_viewer(viewer)  # follow the user's corrections of the labels (see _edits)
+        active = viewer.layers.selection.active
+        if isinstance(active, Image) and not looks_like_labels(active):
+            self.image.value = active.unique_id
+        else:  # e.g. the labels of a sample are the active layer
+            first = next((layer for layer in viewer.layers if isinstance(layer, Image)
+                          and not looks_like_labels(layer)), None)  # fmt: skip
+            if first is not None:
+                self.image.value = first.unique_id
+        self._on_image_changed()
+
+    # --- public interface --------------------------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """Whether a job is running."""
+        return self.job is not None
+
+    def refresh_models(self, select: str | None = None) -> None:
+        """List the models again (built-in, the user's folder, files loaded) and select
+        ``select`` (a model name or file path), else keep the current one, else the starter."""
+        current = self.model.value if isinstance(self.model.value, ModelChoice) else None
+        self._models.refresh()
+        self.model.reset_choices()
+        wanted = self._models.find(select)
+        if select and wanted is None:
+            show_warning(f"No model named {select!r} was found.")
+        current = self._models.find(str(current.path)) if current else None
+        self._set_model(wanted or current or self._models.default())
+
+    def load_model_file(self, path: str | Path) -> ModelChoice | None:
+        """Load a model file, add it to the list and select it. A file that cannot be read
+        gives a notification, leaves the selection as it was and returns ``None``."""
+        try:
+            choice = self._models.load_file(path)
+        except UserError as exc:
+            show_error(str(exc))
+            self._set_model(self._model_before)
+            return None
+        self.refresh_models(select=str(choice.path))
+        return choice
+
+    def choose_model_file(self) -> str | None:
+        """Ask for a model file with a file dialog (tests replace this method)."""
+        from qtpy.QtWidgets import QFileDialog
+
+        from napari_unet.core.network.weights import user_models_dir
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load a napari-unet model", str(user_models_dir()),
+            "Models (*.safetensors *.zip rdf.yaml *.rdf.yaml);;All files (*)",
+        )  # fmt: skip
+        return path or None
+
+    def select_image(self, layer: Any) -> None:
+        """Select an image layer of this viewer.
+
+        Raises:
+            UserError: ``layer`` is not an Image layer of this viewer.
+        """
+        self.image.reset_choices()
+        if not isinstance(layer, Image) or layers.find_layer(self.viewer, layer.unique_id) is None:
+            raise UserError(f"'{layer.name}' is not an image layer of this viewer.")
+        self.image.value = layer.unique_id
+
+    def run(self) -> Job | None:
+        """Segment the selected image (the current plane or the whole stack) in the background.
+
+        Returns the started job, or ``None`` when nothing was started (a notification or the
+        status line says why).
+        """
+        if self.busy:
+            show_info("A job is already running; cancel it first.")
+            return None
+        if not self.ready:
+            show_info("PyTorch is still loading; press Run again in a moment.")
+            return None
+        if self._blockwise():
+            return self._start_blockwise()
+        try:
+            plan = self._make_plan()
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        if plan is None:
+            self.status.value = "Nothing was changed."
+            return None
+        return self._start_segmentation(plan)
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step (nothing is written)."""
+        if self.job is not None:
+            self.job.cancel()
+            self.status.value = "Cancelling..."
+
+    def apply_thresholds(self, ask: bool = True) -> Job | None:
+        """Make the labels again from the kept probabilities with the current thresholds.
+
+        Args:
+            ask: ask before replacing labels that were edited (else leave them, with a note).
+
+        Returns the started job, or ``None`` when nothing was started.
+        """
+        self._timer.stop()
+        if self.busy:
+            return None
+        try:
+            key, _ = self._current_key()
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        kept = self._kept.get(key)
+        if kept is None:
+            if ask:
+                show_info("Nothing to re-threshold: run the model on this image (and plane) first.")
+            return None
+        target = layers.find_layer(self.viewer, kept.labels_layer)
+        if target is not None and not written_by_us(target.metadata, target.data):
+            if not ask:
+                self.status.value = f"'{target.name}' was edited: press Apply thresholds."
+                return None
+            if not self.confirm(f"'{target.name}' was edited. Replace it with new labels?"):
+                return None
+        return self._start_rethreshold(key, kept, target)
+
+    def confirm(self, message: str) -> bool:
+        """Ask the user a yes/no question (tests replace this method)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self.native, "napari-unet", message, buttons.Yes | buttons.No, buttons.No
+        )
+        return answer == buttons.Yes
+
+    # --- choices -----------------------------------------------------------------------------
+
+    def _image_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        return [(layer.name, layer.unique_id) for layer in self.viewer.layers
+                if isinstance(layer, Image)]  # fmt: skip
+
+    def _model_choices(self, _: Any = None) -> list[tuple[str, Any]]:
+        listed = [(c.label, c) for c in self._models.choices]
+        return [*listed, ("Load from file...", LOAD_FROM_FILE)]
+
+    def _output_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        choices = [("New layer", NEW_LAYER)]
+        image = self._image_layer() if hasattr(self, "image") else None
+        axes = self._axes_of(image)
+        if axes is None:
+            return choices
+        shape = labels_shape(full_resolution(image).shape, axes)
+        for layer in self.viewer.layers:
+            if tuple(np.shape(layer.data)) != shape:
+                continue
+            if isinstance(layer, Labels):
+                choices.append((f"Replace '{layer.name}'", layer.unique_id))
+            elif looks_like_labels(layer):  # a label TIFF that napari's reader opened
+                choices.append((f"Replace '{layer.name}' (made a Labels layer)", layer.unique_id))
+        return choices
+
+    def _set_model(self, choice: ModelChoice | None) -> None:
+        if choice is not None and choice not in self._models.choices:
+            choice = None
+        with self.model.changed.blocked():
+            self.model.value = choice
+        self._show_model(choice)
+
+    # --- viewer and control events -----------------------------------------------------------
+
+    def _connect(self) -> None:
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layer_inserted)
+        events.removed.connect(self._on_layer_removed)
+        events.reordered.connect(self._refresh_choices)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._refresh_choices)
+        self.image.changed.connect(self._on_image_changed)
+        self.pixel_size.changed.connect(self._on_pixel_size_changed)
+        self.model.changed.connect(self._on_model_changed)
+        self.run_button.changed.connect(self._on_run_clicked)
+        self.apply_button.changed.connect(lambda: self.apply_thresholds(ask=True))
+        for widget in self.threshold_widgets():
+            widget.changed.connect(self._on_threshold_changed)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._refresh_choices)
+        self._refresh_choices()
+        if self.image.value is None and isinstance(event.value, Image):
+            self.image.value = event.value.unique_id
+
+    def _on_layer_removed(self, event: Any) -> None:
+        self._kept.drop_image(event.value.unique_id)
+        self._refresh_choices()
+
+    def _refresh_choices(self, *_: Any) -> None:
+        self.image.reset_choices()
+        self.output.reset_choices()
+
+    def _on_image_changed(self, *_: Any) -> None:
+        self.output.reset_choices()
+        self._show_pixel_size()
+        axes = self._axes_of(self._image_layer())
+        self.scope.enabled = bool(axes and leading_axes(axes))
+        self._update_apply()
+
+    def _show_pixel_size(self) -> None:
+        image = self._image_layer()
+        axes = self._axes_of(image)
+        size = pixel_size_of(image, axes) if axes else None
+        with self.pixel_size.changed.blocked():
+            self.pixel_size.value = min(size or 0.0, self.pixel_size.max)
+        self.pixel_size.enabled = axes is not None
+
+    def _on_pixel_size_changed(self, value: float) -> None:
+        """A pixel size typed for the selected image: its scale and metadata take it."""
+        image = self._image_layer()
+        if image is not None and value > 0:
+            set_pixel_size(image, value)
+
+    def _update_apply(self) -> None:
+        """Enable "Apply thresholds" for instance models on images segmented in memory."""
+        from .blockwise import NO_RETHRESHOLD
+
+        blockwise = self._blockwise()
+        choice = self.model.value
+        semantic = isinstance(choice, ModelChoice) and choice.task == "semantic"
+        self.apply_button.enabled = not (blockwise or semantic)
+        self.apply_button.tooltip = NO_RETHRESHOLD if blockwise else None
+
+    def _on_model_changed(self, value: Any) -> None:
+        if value == LOAD_FROM_FILE:
+            path = self.choose_model_file()
+            if path:
+                self.load_model_file(path)
+            else:
+                self._set_model(self._model_before)
+            return
+        self._show_model(value if isinstance(value, ModelChoice) else None)
+
+    def _show_model(self, choice: ModelChoice | None) -> None:
+        """Show the model's summary and take its tiling defaults."""
+        self._model_before = choice
+        self.model_info.value = model_summary(choice)
+        if choice is None or choice.error:
+            return
+        tiling = model_tiling(choice, self._device_type)
+        self.tile_size.value = min(max(tiling.tile_size, self.tile_size.min), self.tile_size.max)
+        self.batch_size.value = min(max(tiling.batch_size, 1), self.batch_size.max)
+        for widget in self.threshold_widgets():
+            widget.enabled = choice.task != "semantic"
+        self._update_apply()
+
+    def _on_run_clicked(self, *_: Any) -> None:
+        if not self.busy:
+            self.run()
+            self._run_clicked_at = time.monotonic()
+        elif time.monotonic() - self._run_clicked_at > _double_click_seconds():
+            self.cancel()
+        # else: the second click of a double click on Run, not a Cancel
+
+    def _on_threshold_changed(self, *_: Any) -> None:
+        self._timer.start()  # restarts the pause
+
+    def _auto_rethreshold(self) -> None:
+        if not self.busy:
+            self.apply_thresholds(ask=False)
+
+    def _show_loading(self) -> None:
+        self.run_button.enabled = self.model.enabled = False
+        self.run_button.tooltip = "PyTorch is loading (a few seconds, the first time)"
+        self.device_info.value = "Loading PyTorch..."
+
+    def _on_engine_ready(self, device: tuple[str, str]) -> None:
+        """PyTorch is imported: show the device, list the models, enable Run."""
+        if self._destroyed():
+            return
+        self._device_type, self.device_info.value = device
+        self.refresh_models()
+        self.ready = True
+        self.run_button.enabled = self.model.enabled = True
+        self.run_button.tooltip = None
+
+    def _on_engine_failed(self, exc: BaseException) -> None:
+        if not self._destroyed():
+            self.device_info.value = "PyTorch could not be loaded."
+            _report(exc, "Loading PyTorch")
+
+    def _destroyed(self) -> bool:
+        """Whether the widget was closed (its Qt objects deleted)."""
+        try:
+            self.native.objectName()
+        except RuntimeError:
+            return True
+        return False
+
+    # --- planning a run ----------------------------------------------------------------------
+
+    def _image_layer(self) -> Any:
+        layer = layers.find_layer(self.viewer, self.image.value)
+        return layer if isinstance(layer, Image) else None
+
+    def _axes_of(self, image: Any) -> str | None:
+        if image is None:
+            return None
+        try:
+            return image_axes(image.metadata, np.ndim(full_resolution(image)), image.rgb)
+        except UserError:
+            return None
+
+    def _blockwise(self) -> bool:
+        """Whether the selected image is segmented blockwise (a large or lazy image)."""
+        from .blockwise import needs_blockwise
+
+        image = self._image_layer()
+        axes = self._axes_of(image)
+        if axes is None:
+            return False
+        full = full_resolution(image)
+        return needs_blockwise(full, labels_shape(full.shape, axes))
+
+    def _model_choice(self) -> ModelChoice:
+        choice = self.model.value
+        if not isinstance(choice, ModelChoice):
+            raise UserError("Choose a model first.")
+        if choice.error:
+            raise UserError(choice.error)
+        return choice
+
+    def _current_key(self) -> tuple[Hashable, dict[str, int] | None]:
+        """The key of kept probabilities for the current image, model and plane or stack, and
+        the plane's index (``None`` for the whole stack)."""
+        image = self._image_layer()
+        if image is None:
+            raise UserError("Choose an image layer first (open an image, or File > Open Sample).")
+        choice = self._model_choice()
+        data = full_resolution(image)
+        axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+        index = None
+        if self.scope.value == THIS_PLANE and leading_axes(axes):
+            position = image.world_to_data(self.viewer.dims.point)
+            index = plane_index(axes, data.shape, position)
+        scope = ("plane", tuple(sorted(index.items()))) if index else ("stack",)
+        return (image.unique_id, id(data), choice.key(), scope), index
+
+    def _source(self) -> tuple[Any, ModelChoice, Any, str]:
+        """The image layer, the model, the image's full-resolution data and its axes.
+
+        Raises:
+            UserError: the model does not take the image's channels.
+        """
+        image, choice = self._image_layer(), self._model_choice()
+        full = full_resolution(image)
+        axes = image_axes(image.metadata, full.ndim, image.rgb)
+        problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
+        if problem:
+            raise UserError(problem)
+        return image, choice, full, axes
+
+    def _make_plan(self) -> layers.RunPlan | None:
+        """What to run, or ``None`` when the user declined to replace an edited layer."""
+        key, index = self._current_key()
+        image, choice, full, axes = self._source()
+        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
+        shape = labels_shape(full.shape, axes)
+        target = self._target(shape, bool(index))
+        if target is False:
+            return None
+        return layers.RunPlan(
+            image_id=image.unique_id, image_name=image.name, data=data,
+            data_axes=data_axes, label_shape=shape,
+            region=plane_region(label_axes(axes), index) if index else None,
+            geometry=layers.geometry_of(image, axes, label_axes(axes)),
+            target_id=target.unique_id if target is not None else None,
+            target_fingerprint=fingerprint(target.data) if target is not None else None,
+            key=key, choice=choice,
+        )  # fmt: skip
+
+    def _target(self, shape: tuple[int, ...], plane: bool) -> Any:
+        """The Labels layer to write into: ``None`` for a new layer, ``False`` when the user
+        does not want an edited layer replaced."""
+        value = self.output.value
+        if value in (None, NEW_LAYER):
+            return None
+        layer = layers.find_layer(self.viewer, value)
+        if layer is None:
+            raise UserError("The output layer no longer exists; choose another output.")
+        if isinstance(layer, Image):  # offered because it holds integer labels
+            layer = as_labels_layer(self.viewer, layer)
+        if tuple(layer.data.shape) != shape:
+            raise UserError(f"'{layer.name}' has shape {layer.data.shape}; labels need {shape}.")
+        if not written_by_us(layer.metadata, layer.data):
+            what = "this plane of " if plane else ""
+            question = (
+                f"'{layer.name}' holds labels that Segment did not write (edits). Replace "
+                f"{what}'{layer.name}' with the new result? Those labels will be lost."
+            )
+            if not self.confirm(question):
+                return False
+        return layer
+
+    # --- running -----------------------------------------------------------------------------
+
+    def _settings(self, task: str) -> Any:
+        return build_postprocess(
+            task, self.interior_threshold.value, self.foreground_threshold.value,
+            self.min_size.value, self.min_seed_size.value, self.seed_sigma.value,
+        )  # fmt: skip
+
+    def _start_segmentation(self, plan: layers.RunPlan) -> Job:
+        from ..jobs.workers import start_job
+        from .job import segment_job
+
+        choice = plan.choice
+        base = model_tiling(choice, self._device_type)
+        stack, voxel_size = stack_settings(self._image_layer(), plan.data_axes)
+        request = SegmentRequest(
+            image=plan.data, axes=plan.data_axes, model_path=choice.path,
+            model=self._models.loaded(choice),
+            tiling=build_tiling(base, self.tile_size.value, self.batch_size.value),
+            postprocess=self._settings(choice.task), precision=self.precision.value,
+            stack=stack, voxel_size=voxel_size,
+        )  # fmt: skip
+        self._plan = plan
+        self.status.value = f"Segmenting '{plan.image_name}' with {choice.name}..."
+        self.run_button.text = "Cancel"
+        self.job = start_job(
+            segment_job(request), f"Segmenting {plan.image_name}",
+            on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
+            on_cancelled=self._on_cancelled, on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+    def _start_blockwise(self) -> Job | None:
+        """Segment the selected (large or lazy) image block by block into a new Labels layer
+        backed by a zarr array (see :mod:`._segment_blockwise`)."""
+        from ..jobs.workers import start_job
+        from .blockwise import BlockwiseRequest, BlockwiseRun, blockwise_job
+
+        try:
+            _, index = self._current_key()
+            image, choice, full, axes = self._source()
+        except UserError as exc:
+            show_warning(str(exc))
+            return None
+        if self.output.value not in (None, NEW_LAYER):
+            show_info(f"'{image.name}' is segmented blockwise, into a new zarr-backed layer.")
+        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
+        run = BlockwiseRun(
+            self.viewer, image.name, choice, layers.geometry_of(image, axes, label_axes(axes)),
+            labels_shape(full.shape, axes),
+            plane_region(label_axes(axes), index) if index else None,
+        )  # fmt: skip
+        request = BlockwiseRequest(
+            image=data, axes=data_axes, output=run.output, model_path=choice.path,
+            model=self._models.loaded(choice),
+            tiling=build_tiling(model_tiling(choice, self._device_type), self.tile_size.value,
+                                self.batch_size.value),
+            postprocess=self._settings(choice.task), precision=self.precision.value,
+            block_size=self.block_size,
+        )  # fmt: skip
+
+        def done(result: Any) -> None:
+            self._models.remember(choice, result.model)
+            self.status.value = run.finish(result)
+
+        self.status.value = f"Segmenting '{image.name}' blockwise with {choice.name}..."
+        self.run_button.text = "Cancel"
+        self.job = start_job(
+            blockwise_job(request), f"Segmenting {image.name} (blockwise)",
+            on_progress=run.on_progress, on_result=done,
+            on_error=lambda exc: setattr(self.status, "value", run.failed(exc)),
+            on_cancelled=lambda: setattr(self.status, "value", run.cancelled()),
+            on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+    def _on_progress(self, event: Any) -> None:
+        plan = self._plan
+        if plan is None or not isinstance(event.payload, PlaneLabels):
+            return
+        if plan.target_id is None and plan.region is None and len(plan.label_shape) > 2:
+            layers.show_plane(self.viewer, plan, event.payload)
+
+    def _on_result(self, result: Any) -> None:
+        plan = self._plan
+        if plan is None:
+            return
+        self._models.remember(plan.choice, result.model)
+        layer = layers.write_result(self.viewer, plan, result.labels)
+        kept = Kept(result.probabilities, result.model.task, layer.unique_id, plan.region,
+                    result.model.name, plan.label_shape, result.stack,
+                    result.voxel_size)  # fmt: skip
+        self._kept.put(plan.key, kept)
+        count = count_text(result.labels, result.model.task)
+        count += " (3D)" if result.stack != "planes" else ""
+        self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
+
+    def _on_error(self, exc: BaseException) -> None:
+        layers.remove_live(self.viewer, self._plan)
+        _report(exc, "Segmentation")
+        self.status.value = "Failed; no labels were changed."
+
+    def _on_cancelled(self) -> None:
+        layers.remove_live(self.viewer, self._plan)
+        show_info("Segmentation cancelled; no labels were changed.")
+        self.status.value = "Cancelled."
+
+    def _on_finished(self) -> None:
+        self.job = None
+        self._plan = None
+        self.run_button.text = "Run"
+
+    # --- re-thresholding ---------------------------------------------------------------------
+
+    def _start_rethreshold(self, key: Hashable, kept: Kept, target: Any) -> Job:
+        from ..jobs.workers import start_job
+        from .job import rethreshold_job
+
+        start = fingerprint(target.data) if target is not None else None
+
+        def write(labels: np.ndarray) -> None:
+            image = layers.find_layer(self.viewer, key[0])
+            axes = self._axes_of(image)
+            geometry = layers.geometry_of(image, axes, label_axes(axes)) if axes else None
+            layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels)
+            if layer is not None:
+                count = count_text(labels, kept.task)
+                self.status.value = f"{count} in '{layer.name}' (thresholds applied)."
+
+        self.status.value = "Applying thresholds..."
+        self.run_button.text = "Cancel"
+        job = rethreshold_job(kept.probabilities, kept.task, self._settings(kept.task),
+                              kept.stack, kept.voxel_size)  # fmt: skip
+        self.job = start_job(
+            job, "Applying thresholds", on_result=write,
+            on_error=lambda exc: _report(exc, "Applying thresholds"),
+            on_cancelled=lambda: show_info("Applying thresholds cancelled; nothing was changed."),
+            on_finished=self._on_finished,
+        )  # fmt: skip
+        return self.job
+
+
+def _double_click_seconds() -> float:
+    """The desktop's double-click interval in seconds (at least 0.4 s)."""
+    from qtpy.QtWidgets import QApplication
+
+    return max(QApplication.doubleClickInterval(), 400) / 1000
+
+
+def _single_shot(delay_ms: int, callback: Any) -> Any:
+    """A restartable single-shot Qt timer that calls ``callback``."""
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.setSingleShot(True)
+    timer.setInterval(delay_ms)
+    timer.timeout.connect(callback)
+    return timer
+
+
+def _report(exc: BaseException, what: str) -> None:
+    """Tell the user that a job failed; log the traceback of anything but a user error."""
+    if not isinstance(exc, UserError):
+        logger.error("%s failed", what, exc_info=exc)
+    show_error(error_message(exc, what))

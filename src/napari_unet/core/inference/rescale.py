@@ -1,0 +1,376 @@
+"""Rescaling images to the pixel size (or object size) a model was trained at.
+
+A model records the pixel size of its training data (``LoadedModel.pixel_size``, micrometres per
+pixel, ``(y, x)`` or ``(z, y, x)``) and the typical diameter of the objects in it, in pixels
+(``LoadedModel.object_diameter``). An image whose pixel size is known is resized in Y and X by
+``image pixel size / model pixel size`` before the network; the class probabilities are resized
+back to the image's grid, so the labels are made at the image's own resolution and have its
+shape. An image without a pixel size can be given the diameter of its objects in pixels, or
+``"auto"``: a first pass at the image's own scale finds objects and their median diameter, as
+Cellpose's calibrate does (:func:`estimate_diameter`).
+
+Scale factors here are always "new size / old size" of the image on its way to the network:
+``0.5`` halves an image whose pixels are half the model's (0.25 µm/px for a 0.5 µm/px model).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import UserError
+from ..progress import Progress
+
+if TYPE_CHECKING:
+    from ..network.weights import LoadedModel
+    from .postprocess import PostprocessConfig
+
+logger = logging.getLogger(__name__)
+
+Scale = tuple[float, float]
+
+#: Factors within this relative distance of 1 are not worth an interpolation.
+TOLERANCE = 0.02
+#: The range of factors accepted; beyond it the pixel size (or diameter) is most likely wrong.
+MIN_FACTOR, MAX_FACTOR = 1 / 16, 8.0
+#: Side of the central crop of one plane that :func:`estimate_diameter` segments.
+CALIBRATION_CROP = 1024
+
+
+@dataclass(frozen=True)
+class RescaleConfig:
+    """How an image is matched to the model's scale.
+
+    Attributes:
+        enabled: ``False`` runs the network on the image as it is.
+        diameter: for images without a pixel size: the typical object diameter in the image's
+            pixels, ``"auto"`` to estimate it with a first pass, or ``None`` (no rescaling).
+        pixel_size: the image's pixel size in µm, ``(y, x)``, overriding the file's; ``None``
+            takes the file's.
+    """
+
+    enabled: bool = True
+    diameter: float | str | None = None
+    pixel_size: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        d = self.diameter
+        if isinstance(d, str) and d != "auto":
+            raise ValueError(f"diameter must be a number of pixels or 'auto', got {d!r}")
+        if isinstance(d, int | float) and not (math.isfinite(d) and d > 0):
+            raise ValueError(f"diameter must be a positive number of pixels, got {d!r}")
+
+
+def is_identity(scale: Sequence[float] | None) -> bool:
+    """Whether ``scale`` leaves the image as it is (``None``, or both factors close to 1)."""
+    return scale is None or all(abs(float(f) - 1.0) <= TOLERANCE for f in scale)
+
+
+def _checked(scale: Scale, why: str) -> Scale | None:
+    for factor in scale:
+        if not (MIN_FACTOR <= factor <= MAX_FACTOR):
+            raise UserError(
+                f"{why} asks to resize the image by {factor:.3g}, outside "
+                f"[{MIN_FACTOR:.3g}, {MAX_FACTOR:g}]; check it, or turn rescaling off"
+            )
+    return None if is_identity(scale) else scale
+
+
+def pixel_size_scale(
+    image_pixel_size: Sequence[float] | None, model_pixel_size: Sequence[float] | None
+) -> Scale | None:
+    """The (y, x) factors that bring an image at ``image_pixel_size`` to the model's pixel size,
+    or ``None`` when either is unknown or they agree (within :data:`TOLERANCE`).
+
+    Both pixel sizes are in µm per pixel, ``(y, x)`` (a model's ``(z, y, x)`` uses its last two).
+    """
+    if image_pixel_size is None or model_pixel_size is None:
+        return None
+    image_yx = [float(v) for v in tuple(image_pixel_size)[-2:]]
+    model_yx = [float(v) for v in tuple(model_pixel_size)[-2:]]
+    scale = (image_yx[0] / model_yx[0], image_yx[1] / model_yx[1])
+    text = f"the pixel size {image_yx[0]:.4g} x {image_yx[1]:.4g} µm (model: {model_yx[0]:.4g})"
+    return _checked(scale, text)
+
+
+def diameter_scale(diameter: float | None, model_diameter: float | None) -> Scale | None:
+    """The factors that bring objects of ``diameter`` pixels to the model's ``model_diameter``."""
+    if diameter is None or model_diameter is None or diameter <= 0:
+        return None
+    factor = float(model_diameter) / float(diameter)
+    return _checked((factor, factor), f"an object diameter of {diameter:.3g} px")
+
+
+def resized_shape(shape: tuple[int, int], scale: Sequence[float]) -> tuple[int, int]:
+    """The (Y, X) size of a plane of ``shape`` resized by ``scale`` (at least 1 pixel)."""
+    return (max(1, round(shape[0] * scale[0])), max(1, round(shape[1] * scale[1])))
+
+
+def resize(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of float32 (C, H, W) to (C, *shape), antialiased when shrinking.
+
+    Linear interpolation keeps a per-pixel sum over C: probabilities still sum to 1.
+    """
+    if tuple(array.shape[-2:]) == tuple(shape):
+        return np.asarray(array, dtype=np.float32)
+    tensor = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None]
+    shrinking = shape[0] < array.shape[-2] or shape[1] < array.shape[-1]
+    with torch.inference_mode():
+        out = F.interpolate(tensor, size=shape, mode="bilinear", align_corners=False,
+                            antialias=shrinking)  # fmt: skip
+    return out[0].numpy()
+
+
+def scaled_postprocess(config: PostprocessConfig | None, scale: Sequence[float] | None) -> Any:
+    """``config`` with its object and seed sizes counted in the network's pixels, for labels
+    made from probabilities mapped back by ``scale``; a size is never below the one given.
+
+    An image enlarged 2x holds objects 4x the area the network saw, so the noise that
+    ``min_size`` removes is 4x larger too; on a shrunk image the sizes given are kept (smaller
+    ones keep fragments of the interpolation as objects).
+    """
+    from dataclasses import replace
+
+    from .postprocess import PostprocessConfig
+
+    config = config or PostprocessConfig()
+    if is_identity(scale):
+        return config
+    area = 1.0 / (float(scale[0]) * float(scale[1]))  # image pixels per network pixel
+    if area <= 1.0:
+        return config
+    return replace(
+        config,
+        min_size=max(config.min_size, round(config.min_size * area)),
+        min_seed_size=max(config.min_seed_size, round(config.min_seed_size * area)),
+        seed_sigma=config.seed_sigma * math.sqrt(area),
+    )
+
+
+def predict_plane_rescaled(
+    predict_tiled: Callable[..., Generator[Progress, None, np.ndarray]],
+    scale: Scale,
+    predictor: Callable[[torch.Tensor], torch.Tensor],
+    plane: np.ndarray,
+    out_channels: int,
+    tiling: Any,
+    halo: int,
+    stride: int,
+    out: np.ndarray,
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`~.tiling.predict_tiled` of one plane at the model's scale, written back at the
+    plane's own size.
+
+    Args:
+        predict_tiled: the tiled prediction function.
+        scale: (y, x) factors from the plane to the network's scale.
+        plane: float32 (C, H, W), normalised.
+        out: float32 (K, H, W) to write into; it is complete before the last event is yielded.
+
+    Yields:
+        The tiled prediction's events (their tile coordinates are at the network's scale).
+
+    Returns:
+        ``out``.
+    """
+    height, width = plane.shape[-2:]
+    small = resize(plane, resized_shape((height, width), scale))
+    gen = predict_tiled(predictor, small, out_channels, tiling, halo, stride)
+    last: Progress | None = None
+    try:
+        while True:
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                probs = stop.value
+                break
+            if last is not None:
+                yield last
+            last = event
+    finally:
+        gen.close()
+    out[...] = resize(probs, (height, width))
+    if last is not None:
+        yield last
+    return out
+
+
+def _object_areas(labels: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Pixel counts of the objects of ``labels`` (..., H, W), plane by plane; with ``mask``
+    (bool, same shape) only objects wholly inside it."""
+    labels = np.asarray(labels)
+    planes = labels.reshape(-1, *labels.shape[-2:]) if labels.ndim >= 2 else labels[None, None]
+    masks = None if mask is None else np.asarray(mask, bool).reshape(planes.shape)
+    areas: list[np.ndarray] = [np.zeros(0, np.int64)]
+    for i, plane in enumerate(planes):
+        ids = plane.astype(np.int64, copy=False).ravel()
+        if ids.size == 0 or ids.max() <= 0:
+            continue
+        counts = np.bincount(np.clip(ids, 0, None))
+        counts[0] = 0
+        if masks is not None:
+            outside = np.bincount(np.clip(ids[~masks[i].ravel()], 0, None), minlength=counts.size)
+            counts[outside > 0] = 0
+        areas.append(counts[counts > 0])
+    return np.concatenate(areas)
+
+
+def _median_diameter(areas: np.ndarray) -> float | None:
+    if areas.size == 0:
+        return None
+    return float(np.median(2.0 * np.sqrt(areas / np.pi)))
+
+
+def object_diameter(labels: np.ndarray, mask: np.ndarray | None = None) -> float | None:
+    """Median equivalent-circle diameter (pixels) of the objects in ``labels``.
+
+    Args:
+        labels: integer instance labels (..., H, W), 0 = background; planes are measured apart.
+        mask: optional bool of the same shape; only objects that lie wholly inside it count.
+
+    Returns:
+        The median of ``2 * sqrt(area / pi)`` over the objects, or ``None`` when there are none.
+    """
+    return _median_diameter(_object_areas(labels, mask))
+
+
+def training_scale(
+    pairs: Sequence[Any],
+    task: str,
+    base: LoadedModel | None = None,
+    pixel_size: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """What a model trained on ``pairs`` records of its scale: ``pixel_size`` (else the base
+    model's) and the typical diameter of the annotated objects, the median over the pairs of
+    each pair's median (else the base model's).
+
+    Args:
+        pairs: :class:`~.data.TrainingPair` items (their ``labels`` and ``targets.mask``).
+        task: ``"instances"`` measures objects; other tasks record no diameter.
+
+    Returns:
+        ``{"pixel_size": ..., "object_diameter": ...}`` for :func:`~.weights.new_metadata`.
+    """
+    if pixel_size is None and base is not None:
+        pixel_size = base.pixel_size
+    diameter = None
+    if task == "instances":
+        # the median over planes of each plane's median: a crowded plane of small objects does
+        # not outvote the others
+        medians = [_median_diameter(_object_areas(p.labels, p.targets.mask)) for p in pairs]
+        found = [m for m in medians if m is not None]
+        diameter = float(np.median(found)) if found else None
+        if diameter is None and base is not None:
+            diameter = base.object_diameter
+    return {
+        "pixel_size": None if pixel_size is None else [float(v) for v in pixel_size],
+        "object_diameter": diameter,
+    }
+
+
+def _calibration_crop(image: np.ndarray, axes: str, in_channels: int) -> np.ndarray:
+    """The central plane of ``image`` as (C, h, w), cropped to :data:`CALIBRATION_CROP`."""
+    from ..network.normalize import as_planes
+
+    planes, _, _ = as_planes(image, axes, in_channels)
+    plane = np.asarray(planes[len(planes) // 2])
+    height, width = plane.shape[-2:]
+    top = max(0, (height - CALIBRATION_CROP) // 2)
+    left = max(0, (width - CALIBRATION_CROP) // 2)
+    return plane[:, top : top + CALIBRATION_CROP, left : left + CALIBRATION_CROP]
+
+
+def estimate_diameter(
+    image: np.ndarray,
+    axes: str,
+    model: LoadedModel,
+    rounds: int = 2,
+    **predict_options: Any,
+) -> Generator[Progress, None, float | None]:
+    """The typical object diameter in ``image``, in its pixels, from the model's own labels.
+
+    A first pass segments the central plane (cropped to :data:`CALIBRATION_CROP` pixels) at the
+    image's scale; when the objects found are far from the model's training size, a second pass
+    at the scale they suggest measures them again (objects far too large or small are often split
+    or missed at first).
+
+    Args:
+        image, axes: as for :func:`~.predict.predict_labels`.
+        model: an instance model with a recorded object diameter.
+        rounds: passes at most.
+        predict_options: ``tiling``, ``device``, ``precision``, ``postprocess``.
+
+    Yields:
+        The passes' progress events.
+
+    Returns:
+        The median diameter in pixels, or ``None`` when no object was found.
+    """
+    from .predict import predict_labels
+
+    crop = _calibration_crop(image, axes, model.config.in_channels)
+    target = model.object_diameter
+    scale: Scale | None = None
+    diameter = None
+    for _ in range(max(1, rounds)):
+        _, labels = yield from predict_labels(crop, "CYX", model, scale=scale, **predict_options)
+        measured = object_diameter(labels)
+        if measured is None:
+            return diameter
+        diameter = measured
+        if target is None:
+            break
+        new = diameter_scale(diameter, target)
+        if new is None or (scale is not None and abs(new[0] / scale[0] - 1) <= 0.1):
+            break
+        scale = new
+    logger.info("estimated object diameter: %.1f px", diameter)
+    return diameter
+
+
+def choose_scale(
+    image: np.ndarray,
+    axes: str,
+    model: LoadedModel,
+    image_pixel_size: Sequence[float] | None,
+    config: RescaleConfig,
+    **predict_options: Any,
+) -> Generator[Progress, None, Scale | None]:
+    """The (y, x) factors for ``image``: from its pixel size when both it and the model's are
+    known, else from the object diameter given (or estimated, for ``"auto"``).
+
+    Yields:
+        The calibration pass's events (diameter ``"auto"`` only).
+
+    Returns:
+        ``None`` to run the network on the image as it is.
+    """
+    if not config.enabled:
+        return None
+    pixel_size = config.pixel_size or image_pixel_size
+    if pixel_size is not None and model.pixel_size is not None:
+        scale = pixel_size_scale(pixel_size, model.pixel_size)
+        logger.info("pixel size %s µm, model's %s: scale %s", pixel_size, model.pixel_size, scale)
+        return scale
+    diameter = config.diameter
+    if diameter is None:
+        return None
+    if model.object_diameter is None or model.task != "instances":
+        logger.warning("%s records no object diameter: the image is not rescaled", model.name)
+        return None
+    if diameter == "auto":
+        diameter = yield from estimate_diameter(image, axes, model, **predict_options)
+        if diameter is None:
+            logger.warning("no object found to estimate the diameter: the image is not rescaled")
+            return None
+    scale = diameter_scale(float(diameter), model.object_diameter)
+    logger.info("object diameter %.1f px, model's %.1f px: scale %s", float(diameter),
+                model.object_diameter, scale)  # fmt: skip
+    return scale
