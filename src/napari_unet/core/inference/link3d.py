@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .postprocess import labels_dtype
+from ..labels import labels_dtype, stack_ids
 
 
 def _plane_links(a: np.ndarray, b: np.ndarray, min_overlap: float) -> np.ndarray:
@@ -90,11 +90,4 @@ def link_planes(labels: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
 def link_stack(labels: np.ndarray, min_overlap: float = 0.5) -> np.ndarray:
     """:func:`link_planes` for each volume of (T?, Z, Y, X) labels; ids unique over T."""
     volumes = labels.reshape(-1, *labels.shape[-3:])
-    parts, offset = [], 0
-    for volume in volumes:
-        linked = link_planes(volume, min_overlap).astype(np.int64)
-        count = int(linked.max()) if linked.size else 0
-        linked[linked > 0] += offset
-        offset += count
-        parts.append(linked)
-    return np.stack(parts).astype(labels_dtype(offset)).reshape(labels.shape)
+    return stack_ids(link_planes(volume, min_overlap) for volume in volumes).reshape(labels.shape)

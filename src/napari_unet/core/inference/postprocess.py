@@ -29,7 +29,7 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from ..errors import InputMismatchError
-from ..labels import labels_dtype
+from ..labels import IdOffsets, labels_dtype
 from ..progress import Progress, drain
 
 logger = logging.getLogger(__name__)
@@ -154,7 +154,7 @@ def postprocess(
     plane_shape = probs.shape[-2:]
     total = int(np.prod(leading, dtype=np.int64))
     out = np.zeros(leading + plane_shape, dtype=np.uint8 if semantic else np.uint16)
-    offset = 0
+    ids = IdOffsets()
     for done, index in enumerate(np.ndindex(*leading), start=1):
         plane = np.asarray(probs[(slice(None), *index)])
         if semantic:
@@ -163,16 +163,10 @@ def postprocess(
                 out = out.astype(result.dtype)
             out[index] = result
         else:
-            result = instances_from_probabilities(plane, config)
-            n_objects = int(result.max()) if result.size else 0
-            new_dtype = labels_dtype(offset + n_objects)
-            if new_dtype != out.dtype:
-                out = out.astype(new_dtype)
-            target = out[index]
-            target[...] = result
-            if offset:
-                target[result > 0] += offset
-            offset += n_objects
+            result = ids.add(instances_from_probabilities(plane, config))
+            if result.dtype != out.dtype:
+                out = out.astype(np.promote_types(result.dtype, out.dtype))
+            out[index] = result
         yield Progress("postprocess", done, total, f"post-processed plane {done} of {total}")
     return out
 

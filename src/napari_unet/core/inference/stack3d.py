@@ -28,9 +28,10 @@ from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
 from ..errors import InputMismatchError
+from ..labels import labels_dtype, stack_ids
 from ..progress import Progress
 from .link3d import link_stack
-from .postprocess import PostprocessConfig, labels_dtype
+from .postprocess import PostprocessConfig
 
 if TYPE_CHECKING:
     import torch
@@ -306,15 +307,11 @@ def volume_labels(
     """
     volumes = probs.reshape(probs.shape[0], -1, *probs.shape[-3:])
     n = volumes.shape[1]
-    parts, offset = [], 0
+    parts = []
     for t in range(n):
-        labels = instances_3d(volumes[:, t], post, config, anisotropy).astype(np.int64)
-        count = int(labels.max()) if labels.size else 0
-        labels[labels > 0] += offset
-        offset += count
-        parts.append(labels)
+        parts.append(instances_3d(volumes[:, t], post, config, anisotropy))
         yield Progress("postprocess", t + 1, n, f"3D labels of volume {t + 1} of {n}")
-    out = np.stack(parts).astype(labels_dtype(offset))
+    out = stack_ids(parts)
     return out.reshape(probs.shape[1:])
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..axes import Layout
 from ..errors import InputMismatchError, UserError
 from ..io.lazy import LazyImage, lazy_from_array
 from ..network.normalize import (
@@ -30,10 +31,8 @@ from ..network.normalize import (
 )
 from ..progress import Progress
 from .block_io import (
-    Arrangement,
     ArrayReader,
     PathReader,
-    arrange,
     compute_pixels,
     create_work_zarr,
     store_exists,
@@ -77,7 +76,7 @@ class BlockSettings:
     """Everything a block needs besides the model, the reader and the block (picklable)."""
 
     grid: BlockGrid
-    arrangement: Arrangement
+    arrangement: Layout
     bounds: np.ndarray | None
     in_channels: int
     semantic: bool
@@ -111,7 +110,7 @@ def _sample_steps(shape: tuple[int, ...]) -> list[int]:
 
 
 def global_bounds(
-    image: LazyImage, arrangement: Arrangement, in_channels: int, normalize: Any
+    image: LazyImage, arrangement: Layout, in_channels: int, normalize: Any
 ) -> np.ndarray | None:
     """Percentile bounds (C, 2) for the whole image, from a strided sample read block-free.
 
@@ -127,12 +126,13 @@ def global_bounds(
     arranged = image.data.transpose(arrangement.order)
     rows, cols = slice(None, None, step_y), slice(None, None, step_x)
     parts = [
-        arranged[(*arrangement.index(p), Ellipsis, rows, cols)] for p in range(0, n_planes, step_p)
+        arranged[(*arrangement.leading_index(p), Ellipsis, rows, cols)]
+        for p in range(0, n_planes, step_p)
     ]
     import dask.array as da
 
     sample = compute_pixels(da.stack(parts), "to sample its intensities", "threads")
-    planes, _, _ = as_planes(sample, "Q" + arrangement.block_axes, in_channels)
+    planes, _, _ = as_planes(sample, "Q" + arrangement.plane_axes, in_channels)
     return percentile_bounds(planes, normalize.low, normalize.high, channel_axis=1)
 
 
@@ -158,14 +158,14 @@ def run_block_job(
     from ..inference.predict import predict_probabilities
 
     raw = reader.read(block.plane, block.read)
-    planes, _, _ = as_planes(raw, settings.arrangement.block_axes, settings.in_channels)
+    planes, _, _ = as_planes(raw, settings.arrangement.plane_axes, settings.in_channels)
     scaled = normalize_plane(planes[0], settings.bounds)
     del raw, planes
     probs = yield from predict_probabilities(
         scaled, "CYX", model, settings.tiling, settings.device, settings.precision
     )
     del scaled
-    index = settings.arrangement.index(block.plane)
+    index = settings.arrangement.leading_index(block.plane)
     if settings.probabilities is not None and store_exists(settings.probabilities):
         core = relative(block.core, block.read)
         at = settings.class_axis
@@ -241,7 +241,7 @@ def write_final_block(
         item: the block and its lookup table local -> final id (``None``: class ids).
     """
     block, table = item
-    index = settings.arrangement.index(block.plane)
+    index = settings.arrangement.leading_index(block.plane)
     tables = None if table is None else {block.index: table}
     values = relabel_region(
         settings.work, block.plane, block.core, settings.grid, tables, output.dtype
@@ -290,7 +290,7 @@ def plan_blocks(
     tiling: TilingConfig,
     block_size: int | None,
     overlap: int,
-) -> tuple[Arrangement, BlockGrid]:
+) -> tuple[Layout, BlockGrid]:
     """The arrangement of ``image`` into planes and the grid of blocks over them."""
     from ..inference.tiling import resolve_halo
 
@@ -298,7 +298,7 @@ def plan_blocks(
         raise UserError(f"The block overlap must be zero or positive, got {overlap}.")
     if block_size is not None and block_size < 1:
         raise UserError(f"The block size must be positive, got {block_size}.")
-    arrangement = arrange(tuple(image.data.shape), image.axes)
+    arrangement = Layout(image.axes, image.data.shape)
     height = image.data.shape[image.axes.index("Y")]
     width = image.data.shape[image.axes.index("X")]
     if arrangement.n_planes == 0 or height == 0 or width == 0:
@@ -314,13 +314,12 @@ def plan_blocks(
     return arrangement, grid
 
 
-def _check_channels(image: LazyImage, arrangement: Arrangement, in_channels: int) -> None:
+def _check_channels(image: LazyImage, arrangement: Layout, in_channels: int) -> None:
     """Raise before any work when the model cannot use the image's channels."""
-    channel = arrangement.block_axes[:-2]
-    n_channels = image.data.shape[image.axes.index(channel)] if channel else 1
+    channel, n_channels = arrangement.channel, arrangement.n_channels
     dummy = np.zeros((n_channels, 1, 1) if channel else (1, 1), dtype=image.data.dtype)
     try:
-        as_planes(dummy, arrangement.block_axes, in_channels)
+        as_planes(dummy, arrangement.plane_axes, in_channels)
     except InputMismatchError:
         raise InputMismatchError(
             f"The image has {n_channels} channel{'s' if n_channels != 1 else ''} (axes "
@@ -353,7 +352,7 @@ def work_array(folder: Path, grid: BlockGrid) -> Any:
     )
 
 
-def reader_for(image: LazyImage, arrangement: Arrangement, distributed: bool) -> Any:
+def reader_for(image: LazyImage, arrangement: Layout, distributed: bool) -> Any:
     """How blocks are read: from the open image here, or by reopening its file on a worker."""
     if distributed and image.path is not None:
         return PathReader(str(image.path), arrangement)

@@ -218,7 +218,7 @@ def predict_blockwise(
     semantic = net.task == "semantic" or post.mode == "semantic"
     tiling = resolve_tiling(tiling, net, str(device))
     arrangement, grid = plan_blocks(lazy, net, tiling, block_size, overlap)
-    shape = (*arrangement.leading, grid.height, grid.width)
+    shape = (*arrangement.leading_shape, grid.height, grid.width)
     kind, prob_kind = _kind(output, "labels"), _kind(probabilities, "probabilities")
     _check_targets(output, kind, probabilities, prob_kind, shape, net.config.out_classes)
     blocks = grid.blocks()
@@ -352,7 +352,7 @@ def _probability_target(
         return target
     side = chunk_side(grid.block)
     at = _class_axis(kind, arrangement)
-    leading, letters = list(arrangement.leading), arrangement.leading_axes
+    leading, letters = list(arrangement.leading_shape), arrangement.leading_axes
     shape = (*leading[:at], n_classes, *leading[at:], grid.height, grid.width)
     axes = letters[:at] + "C" + letters[at:] + "YX"
     chunks = (1,) * (1 + len(leading)) + (side, side)
@@ -406,7 +406,7 @@ def _predict_blocks(
 
 
 def _block_done(block: Block, settings: BlockSettings, k: int, n: int) -> Progress:
-    region = BlockRegion(settings.arrangement.index(block.plane), *block.core, final=False)
+    region = BlockRegion(settings.arrangement.leading_index(block.plane), *block.core, final=False)
     return Progress("predict", k * 100, n * 100, f"block {k}/{n}", payload=region)
 
 
@@ -435,8 +435,8 @@ def _write_labels(
         yield from _write_blocks(output, blocks, settings, tables, client)
         return output, None
     side = chunk_side(grid.block)
-    shape = (*arrangement.leading, grid.height, grid.width)
-    chunks = (1,) * len(arrangement.leading) + (side, side)
+    shape = (*arrangement.leading_shape, grid.height, grid.width)
+    chunks = (1,) * len(arrangement.leading_shape) + (side, side)
     if kind == "none":
         path = Path(tempfile.mkdtemp(prefix="napari-unet-labels-")) / "labels.zarr"
         target = path
@@ -484,7 +484,7 @@ def _write_blocks(
 
 
 def _stitched(block: Block, settings: BlockSettings, k: int, n: int) -> Progress:
-    region = BlockRegion(settings.arrangement.index(block.plane), *block.core, final=True)
+    region = BlockRegion(settings.arrangement.leading_index(block.plane), *block.core, final=True)
     return Progress("stitch", k, n, f"wrote block {k}/{n}", payload=region)
 
 
@@ -544,7 +544,7 @@ def _write_tiff(
     side = chunk_side(grid.block)
     tile = side if side % 16 == 0 else 256
     counter, stop = [0], threading.Event()
-    shape = (*arrangement.leading, grid.height, grid.width)
+    shape = (*arrangement.leading_shape, grid.height, grid.width)
     axes = arrangement.label_axes
     if imagej_pages_fit(shape, dtype, axes):
         total = grid.n_planes * -(-grid.height // tile)

@@ -17,6 +17,7 @@ from typing import Literal
 
 import numpy as np
 
+from ..axes import Layout
 from ..errors import InputMismatchError
 
 logger = logging.getLogger(__name__)
@@ -28,10 +29,6 @@ PERCENTILE_SAMPLE_LIMIT = 16_000_000
 
 #: Luminance weights (ITU-R BT.709, as scikit-image's ``rgb2gray``) for RGB -> grayscale.
 RGB_TO_GRAY = (0.2125, 0.7154, 0.0721)
-
-#: Axis letters that hold channels: ``C`` (channels) and ``S`` (RGB(A) samples).
-CHANNEL_AXES = "CS"
-
 
 @dataclass(frozen=True)
 class NormalizeConfig:
@@ -162,21 +159,6 @@ def normalize_plane(plane: np.ndarray, bounds: np.ndarray | None) -> np.ndarray:
     return apply_bounds(plane, bounds, channel_axis=0)
 
 
-def _check_axes(data: np.ndarray, axes: str) -> None:
-    if len(axes) != data.ndim:
-        raise InputMismatchError(
-            f"Axes {axes!r} do not fit an image with {data.ndim} dimensions (shape {data.shape})."
-        )
-    if len(set(axes)) != len(axes):
-        raise InputMismatchError(f"Axes {axes!r} name an axis more than once.")
-    if "Y" not in axes or "X" not in axes:
-        raise InputMismatchError(f"Axes {axes!r} lack Y or X; a 2D image needs both.")
-    if "C" in axes and "S" in axes:
-        raise InputMismatchError(
-            f"Axes {axes!r} have both channels (C) and RGB samples (S); only one is supported."
-        )
-
-
 def _to_gray(planes: np.ndarray) -> np.ndarray:
     """RGB(A) planes (N, 3 or 4, Y, X) -> float32 luminance (N, 1, Y, X); alpha is ignored."""
     gray = np.zeros((planes.shape[0], 1, *planes.shape[2:]), dtype=np.float32)
@@ -206,22 +188,11 @@ def as_planes(
         InputMismatchError: axes that do not fit the data, or a channel count the model cannot use
             (RGB converts to gray for a 1-channel model and RGBA drops alpha for a 3-channel one).
     """
-    axes = axes.upper()
-    _check_axes(data, axes)
-    channel_letter = next((a for a in axes if a in CHANNEL_AXES), None)
-    leading = [a for a in axes if a not in "YX" and a != channel_letter]
-    order = [axes.index(a) for a in leading]
-    if channel_letter is not None:
-        order.append(axes.index(channel_letter))
-    order += [axes.index("Y"), axes.index("X")]
-    arranged = np.transpose(data, order)
-    if channel_letter is None:
-        arranged = arranged[..., np.newaxis, :, :]
-    leading_shape = tuple(int(n) for n in arranged.shape[: len(leading)])
-    n_planes = int(np.prod(leading_shape, dtype=np.int64))
-    planes = arranged.reshape(n_planes, *arranged.shape[-3:])
-    planes = _match_channels(planes, axes, data.shape, channel_letter, in_channels)
-    return planes, leading_shape, "".join(leading) + "YX"
+    layout = Layout(axes, np.shape(data))
+    planes = _match_channels(
+        layout.planes(data), layout.axes, layout.shape, layout.channel, in_channels
+    )
+    return planes, layout.leading_shape, layout.label_axes
 
 
 def _match_channels(

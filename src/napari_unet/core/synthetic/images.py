@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from ..labels import labels_dtype
+from ..labels import labels_dtype, stack_ids
 
 logger = logging.getLogger(__name__)
 
@@ -709,16 +709,12 @@ def make_stack(
     rng = _rng(seed)
     if not independent:
         return _make(config, n_planes, rng, dtype, speed)
-    images, labels, offset = [], [], 0
+    images, labels = [], []
     for _ in range(n_planes):
         image, lab = make_image(config, rng, dtype=dtype)
-        lab = lab.astype(np.int64)
-        lab[lab > 0] += offset
-        offset = max(offset, int(lab.max()))
         images.append(image)
         labels.append(lab)
-    stacked = np.stack(labels)
-    return np.stack(images), stacked.astype(labels_dtype(int(stacked.max())))
+    return np.stack(images), stack_ids(labels)
 
 
 def _walk(rng: np.random.Generator, n_planes: int, n: int, speed: float) -> np.ndarray:
