@@ -24,17 +24,16 @@ from napari_unet._napari.segment.logic import (
     error_message,
     fingerprint,
     full_resolution,
-    image_axes,
     labels_geometry,
     labels_name,
-    labels_shape,
     merge_plane,
-    plane_index,
     plane_region,
     select_plane,
     written_by_us,
 )
+from napari_unet._napari.files.layer_info import layer_axes
 from napari_unet._napari.segment.models import ModelList, model_summary, model_tiling
+from napari_unet.core.axes import Layout
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, UserError
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
@@ -49,6 +48,9 @@ TINY = ModelConfig(depth=2, base_channels=4)
 
 
 def test_axes_from_metadata_or_inferred():
+    def image_axes(metadata, ndim, rgb=False):
+        return layer_axes(ndim, metadata, rgb)
+
     assert image_axes({"axes": "tyx"}, 3) == "TYX"
     assert image_axes({"axes": "ZYX"}, 4) == "TZYX"  # metadata that does not fit is ignored
     assert image_axes(None, 2) == "YX" and image_axes({}, 3) == "ZYX"
@@ -59,6 +61,10 @@ def test_axes_from_metadata_or_inferred():
 
 
 def test_plane_index_select_plane_and_region():
+    def plane_index(axes, shape, position):
+        layout = Layout(axes, shape)
+        return dict(zip(layout.leading_axes, layout.leading_at(position, clip=True), strict=True))
+
     data = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)  # T, C, Y, X
     index = plane_index("TCYX", data.shape, (1.4, 2.0, 0.0, 0.0))
     assert index == {"T": 1}
@@ -67,7 +73,7 @@ def test_plane_index_select_plane_and_region():
     plane, axes = select_plane(data, "TCYX", index)
     assert axes == "CYX" and plane.shape == (3, 4, 5)
     np.testing.assert_array_equal(plane, data[1])
-    assert labels_shape(data.shape, "TCYX") == (2, 4, 5)
+    assert Layout("TCYX", data.shape).label_shape == (2, 4, 5)
     assert plane_region("TYX", index) == (1, slice(None), slice(None))
     rgb = np.zeros((3, 4, 5, 3))  # Z, Y, X, S: three layer dimensions
     assert plane_index("ZYXS", rgb.shape, (2.2, 0, 0)) == {"Z": 2}

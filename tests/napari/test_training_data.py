@@ -25,12 +25,11 @@ from napari_unet._napari.finetune.training_data import (
     SHAPES,
     WHOLE,
     collect_inputs,
-    labels_shape,
-    layer_axes,
     matching_labels,
-    plane_index,
     shapes_mask,
+    shown_plane_number,
 )
+from napari_unet._napari.files.layer_info import layer_layout
 from napari_unet._napari.jobs.background import ErrorReport, child_main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import InputMismatchError, UserError
@@ -63,6 +62,9 @@ def tiny_model(isolated_models):
 
 
 def test_axes_from_metadata_or_shape():
+    def layer_axes(layer):
+        return layer_layout(layer).axes
+
     assert layer_axes(Image(np.zeros((8, 9)))) == "YX"
     assert layer_axes(Image(np.zeros((3, 8, 9)))) == "ZYX"
     assert layer_axes(Image(np.zeros((2, 3, 8, 9)))) == "TZYX"
@@ -70,8 +72,10 @@ def test_axes_from_metadata_or_shape():
     assert layer_axes(Image(np.zeros((3, 8, 9)), metadata={"axes": "TYX"})) == "TYX"
     # metadata that does not fit the data is ignored
     assert layer_axes(Image(np.zeros((3, 8, 9)), metadata={"axes": "YX"})) == "ZYX"
-    assert labels_shape(Image(np.zeros((8, 9, 3), np.uint8), rgb=True)) == (8, 9)
-    assert labels_shape(Image(np.zeros((2, 8, 9)), metadata={"axes": "CYX"})) == (8, 9)
+    rgb = Image(np.zeros((8, 9, 3), np.uint8), rgb=True)
+    assert layer_layout(rgb).label_shape == (8, 9)
+    channels = Image(np.zeros((2, 8, 9)), metadata={"axes": "CYX"})
+    assert layer_layout(channels).label_shape == (8, 9)
 
 
 def test_matching_labels_and_plane_index():
@@ -83,9 +87,9 @@ def test_matching_labels_and_plane_index():
     )
     assert matching_labels(image, [small, fits, also]) is also
     assert matching_labels(image, [small]) is None
-    assert plane_index(image, (4.0, 0.0, 0.0)) == 2  # world z 4 = plane 2 at scale 2
-    assert plane_index(image, (40.0, 0.0, 0.0)) is None
-    assert plane_index(Image(np.zeros((8, 9))), (0.0, 0.0)) == 0
+    assert shown_plane_number(image, (4.0, 0.0, 0.0)) == 2  # world z 4 = plane 2 at scale 2
+    assert shown_plane_number(image, (40.0, 0.0, 0.0)) is None
+    assert shown_plane_number(Image(np.zeros((8, 9))), (0.0, 0.0)) == 0
 
 
 def test_labels_are_copied_and_2d_is_annotated_everywhere(sample):

@@ -214,3 +214,9 @@ class Layout:
         kept = [i for i, a in enumerate(self.axes) if a not in letters.upper()]
         axes = "".join(self.axes[i] for i in kept)
         return Layout(axes, tuple(self.shape[i] for i in kept), self.volume)
+
+
+def label_dims(axes: str) -> list[int]:
+    """Which of a napari image layer's dimensions (its data ``axes`` without ``S``) the labels
+    made from it keep: all but the channel dimension ``C``. ``"ZCYX"`` -> ``[0, 2, 3]``."""
+    return [i for i, a in enumerate(axes.upper().replace("S", "")) if a != "C"]

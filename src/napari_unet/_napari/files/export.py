@@ -33,9 +33,10 @@ from napari_unet._napari.files.writer import with_tiff_suffix
 from napari_unet._napari.jobs.workers import Job, start_job
 from napari_unet._napari.layout import Message, fit_in_dock
 from napari_unet._napari.segment.hints import LayerHints
-from napari_unet.core.errors import UserError
+from napari_unet.core.axes import Layout
+from napari_unet.core.errors import InputMismatchError, UserError
 from napari_unet.core.io import images as io
-from napari_unet.core.labels import UINT16_MAX
+from napari_unet.core.labels import check_label_values, chosen_dtype
 from napari_unet.core.progress import Progress, drain
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DTYPES = ("auto", "uint16", "uint32")
-_UINT32_MAX = int(np.iinfo(np.uint32).max)
 
 
 @dataclass(frozen=True)
@@ -121,19 +121,10 @@ def label_dtype(name: str, data: Any, dtype: str | None) -> str:
     array = np.asarray(data)
     if array.dtype.kind not in "iub":
         raise UserError(f"Labels layer '{name}' holds {array.dtype} values, not integer labels.")
-    if array.size == 0:
-        return dtype or "uint16"
-    low, high = int(array.min()), int(array.max())
-    if low < 0:
-        raise UserError(f"Labels layer '{name}' has negative ids (down to {low}).")
-    if high > _UINT32_MAX:
-        raise UserError(f"Labels layer '{name}' has ids up to {high}, too large for uint32.")
-    if dtype == "uint16" and high > UINT16_MAX:
-        raise UserError(
-            f"Labels layer '{name}' has ids up to {high}, more than uint16 can hold "
-            f"({UINT16_MAX}): choose uint32 or auto."
-        )
-    return dtype or ("uint32" if high > UINT16_MAX else "uint16")
+    try:
+        return chosen_dtype(check_label_values(array), dtype).name
+    except UserError as exc:
+        raise UserError(f"Labels layer '{name}': {exc}") from exc
 
 
 def plan_labels(
@@ -143,14 +134,14 @@ def plan_labels(
     data = layer.data[0] if layer.multiscale else layer.data
     try:
         axes = layer_axes(data.ndim, layer.metadata, allowed="TZCYX")
-    except ValueError as exc:
+    except InputMismatchError as exc:
         raise UserError(f"Labels layer '{layer.name}': {exc}") from exc
     pixel_size, z_spacing = physical_sizes(axes, layer.scale, layer.metadata)
     dtype = label_dtype(layer.name, data, dtype)
     if not per_plane or len(axes) == 2:
         path = folder / f"{stem}.tif"
         return [ExportFile(path, data, axes, pixel_size, z_spacing, True, dtype)]
-    return [
+    return [  # every axis of labels but Y, X indexes planes (a "C" of labels too)
         ExportFile(folder / f"{stem}{suffix}.tif", data[index], "YX", pixel_size, None, True, dtype)
         for index, suffix in planes(data.shape[:-2], axes[:-2])
     ]
@@ -165,21 +156,18 @@ def plan_image(
     data = layer.data[0] if layer.multiscale else layer.data
     try:
         axes = layer_axes(data.ndim, layer.metadata, rgb=bool(layer.rgb))
-    except ValueError as exc:
+    except InputMismatchError as exc:
         raise UserError(f"Image layer '{layer.name}': {exc}") from exc
     pixel_size, z_spacing = physical_sizes(axes, layer.scale, layer.metadata)
-    leading = [i for i, a in enumerate(axes) if a not in "CYXS"]
-    shape = tuple(data.shape[i] for i in leading)
-    if planes_of is None or shape != planes_of[0] or len(leading) == 0:
+    layout = Layout(axes, data.shape)
+    shape = layout.leading_shape
+    if planes_of is None or shape != planes_of[0] or not shape:
         return [ExportFile(folder / f"{stem}.tif", data, axes, pixel_size, z_spacing, False)]
-    rest = "".join(a for i, a in enumerate(axes) if i not in leading)
+    rest = layout.without(layout.leading_axes).axes
     files = []
     for index, suffix in planes(shape, planes_of[1]):
-        slicer = [slice(None)] * data.ndim
-        for position, i in zip(leading, index, strict=True):
-            slicer[position] = i
         path = folder / f"{stem}{suffix}.tif"
-        files.append(ExportFile(path, data[tuple(slicer)], rest, pixel_size, None, False))
+        files.append(ExportFile(path, data[layout.key(index)], rest, pixel_size, None, False))
     return files
 
 

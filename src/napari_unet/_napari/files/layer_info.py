@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.axes import Layout
+from napari_unet.core.errors import InputMismatchError
 from napari_unet.core.io.images import ImageData, positive_number
 
 LayerData = tuple[Any, dict[str, Any], str]
@@ -31,11 +33,11 @@ def infer_axes(ndim: int, rgb: bool = False) -> str:
     dimension is the colour samples (``"...YXS"``).
 
     Raises:
-        ValueError: fewer than 2 (3 for RGB) or more than 5 (6 for RGB) dimensions.
+        InputMismatchError: fewer than 2 (3 for RGB) or more than 5 (6 for RGB) dimensions.
     """
     spatial = ndim - 1 if rgb else ndim
     if spatial - 2 not in _LEADING:
-        raise ValueError(f"Cannot tell the axes of an array with {ndim} dimensions.")
+        raise InputMismatchError(f"Cannot tell the axes of an array with {ndim} dimensions.")
     return _LEADING[spatial - 2] + "YX" + ("S" if rgb else "")
 
 
@@ -49,6 +51,9 @@ def layer_axes(
         metadata: the layer's ``metadata`` (may be None or lack ``"axes"``).
         rgb: the layer is RGB (its last dimension holds colour samples).
         allowed: letters the caller accepts; metadata axes using others are ignored.
+
+    Raises:
+        InputMismatchError: no axes in the metadata fit and :func:`infer_axes` cannot tell.
     """
     axes = (metadata or {}).get("axes")
     if isinstance(axes, str):
@@ -62,6 +67,22 @@ def layer_axes(
         if valid:
             return axes
     return infer_axes(ndim, rgb)
+
+
+def layer_layout(layer: Any) -> Layout:
+    """The :class:`~napari_unet.core.axes.Layout` of an image layer's full-resolution data
+    (level 0 of a multiscale layer), its axes from :func:`layer_axes`.
+
+    Raises:
+        InputMismatchError: a layer whose axes cannot be told (the message names the layer).
+    """
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    shape = tuple(int(n) for n in np.shape(data))
+    metadata = getattr(layer, "metadata", None)
+    try:
+        return Layout(layer_axes(len(shape), metadata, bool(getattr(layer, "rgb", False))), shape)
+    except InputMismatchError as exc:
+        raise InputMismatchError(f"{layer.name!r}: {exc}") from exc
 
 
 def _metadata_pixel_size(metadata: Mapping[str, Any]) -> tuple[float, float] | None:
@@ -87,7 +108,7 @@ def physical_sizes(
         metadata: the layer's metadata, or None.
     """
     metadata = metadata or {}
-    spatial = axes.replace("S", "")
+    spatial = axes.replace("S", "")  # the layer's dimensions
     values = {}
     if scale is not None and len(scale) == len(spatial):
         values = {a: positive_number(v) for a, v in zip(spatial, scale, strict=True)}

@@ -18,6 +18,7 @@ import numpy as np
 
 from napari_unet.core.errors import InputMismatchError, UserError
 
+from ..files.layer_info import layer_layout
 from .job import TrainingInput
 
 logger = logging.getLogger(__name__)
@@ -32,63 +33,31 @@ ANNOTATED_RULES = (REVIEWED, WHOLE, SHAPES, PLANES)
 _FILLED = ("rectangle", "ellipse", "polygon")
 
 
-def layer_axes(layer: Any) -> str:
-    """The core axes string of an image layer's data (``"YX"``, ``"ZYX"``, ``"YXS"``, ...):
-    ``layer.metadata["axes"]`` when it fits the data, else inferred from its dimensions (see
-    :func:`._layer_info.layer_axes`).
-
-    Raises:
-        InputMismatchError: a layer whose axes cannot be told.
-    """
-    from ..files.layer_info import layer_axes as axes_of
-
-    ndim = len(layer_array(layer).shape)
-    try:
-        return axes_of(ndim, getattr(layer, "metadata", None), bool(getattr(layer, "rgb", False)))
-    except ValueError as exc:
-        raise InputMismatchError(f"{layer.name!r}: {exc}") from exc
-
-
 def layer_array(layer: Any) -> Any:
     """The full-resolution data of a layer (level 0 of a multiscale layer), not copied."""
     data = layer.data
     return data[0] if getattr(layer, "multiscale", False) else data
 
 
-def labels_shape(image_layer: Any) -> tuple[int, ...]:
-    """The shape labels of ``image_layer`` must have: the image's without its channel axis."""
-    shape = tuple(int(n) for n in layer_array(image_layer).shape)
-    axes = layer_axes(image_layer)
-    return tuple(n for n, a in zip(shape, axes, strict=True) if a not in "CS")
-
-
 def matching_labels(image_layer: Any, candidates: Sequence[Any]) -> Any | None:
     """The last of ``candidates`` (labels layers) with the shape labels of ``image_layer``
     need, or ``None``."""
     try:
-        expected = labels_shape(image_layer)
+        expected = layer_layout(image_layer).label_shape
     except UserError:
         return None
     fitting = [c for c in candidates if tuple(layer_array(c).shape) == expected]
     return fitting[-1] if fitting else None
 
 
-def plane_index(image_layer: Any, world_point: Sequence[float]) -> int | None:
-    """Index of the 2D plane of ``image_layer`` shown at ``world_point`` (the viewer's
+def shown_plane_number(image_layer: Any, world_point: Sequence[float]) -> int | None:
+    """Number of the 2D plane of ``image_layer`` shown at ``world_point`` (the viewer's
     ``dims.point``), in the order planes are trained on; ``None`` when out of the data."""
-    axes = layer_axes(image_layer)
-    shape = layer_array(image_layer).shape
-    leading = [i for i, a in enumerate(axes) if a not in "YXCS"]
-    if not leading:
+    layout = layer_layout(image_layer)
+    if not layout.leading_axes:
         return 0
-    position = image_layer.world_to_data(world_point)
-    index = []
-    for i in leading:
-        k = round(float(position[i]))
-        if not 0 <= k < shape[i]:
-            return None
-        index.append(k)
-    return int(np.ravel_multi_index(index, [shape[i] for i in leading]))
+    index = layout.leading_at(image_layer.world_to_data(world_point))
+    return None if index is None else layout.plane_number(index)
 
 
 def _vertices_in(labels_layer: Any, shapes_layer: Any, vertices: np.ndarray) -> np.ndarray:
@@ -216,8 +185,8 @@ def _pair_input(
     Raises:
         NotAnnotated: see :func:`_rule_mask`.
     """
-    axes = layer_axes(image_layer)
-    expected = labels_shape(image_layer)
+    layout = layer_layout(image_layer)
+    axes, expected = layout.axes, layout.label_shape
     found = tuple(layer_array(labels_layer).shape)
     if found != expected:
         raise InputMismatchError(

@@ -440,14 +440,14 @@ class FinetuneWidget(FinetuneForm):
     def preview_augmentation(self) -> list:
         """Add augmented samples of a patch of the first pair as layers (returns them)."""
         from .job import preview_samples
-        from .training_data import plane_index
+        from .training_data import shown_plane_number
 
         try:
             pair = next((p for p in self.pairs if None not in p), None)
             if pair is None:
                 raise UserError("Choose an image and its labels first.")
             inputs, _ = collect_inputs([pair], self.rule.value, self.shapes_layer.value)
-            plane = plane_index(pair[0], self._viewer.dims.point)
+            plane = shown_plane_number(pair[0], self._viewer.dims.point)
             images, labels = preview_samples(
                 inputs[0],
                 self._in_channels(inputs[0]),

@@ -30,7 +30,8 @@ from napari_unet.core.analysis.review import MISS, Item, ReviewQueue, build_queu
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 
-from ..segment.logic import METADATA_KEY, full_resolution, image_axes
+from ..files.layer_info import layer_layout
+from ..segment.logic import METADATA_KEY, full_resolution
 from .edits import accept_objects
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class ReviewWidget(Container):
             return self.job
         data = full_resolution(image)
         try:
-            axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+            axes = layer_layout(image).axes
         except UserError as exc:
             show_warning(str(exc))
             return None

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_unet.core.axes import Layout
+from napari_unet.core.labels import IdOffsets
 from napari_unet.core.progress import Progress
 
 if TYPE_CHECKING:
@@ -88,14 +90,6 @@ class SegmentResult:
     voxel_size: tuple[float, float, float] | None = None
 
 
-def _leading_shape(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
-    return tuple(int(n) for n, a in zip(shape, axes, strict=True) if a not in "CSYX")
-
-
-def _plane_size(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
-    return int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-
-
 class _Planes:
     """Labels of a stack, filled plane by plane with ids unique in the stack."""
 
@@ -104,13 +98,12 @@ class _Planes:
         self.shape = (n_planes, height, width)
         self.task = task
         self.config = config
-        self.offset = 0
+        self.ids = IdOffsets()
         self.done = 0
 
     def add(self, probs: np.ndarray) -> np.ndarray:
         """Post-process the next plane's probabilities (K, 1, Y, X); returns its labels."""
         from napari_unet.core.inference.postprocess import postprocess
-        from napari_unet.core.labels import labels_dtype
         from napari_unet.core.progress import drain
 
         plane = drain(postprocess(probs, self.task, self.config))[0]
@@ -118,12 +111,7 @@ class _Planes:
             self.labels = np.zeros(self.shape, dtype=plane.dtype)
         instances = self.task == "instances" and self.config.mode == "instances"
         if instances and plane.size:
-            count = int(plane.max())
-            dtype = labels_dtype(self.offset + count)
-            if self.offset:
-                plane = np.where(plane > 0, plane.astype(dtype) + dtype.type(self.offset), 0)
-                plane = plane.astype(dtype, copy=False)
-            self.offset += count
+            plane = self.ids.add(plane)
         if plane.dtype != self.labels.dtype:
             self.labels = self.labels.astype(np.promote_types(plane.dtype, self.labels.dtype))
         self.labels[self.done] = plane
@@ -156,10 +144,9 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
         from .stack import volume_job
 
         return (yield from volume_job(request, model, image, start))
-    shape = tuple(image.shape)
-    leading = _leading_shape(shape, request.axes)
-    height, width = _plane_size(shape, request.axes)
-    n_planes = int(np.prod(leading, dtype=np.int64))
+    layout = Layout(request.axes, image.shape)
+    leading, (height, width) = layout.leading_shape, layout.plane_shape
+    n_planes = layout.n_planes
     probs = np.empty((model.config.out_classes, n_planes, height, width), dtype=np.float32)
     planes = _Planes(n_planes, height, width, model.task, request.postprocess)
     gen = predict_probabilities(

@@ -17,12 +17,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from napari.utils.notifications import show_warning
 
+from napari_unet.core.axes import label_dims
+
 from .logic import (
     METADATA_KEY,
     fingerprint,
     labels_geometry,
     labels_name,
-    layer_dims,
     merge_plane,
 )
 
@@ -80,8 +81,7 @@ def geometry_of(image: Any, axes: str, label_axes: str) -> Geometry:
     scale, translate = labels_geometry(axes, image.scale, image.translate)
     units = getattr(image, "units", None)
     if units is not None:
-        keep = [i for i, a in enumerate(layer_dims(axes)) if a != "C"]
-        units = tuple(units[i] for i in keep)
+        units = tuple(units[i] for i in label_dims(axes))
     source = image.metadata if isinstance(image.metadata, Mapping) else {}
     metadata = {"axes": label_axes}
     for key in ("pixel_size", "z_spacing"):

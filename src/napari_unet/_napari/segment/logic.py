@@ -1,8 +1,10 @@
 """What the Segment widget decides, without Qt or a viewer: axes, planes, names, settings.
 
-Axes are core axes strings (letters from ``"TZCYXS"`` ending in ``"YX"`` or ``"YXS"``). A napari
-image layer has one *layer dimension* per data axis except ``S`` (RGB samples live in the last data
-axis of an ``rgb`` layer); the labels made from it have the image's axes without ``C`` and ``S``.
+Axes are core axes strings (letters from ``"TZCYXS"`` ending in ``"YX"`` or ``"YXS"``), read
+with :func:`napari_unet._napari.files.layer_info.layer_layout` and taken apart by
+:class:`napari_unet.core.axes.Layout` (leading axes, labels' axes and shape). A napari image layer
+has one *layer dimension* per data axis except ``S`` (RGB samples live in the last data axis of an
+``rgb`` layer).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ if TYPE_CHECKING:
     from napari_unet.core.config import TilingConfig
     from napari_unet.core.inference.postprocess import PostprocessConfig
 
-#: Axis letters that hold channels (not planes): channels and RGB samples.
-CHANNEL_AXES = "CS"
 #: Key of the layer metadata that Segment writes into the Labels layers it makes.
 METADATA_KEY = "napari_unet"
 
@@ -27,67 +27,9 @@ METADATA_KEY = "napari_unet"
 # --- axes and planes ---------------------------------------------------------------------------
 
 
-def image_axes(metadata: Mapping[str, Any] | None, data_ndim: int, rgb: bool = False) -> str:
-    """The axes of an image layer's data: ``metadata["axes"]`` when it fits, else inferred
-    (2D ``"YX"``, 3D ``"ZYX"``, 4D ``"TZYX"``, 5D ``"TZCYX"``, RGB ``"...YXS"``).
-
-    Raises:
-        InputMismatchError: the layer has too few or too many dimensions to tell its axes.
-    """
-    from napari_unet.core.errors import InputMismatchError
-
-    from ..files.layer_info import layer_axes
-
-    try:
-        return layer_axes(data_ndim, metadata, rgb)
-    except ValueError as exc:
-        raise InputMismatchError(str(exc)) from exc
-
-
-def label_axes(axes: str) -> str:
-    """The axes of labels made from an image with ``axes``: channel axes removed."""
-    return "".join(a for a in axes if a not in CHANNEL_AXES)
-
-
-def leading_axes(axes: str) -> str:
-    """The plane-indexing axes of ``axes``: everything but channels, Y and X."""
-    return "".join(a for a in axes if a not in CHANNEL_AXES + "YX")
-
-
-def labels_shape(shape: Sequence[int], axes: str) -> tuple[int, ...]:
-    """The shape of labels for an image of ``shape`` with ``axes`` (channel axes dropped)."""
-    return tuple(int(n) for n, a in zip(shape, axes, strict=True) if a not in CHANNEL_AXES)
-
-
-def layer_dims(axes: str) -> str:
-    """The axes of a layer's dimensions (what napari's sliders and ``scale`` run over): the data
-    axes without the RGB samples."""
-    return axes.replace("S", "")
-
-
-def plane_index(axes: str, shape: Sequence[int], data_position: Sequence[float]) -> dict[str, int]:
-    """The plane shown at a position: one index per leading axis.
-
-    Args:
-        axes: the layer's data axes.
-        shape: the layer's data shape.
-        data_position: a position in the layer's data coordinates, one value per layer dimension
-            (``layer.world_to_data(viewer.dims.point)``).
-
-    Returns:
-        ``{axis letter: index}`` for each leading axis, rounded and clipped to the data.
-    """
-    dims = layer_dims(axes)
-    sizes = dict(zip(axes, shape, strict=True))
-    index = {}
-    for axis in leading_axes(axes):
-        value = float(data_position[dims.index(axis)])
-        index[axis] = int(np.clip(np.round(value), 0, sizes[axis] - 1))
-    return index
-
-
 def select_plane(data: Any, axes: str, index: Mapping[str, int]) -> tuple[Any, str]:
-    """The plane of ``data`` at ``index`` (from :func:`plane_index`) and its axes.
+    """The plane of ``data`` at ``index`` (from :meth:`~napari_unet.core.axes.Layout.leading_at`,
+    keyed by letter) and its axes.
 
     Returns:
         ``(plane, plane_axes)``: ``data`` indexed at the leading axes (channels, Y, X and RGB
@@ -107,7 +49,9 @@ def labels_geometry(
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Scale and translate for labels made from a layer (one value per layer dimension in, the
     channel dimension dropped out)."""
-    keep = [i for i, a in enumerate(layer_dims(axes)) if a != "C"]
+    from napari_unet.core.axes import label_dims
+
+    keep = label_dims(axes)
     return tuple(float(scale[i]) for i in keep), tuple(float(translate[i]) for i in keep)
 
 
@@ -199,7 +143,7 @@ def merge_plane(
         plane: labels (Y, X), 0 background.
         instances: whether the labels are instance ids.
     """
-    from napari_unet.core.labels import labels_dtype
+    from napari_unet.core.labels import offset_ids
 
     offset = 0
     if instances and stack.ndim > plane.ndim:
@@ -207,14 +151,11 @@ def merge_plane(
         stack[region] = 0
         offset = int(stack.max())
         stack[region] = saved
-    top = offset + (int(plane.max()) if plane.size else 0)
-    dtype = np.promote_types(stack.dtype, labels_dtype(top))
+    shifted = offset_ids(plane, offset)
+    dtype = np.promote_types(stack.dtype, shifted.dtype)
     if dtype != stack.dtype:
         stack = stack.astype(dtype)
-    if offset:
-        stack[region] = np.where(plane > 0, plane.astype(dtype) + dtype.type(offset), 0)
-    else:
-        stack[region] = plane
+    stack[region] = shifted
     return stack
 
 
@@ -228,8 +169,10 @@ def channel_problem(
     """
     if in_channels is None:
         return None
-    letter = next((a for a in axes if a in CHANNEL_AXES), None)
-    count = int(shape[axes.index(letter)]) if letter else 1
+    from napari_unet.core.axes import Layout
+
+    layout = Layout(axes, shape)
+    letter, count = layout.channel, layout.n_channels
     if count == in_channels or (letter == "S" and count in (3, 4) and in_channels in (1, 3)):
         return None
     return (

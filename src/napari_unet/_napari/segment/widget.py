@@ -40,9 +40,10 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
+from napari_unet.core.axes import Layout
 from napari_unet.core.errors import UserError
 
-from ..files.layer_info import as_labels_layer, looks_like_labels
+from ..files.layer_info import as_labels_layer, layer_layout, looks_like_labels
 from ..review.edits import watch_viewer
 from . import layers
 from .engine import load_engine
@@ -57,11 +58,6 @@ from .logic import (
     error_message,
     fingerprint,
     full_resolution,
-    image_axes,
-    label_axes,
-    labels_shape,
-    leading_axes,
-    plane_index,
     plane_region,
     select_plane,
     written_by_us,
@@ -267,10 +263,10 @@ class SegmentWidget(SegmentForm):
     def _output_choices(self, _: Any = None) -> list[tuple[str, str]]:
         choices = [("New layer", NEW_LAYER)]
         image = self._image_layer() if hasattr(self, "image") else None
-        axes = self._axes_of(image)
-        if axes is None:
+        layout = self._layout_of(image)
+        if layout is None:
             return choices
-        shape = labels_shape(full_resolution(image).shape, axes)
+        shape = layout.label_shape
         for layer in self.viewer.layers:
             if tuple(np.shape(layer.data)) != shape:
                 continue
@@ -321,8 +317,8 @@ class SegmentWidget(SegmentForm):
     def _on_image_changed(self, *_: Any) -> None:
         self.output.reset_choices()
         self._show_pixel_size()
-        axes = self._axes_of(self._image_layer())
-        self.scope.enabled = bool(axes and leading_axes(axes))
+        layout = self._layout_of(self._image_layer())
+        self.scope.enabled = bool(layout and layout.leading_axes)
         self._update_apply()
 
     def _show_pixel_size(self) -> None:
@@ -421,24 +417,27 @@ class SegmentWidget(SegmentForm):
         layer = layers.find_layer(self.viewer, self.image.value)
         return layer if isinstance(layer, Image) else None
 
-    def _axes_of(self, image: Any) -> str | None:
+    def _layout_of(self, image: Any) -> Layout | None:
         if image is None:
             return None
         try:
-            return image_axes(image.metadata, np.ndim(full_resolution(image)), image.rgb)
+            return layer_layout(image)
         except UserError:
             return None
+
+    def _axes_of(self, image: Any) -> str | None:
+        layout = self._layout_of(image)
+        return layout.axes if layout is not None else None
 
     def _blockwise(self) -> bool:
         """Whether the selected image is segmented blockwise (a large or lazy image)."""
         from .blockwise import needs_blockwise
 
         image = self._image_layer()
-        axes = self._axes_of(image)
-        if axes is None:
+        layout = self._layout_of(image)
+        if layout is None:
             return False
-        full = full_resolution(image)
-        return needs_blockwise(full, labels_shape(full.shape, axes))
+        return needs_blockwise(full_resolution(image), layout.label_shape)
 
     def _model_choice(self) -> ModelChoice:
         choice = self.model.value
@@ -456,11 +455,12 @@ class SegmentWidget(SegmentForm):
             raise UserError("Choose an image layer first (open an image, or File > Open Sample).")
         choice = self._model_choice()
         data = full_resolution(image)
-        axes = image_axes(image.metadata, np.ndim(data), image.rgb)
+        layout = layer_layout(image)
         index = None
-        if self.scope.value == THIS_PLANE and leading_axes(axes):
+        if self.scope.value == THIS_PLANE and layout.leading_axes:
             position = image.world_to_data(self.viewer.dims.point)
-            index = plane_index(axes, data.shape, position)
+            at = layout.leading_at(position, clip=True) or ()
+            index = dict(zip(layout.leading_axes, at, strict=True))
         scope = ("plane", tuple(sorted(index.items()))) if index else ("stack",)
         return (image.unique_id, id(data), choice.key(), scope), index
 
@@ -472,7 +472,7 @@ class SegmentWidget(SegmentForm):
         """
         image, choice = self._image_layer(), self._model_choice()
         full = full_resolution(image)
-        axes = image_axes(image.metadata, full.ndim, image.rgb)
+        axes = layer_layout(image).axes
         problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
         if problem:
             raise UserError(problem)
@@ -483,15 +483,16 @@ class SegmentWidget(SegmentForm):
         key, index = self._current_key()
         image, choice, full, axes = self._source()
         data, data_axes = select_plane(full, axes, index) if index else (full, axes)
-        shape = labels_shape(full.shape, axes)
+        layout = Layout(axes, full.shape)
+        shape = layout.label_shape
         target = self._target(shape, bool(index))
         if target is False:
             return None
         return layers.RunPlan(
             image_id=image.unique_id, image_name=image.name, data=data,
             data_axes=data_axes, label_shape=shape,
-            region=plane_region(label_axes(axes), index) if index else None,
-            geometry=layers.geometry_of(image, axes, label_axes(axes)),
+            region=plane_region(layout.label_axes, index) if index else None,
+            geometry=layers.geometry_of(image, axes, layout.label_axes),
             target_id=target.unique_id if target is not None else None,
             target_fingerprint=fingerprint(target.data) if target is not None else None,
             key=key, choice=choice,
@@ -567,10 +568,11 @@ class SegmentWidget(SegmentForm):
         if self.output.value not in (None, NEW_LAYER):
             show_info(f"'{image.name}' is segmented blockwise, into a new zarr-backed layer.")
         data, data_axes = select_plane(full, axes, index) if index else (full, axes)
+        layout = Layout(axes, full.shape)
         run = BlockwiseRun(
-            self.viewer, image.name, choice, layers.geometry_of(image, axes, label_axes(axes)),
-            labels_shape(full.shape, axes),
-            plane_region(label_axes(axes), index) if index else None,
+            self.viewer, image.name, choice, layers.geometry_of(image, axes, layout.label_axes),
+            layout.label_shape,
+            plane_region(layout.label_axes, index) if index else None,
         )  # fmt: skip
         request = BlockwiseRequest(
             image=data, axes=data_axes, output=run.output, model_path=choice.path,
@@ -642,8 +644,8 @@ class SegmentWidget(SegmentForm):
 
         def write(labels: np.ndarray) -> None:
             image = layers.find_layer(self.viewer, key[0])
-            axes = self._axes_of(image)
-            geometry = layers.geometry_of(image, axes, label_axes(axes)) if axes else None
+            layout = self._layout_of(image)
+            geometry = layers.geometry_of(image, layout.axes, layout.label_axes) if layout else None
             layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels)
             if layer is not None:
                 count = count_text(labels, kept.task)

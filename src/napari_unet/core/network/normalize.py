@@ -30,6 +30,7 @@ PERCENTILE_SAMPLE_LIMIT = 16_000_000
 #: Luminance weights (ITU-R BT.709, as scikit-image's ``rgb2gray``) for RGB -> grayscale.
 RGB_TO_GRAY = (0.2125, 0.7154, 0.0721)
 
+
 @dataclass(frozen=True)
 class NormalizeConfig:
     """How raw intensities are scaled before the network (stored in model files).
