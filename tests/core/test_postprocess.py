@@ -319,3 +319,18 @@ def test_one_pixel_high_image() -> None:
     probs[:, 0, 10:12] = np.array([[0.1], [0.2], [0.7]])  # boundary between the two
     result = instances_from_probabilities(probs, PostprocessConfig(min_size=1))
     assert result.tolist() == [[0] * 2 + [1] * 9 + [2] * 9 + [0] * 10]
+
+
+def test_ids_move_past_earlier_planes_and_widen_the_dtype():
+    from napari_unet.core.labels import IdOffsets, offset_ids, stack_ids
+
+    plane = np.array([[0, 1], [2, 0]], np.uint16)
+    assert offset_ids(plane, 0).dtype == np.uint16
+    moved = offset_ids(plane, 65_534)
+    assert moved.dtype == np.uint32 and moved.tolist() == [[0, 65_535], [65_536, 0]]
+    ids = IdOffsets()
+    assert ids.add(plane).max() == 2 and ids.add(np.zeros((2, 2), np.uint16)).max() == 0
+    assert ids.add(plane).tolist() == [[0, 3], [4, 0]] and ids.used == 4
+    stacked = stack_ids([plane, plane, plane])
+    assert stacked.shape == (3, 2, 2) and stacked.dtype == np.uint16
+    assert sorted(np.unique(stacked).tolist()) == [0, 1, 2, 3, 4, 5, 6]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import napari_unet
+from napari_unet._napari.files.layer_info import layer_axes
 from napari_unet._napari.segment.job import (
     Kept,
     PlaneLabels,
@@ -31,7 +32,6 @@ from napari_unet._napari.segment.logic import (
     select_plane,
     written_by_us,
 )
-from napari_unet._napari.files.layer_info import layer_axes
 from napari_unet._napari.segment.models import ModelList, model_summary, model_tiling
 from napari_unet.core.axes import Layout
 from napari_unet.core.config import ModelConfig, TilingConfig

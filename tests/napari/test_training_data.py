@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Shapes
 
+from napari_unet._napari.files.layer_info import layer_layout
 from napari_unet._napari.finetune.job import (
     BAR_STEPS,
     TrainingInput,
@@ -29,7 +30,6 @@ from napari_unet._napari.finetune.training_data import (
     shapes_mask,
     shown_plane_number,
 )
-from napari_unet._napari.files.layer_info import layer_layout
 from napari_unet._napari.jobs.background import ErrorReport, child_main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import InputMismatchError, UserError

@@ -81,6 +81,7 @@ def _large(path: Path) -> bool:
     only is read)."""
     import tifffile
 
+    from napari_unet.core.axes import CHANNEL_AXES
     from napari_unet.core.large.block_jobs import BLOCKWISE_PIXELS
 
     if not path.is_file() or path.suffix.lower() not in _TIFF:
@@ -93,7 +94,7 @@ def _large(path: Path) -> bool:
         return False  # the in-memory path reports the problem
     pixels = 1
     for size, letter in zip(shape, axes, strict=True):
-        pixels *= 1 if letter in "CS" else int(size)
+        pixels *= 1 if letter in CHANNEL_AXES else int(size)
     return pixels > BLOCKWISE_PIXELS
 
 

@@ -82,12 +82,12 @@ def write_objects(
     if not getattr(args, "objects", None):
         return None
     from napari_unet.core.analysis.object_table import objects_table, write_csv
+    from napari_unet.core.axes import Layout
     from napari_unet.core.errors import UserError
 
     if task != "instances":
         raise UserError("--objects needs an instance model (this model gives semantic classes)")
-    kept = [a for a in image.axes.upper() if a not in "CSYX"]
-    axes = "".join(kept) + "YX"
+    axes = Layout(image.axes, image.shape).label_axes
     intensity = image.data
     if labels.ndim != len(axes):
         axes = "".join("TZQ"[i] for i in range(labels.ndim - 2)) + "YX"

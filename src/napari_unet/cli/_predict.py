@@ -163,12 +163,6 @@ def _postprocess_config(args: argparse.Namespace) -> Any:
     return PostprocessConfig(**given(options))
 
 
-def _output_axes(axes: str) -> str:
-    """The axes of labels for an image with ``axes``: the channel axes (C, S) removed."""
-    kept = [a for a in axes.upper() if a not in "CSYX"]
-    return "".join(kept) + "YX"
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     """Run ``napari-unet predict``; returns the exit code."""
     special = route(args)  # blockwise (large images, zarr) or a batch on a dask cluster
@@ -230,11 +224,12 @@ def _predict_one(
     label: str,
 ) -> None:
     """Read one image, predict, post-process and write its labels (and probabilities)."""
+    from napari_unet.core.axes import Layout
     from napari_unet.core.io import images as io
 
     start = time.monotonic()
     image = io.read_image(source)
-    axes = _output_axes(image.axes)
+    axes = Layout(image.axes, image.shape).label_axes
     reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
     try:
         probs, labels, pixel_size, z_spacing = predict_image(

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_unet.core.axes import Layout
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 
@@ -64,11 +65,8 @@ def plan_tables(
         if image is not None:
             pixels = image.data[0] if image.multiscale else image.data
             intensity_axes = layer_axes(np.ndim(pixels), image.metadata, rgb=bool(image.rgb))
-            kept = [i for i, a in enumerate(intensity_axes) if a not in "CS"]
-            fits = (
-                "".join(intensity_axes[i] for i in kept) == axes
-                and tuple(np.shape(pixels)[i] for i in kept) == data.shape
-            )
+            layout = Layout(intensity_axes, np.shape(pixels))
+            fits = layout.label_axes == axes and layout.label_shape == data.shape
             if fits:
                 intensity = pixels
             else:

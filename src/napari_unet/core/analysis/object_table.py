@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..axes import CHANNEL_AXES
 from ..errors import InputMismatchError
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def is_volume(labels: np.ndarray, axes: str) -> bool:
 def _intensity(image: np.ndarray, image_axes: str, label_axes: str) -> np.ndarray:
     """The image arranged as ``label_axes`` plus a channel axis last: float (..., C)."""
     image = np.asarray(image)
-    channel = [a for a in image_axes if a in "CS"]
+    channel = [a for a in image_axes if a in CHANNEL_AXES]
     order = [image_axes.index(a) for a in label_axes] + [image_axes.index(a) for a in channel]
     if sorted(order) != list(range(image.ndim)):
         raise InputMismatchError(

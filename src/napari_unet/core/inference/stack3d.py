@@ -27,6 +27,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.segmentation import watershed
 
+from ..axes import Layout
 from ..errors import InputMismatchError
 from ..labels import labels_dtype, stack_ids
 from ..progress import Progress
@@ -148,8 +149,7 @@ def _view_probabilities(
     probs = yield from _tagged(
         predict_probabilities(data, renamed, model, tiling, device, precision), view
     )
-    # Output letters, in the renamed space: the non-channel axes before Y, X, then Y, X.
-    out_letters = [a for a in renamed if a not in "YXC"] + ["Y", "X"]
+    out_letters = Layout(renamed, data.shape).label_axes  # in the renamed space
     letters = "".join(swap.get(a, a) for a in out_letters)  # the swap is its own inverse
     probs = _canonical(probs, letters)
     if view != "xy":

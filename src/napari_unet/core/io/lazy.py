@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..axes import CHANNEL_AXES
 from ..errors import ImageReadError
 from .images import (
     _JPEG_MAGIC,
@@ -362,7 +363,7 @@ def _chunks(shape: Sequence[int], letters: str, native: Sequence[int] | None) ->
             side = max(stored, min(n, CHUNK_SIDE))
             side = stored * -(-side // stored) if stored > 1 else side
             chunks.append(max(1, min(n, side)))
-        elif letter in "CS":
+        elif letter in CHANNEL_AXES:
             chunks.append(max(1, n))
         else:
             chunks.append(1)

@@ -139,6 +139,7 @@ def predict_file(
     Returns:
         The number of objects (instance models), else None.
     """
+    from ..axes import Layout
     from ..inference.postprocess import labels_from_probabilities
     from ..inference.predict import predict_probabilities
     from ..io import images as io
@@ -147,7 +148,7 @@ def predict_file(
     image = io.read_image(job.source)
     probs = drain(predict_probabilities(image.data, image.axes, model, tiling, device, precision))
     labels = labels_from_probabilities(probs, model.task, postprocess)
-    axes = "".join(a for a in image.axes if a not in "CSYX") + "YX"
+    axes = Layout(image.axes, image.shape).label_axes
     if job.probabilities is not None:
         io.write_probabilities(
             job.probabilities, probs, "C" + axes, image.pixel_size, image.z_spacing
