@@ -40,7 +40,7 @@ from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.model import count_parameters
 from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
@@ -68,8 +68,8 @@ def test_set(n: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
     samples = builtin_models_dir().parent / "samples"
     found.append(
         (
-            io.read_image(samples / "nuclei.tif").data,
-            io.read_image(samples / "nuclei_labels.tif").data,
+            reading.read_image(samples / "nuclei.tif").data,
+            reading.read_image(samples / "nuclei_labels.tif").data,
         )
     )
     return found

@@ -181,7 +181,7 @@ def main() -> None:
 
     import napari
 
-    from napari_unet.core.io.images import read_image
+    from napari_unet.core.io.reading import read_image
 
     machine = machine_description()
     viewer = napari.Viewer()

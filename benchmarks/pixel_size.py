@@ -29,7 +29,7 @@ from _common import command_line, machine_description, markdown_table, update_se
 from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.rescale import RescaleConfig, choose_scale
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading, writing
 from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
 
@@ -49,7 +49,7 @@ def resized(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.nd
 
 def run(model, path: Path, config: RescaleConfig, truth: np.ndarray) -> tuple[float, str, float]:
     """AP50 of one image, the scale used and the CPU seconds."""
-    image = io.read_image(path)
+    image = reading.read_image(path)
     start = time.process_time()
     options = {"device": "cpu", "precision": "fp32"}
     scale = drain(choose_scale(image.data, image.axes, model, image.pixel_size, config, **options))
@@ -67,8 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     model = get_model(args.model)
-    sample = io.read_image(SAMPLES / "nuclei.tif")
-    truth = io.read_image(SAMPLES / "nuclei_labels.tif").data
+    sample = reading.read_image(SAMPLES / "nuclei.tif")
+    truth = reading.read_image(SAMPLES / "nuclei_labels.tif").data
     base = float(sample.pixel_size[0])
     rows = []
     results: dict[tuple[float, str], float] = {}
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             size = base / factor
             calibrated = Path(folder) / f"x{factor}.tif"
             bare = Path(folder) / f"x{factor}_uncalibrated.tif"
-            io.write_image(calibrated, image, "YX", pixel_size=(size, size))
-            io.write_image(bare, image, "YX")
+            writing.write_image(calibrated, image, "YX", pixel_size=(size, size))
+            writing.write_image(bare, image, "YX")
             runs = [
                 ("as is (--no-rescale)", calibrated, RescaleConfig(enabled=False)),
                 ("from the pixel size", calibrated, RescaleConfig()),

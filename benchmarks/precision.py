@@ -31,7 +31,7 @@ from _common import (
 from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.network.weights import builtin_models_dir, get_model
@@ -47,8 +47,8 @@ def cases(n_images: int, size: int) -> list[tuple[str, np.ndarray, np.ndarray]]:
     found = [
         (
             "shipped sample",
-            io.read_image(samples / "nuclei.tif").data,
-            io.read_image(samples / "nuclei_labels.tif").data,
+            reading.read_image(samples / "nuclei.tif").data,
+            reading.read_image(samples / "nuclei_labels.tif").data,
         )
     ]
     rng = np.random.default_rng(123)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import tifffile
 
-from napari_unet.core.io.images import atomic_path, write_labels
+from napari_unet.core.io.storage import atomic_path
+from napari_unet.core.io.writing import write_labels
 from napari_unet.core.synthetic.images import sample_nuclei, sample_stack
 
 PIXEL_SIZE_UM = 0.5

@@ -16,7 +16,8 @@ from napari_unet.cli import main
 from napari_unet.core.bioimageio.export import export_model
 from napari_unet.core.errors import ModelFileError, UserError
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.io.images import read_image, write_image
+from napari_unet.core.io.reading import read_image
+from napari_unet.core.io.writing import write_image
 from napari_unet.core.network.weights import get_model, list_models, save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image

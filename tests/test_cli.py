@@ -15,7 +15,8 @@ import torch
 
 from napari_unet.cli import ProgressReporter, main
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.io.images import read_image, write_labels
+from napari_unet.core.io.reading import read_image
+from napari_unet.core.io.writing import write_labels
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import new_metadata, save_model
 from napari_unet.core.progress import Progress

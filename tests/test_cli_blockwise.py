@@ -12,8 +12,8 @@ import zarr
 from _blockwise_helpers import nuclei_image, save_nuclei_model
 from napari_unet.cli import main
 from napari_unet.core.analysis.metrics import match
-from napari_unet.core.io.images import read_image
 from napari_unet.core.io.lazy import open_lazy
+from napari_unet.core.io.reading import read_image
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 

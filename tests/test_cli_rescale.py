@@ -9,7 +9,8 @@ import torch
 
 from napari_unet.cli import main
 from napari_unet.core.config import ModelConfig
-from napari_unet.core.io.images import read_image, write_image, write_labels
+from napari_unet.core.io.reading import read_image
+from napari_unet.core.io.writing import write_image, write_labels
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import load_model, new_metadata, save_model
 

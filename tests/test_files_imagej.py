@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from _blockwise_helpers import nuclei_image, nuclei_model
-from napari_unet.core.io.images import write_labels, write_probabilities
+from napari_unet.core.io.writing import write_labels, write_probabilities
 
 IJ_JAR = Path("/usr/share/java/ij.jar")
 MACRO = """

@@ -14,8 +14,9 @@ import zarr
 from _blockwise_helpers import nuclei_image
 from _cli_helpers import child_env, one_error, predict_argv, predict_cpu, run
 from napari_unet.core.errors import ImageReadError
-from napari_unet.core.io.images import read_image, write_labels
 from napari_unet.core.io.lazy import open_lazy
+from napari_unet.core.io.reading import read_image
+from napari_unet.core.io.writing import write_labels
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -202,7 +203,7 @@ def test_probabilities_and_labels_cannot_share_a_file(capsys, tmp_path, model_fi
 
 _NOISY = """
 import logging, sys, warnings
-import napari_unet.core.io.images as io
+from napari_unet.core.io import reading
 from napari_unet.core.errors import ImageReadError
 
 def noisy_read(path, memmap=True):
@@ -210,7 +211,7 @@ def noisy_read(path, memmap=True):
     logging.getLogger("tifffile").warning("a library's log record")
     raise ImageReadError(f"Cannot read image '{path}': broken.")
 
-io.read_image = noisy_read
+reading.read_image = noisy_read
 from napari_unet.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -16,8 +16,8 @@ from napari_unet.core.analysis.metrics import match
 from napari_unet.core.errors import InputMismatchError, UserError
 from napari_unet.core.inference.postprocess import PostprocessConfig
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.io.images import read_image
 from napari_unet.core.io.lazy import lazy_from_array, open_lazy
+from napari_unet.core.io.reading import read_image
 from napari_unet.core.large.blocks import chunk_side, default_block_size, make_grid, relative
 from napari_unet.core.large.blockwise import BlockRegion, predict_blockwise
 from napari_unet.core.large.stitch import BlockLabels, Stitcher, matching_pairs

@@ -13,8 +13,8 @@ from napari_unet.cli import main
 from napari_unet.core.analysis.metrics import match
 from napari_unet.core.inference.postprocess import labels_from_probabilities
 from napari_unet.core.inference.predict import predict_probabilities
-from napari_unet.core.io.images import read_image
 from napari_unet.core.io.lazy import open_lazy
+from napari_unet.core.io.reading import read_image
 from napari_unet.core.large.blockwise import predict_blockwise
 from napari_unet.core.large.distributed import FileJob, connect, predict_files
 from napari_unet.core.progress import drain

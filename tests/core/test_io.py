@@ -7,14 +7,10 @@ import pytest
 import tifffile
 
 from napari_unet.core.errors import ImageReadError, UserError
-from napari_unet.core.io import images as io
-from napari_unet.core.io.images import (
-    ImageData,
-    atomic_path,
-    read_image,
-    write_labels,
-    write_probabilities,
-)
+from napari_unet.core.io import writing
+from napari_unet.core.io.reading import ImageData, read_image
+from napari_unet.core.io.storage import atomic_path
+from napari_unet.core.io.writing import write_labels, write_probabilities
 
 RNG = np.random.default_rng(42)
 
@@ -540,7 +536,7 @@ def test_failed_write_leaves_nothing_behind(tmp_path, monkeypatch):
             fh.write(b"II*\x00partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(io.tifffile, "imwrite", broken_imwrite)
+    monkeypatch.setattr(writing.tifffile, "imwrite", broken_imwrite)
 
     with pytest.raises(OSError, match="disk full"):
         write_labels(tmp_path / "labels.tif", np.ones((4, 5), np.uint16))
@@ -559,7 +555,7 @@ def test_failed_write_keeps_the_existing_file(tmp_path, monkeypatch):
             fh.write(b"II*\x00")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(io.tifffile, "imwrite", interrupted_imwrite)
+    monkeypatch.setattr(writing.tifffile, "imwrite", interrupted_imwrite)
     with pytest.raises(KeyboardInterrupt):
         write_labels(path, np.zeros((16, 20), np.uint16))
 

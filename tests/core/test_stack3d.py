@@ -20,7 +20,7 @@ from napari_unet.core.inference.stack3d import (
     predict_stack,
     resample_axis,
 )
-from napari_unet.core.io.images import read_image
+from napari_unet.core.io.reading import read_image
 from napari_unet.core.io.voxels import parse_voxel_size, resolve_voxel_size
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume

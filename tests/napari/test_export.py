@@ -12,7 +12,7 @@ from napari_unet._napari.files.export import (
     safe_name,
 )
 from napari_unet.core.errors import UserError
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading, writing
 
 RNG = np.random.default_rng(1)
 
@@ -46,7 +46,7 @@ def test_exports_one_layer_readable_by_tifffile(export):
         assert tif.is_imagej and tif.pages.first.compression == tifffile.COMPRESSION.ADOBE_DEFLATE
         np.testing.assert_array_equal(tif.asarray(), labels)
         assert tif.asarray().dtype == np.uint16
-    read = io.read_image(written[0])
+    read = reading.read_image(written[0])
     assert read.axes == "ZYX" and read.pixel_size == pytest.approx((0.25, 0.25))
     assert read.z_spacing == pytest.approx(2.0)
     assert "Exported 1 file" in widget.status.value
@@ -69,7 +69,7 @@ def test_all_layers_uint32_and_image_beside_them(export):
         data = tifffile.imread(out / f"{name}.tif")
         assert data.dtype == np.uint32
         np.testing.assert_array_equal(data, expected)
-    raw = io.read_image(out / "raw.tif")
+    raw = reading.read_image(out / "raw.tif")
     np.testing.assert_array_equal(raw.data, image)
     assert raw.pixel_size == pytest.approx((0.5, 0.5))
 
@@ -159,14 +159,14 @@ def test_painting_during_a_background_export_does_not_reach_the_file(export, qtb
     labels = _labels((16, 16))
     layer = viewer.add_labels(labels.copy(), name="live")
     writing, painted = threading.Event(), threading.Event()
-    real_write = io.write_labels
+    real_write = writing.write_labels
 
     def slow_write(*args, **kwargs):
         writing.set()
         painted.wait(30)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(io, "write_labels", slow_write)
+    monkeypatch.setattr(writing, "write_labels", slow_write)
     widget.export_button.clicked.emit()
     assert writing.wait(30)
     layer.data[:4, :4] = 99  # a stroke while the worker is about to write
@@ -188,7 +188,7 @@ def _raw_file(folder, name="img2d.tif"):
     """A real image TIFF on disk (what a user opens), and its bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    io.write_image(path, RNG.integers(0, 999, (20, 24)).astype(np.uint16), "YX", (0.5, 0.5))
+    writing.write_image(path, RNG.integers(0, 999, (20, 24)).astype(np.uint16), "YX", (0.5, 0.5))
     return path, path.read_bytes()
 
 

@@ -12,7 +12,7 @@ from magicgui.widgets import Container, Label
 from qtpy.QtWidgets import QScrollArea
 
 from napari_unet._napari.layout import Message, breakable, fit_in_dock
-from napari_unet.core.io import images as io
+from napari_unet.core.io import writing
 
 WIDTH, HEIGHT = 1366, 768
 WIDGETS = ("Segment", "Fine-tune", "Export")
@@ -80,7 +80,7 @@ def test_a_long_export_message_wraps_instead_of_widening_the_dock(laptop, qtbot,
     before = item.width()
     widget.folder.value = folder
     widget.file_name.value = "cells_labels.tif"
-    io.write_labels(folder / "cells_labels.tif", np.zeros((4, 4), np.uint16), "YX")
+    writing.write_labels(folder / "cells_labels.tif", np.zeros((4, 4), np.uint16), "YX")
     assert widget.start_export() is None  # refused: the file exists
     settle(qtbot)
     assert "already exist" in widget.status.value

@@ -9,7 +9,7 @@ import tifffile
 from napari_unet._napari.files.reader import get_reader
 from napari_unet._napari.files.writer import write_labels
 from napari_unet.core.errors import UserError
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading, writing
 
 RNG = np.random.default_rng(0)
 
@@ -113,7 +113,7 @@ def test_label_files_open_as_labels(tmp_path):
     named = tmp_path / "cells_masks.tif"
     tifffile.imwrite(named, labels)  # a plain file, recognised by its name
     ours = tmp_path / "result.tif"
-    io.write_labels(ours, labels)  # recognised by what our writer puts in the file
+    writing.write_labels(ours, labels)  # recognised by what our writer puts in the file
     plain = tmp_path / "masked.tif"
     tifffile.imwrite(plain, labels)  # "masked" is not a label word
     floats = tmp_path / "float_labels.tif"
@@ -185,9 +185,9 @@ def test_writer_uses_metadata_pixel_size_when_scale_is_one(tmp_path):
     meta = {"scale": (1.0, 1.0), "metadata": {"pixel_size": (0.5, 0.5)}}
     [written] = write_labels(str(tmp_path / "a.TIFF"), labels, meta)
     assert written.endswith("a.TIFF")
-    assert io.read_image(written).pixel_size == pytest.approx((0.5, 0.5))
+    assert reading.read_image(written).pixel_size == pytest.approx((0.5, 0.5))
     [written] = write_labels(str(tmp_path / "b.tif"), labels, {"scale": (1.0, 1.0)})
-    assert io.read_image(written).pixel_size is None
+    assert reading.read_image(written).pixel_size is None
 
 
 def test_writer_errors_are_clear_and_leave_nothing(tmp_path):

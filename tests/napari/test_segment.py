@@ -15,7 +15,7 @@ from napari_unet._napari.segment.job import PlaneLabels
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading, writing
 from napari_unet.core.network.device import Predictor
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import get_model, new_metadata, save_model
@@ -47,13 +47,15 @@ def calls(monkeypatch):
 @pytest.fixture
 def stack():
     """A (5, 160, 160) uint16 time-lapse crop of the shipped sample stack."""
-    return np.ascontiguousarray(io.read_image(SAMPLES / "nuclei_stack.tif").data[:, :160, :160])
+    return np.ascontiguousarray(
+        reading.read_image(SAMPLES / "nuclei_stack.tif").data[:, :160, :160]
+    )
 
 
 @pytest.fixture
 def crop():
     """A (128, 128) uint16 crop of the shipped 2D sample."""
-    return np.ascontiguousarray(io.read_image(SAMPLES / "nuclei.tif").data[:128, :128])
+    return np.ascontiguousarray(reading.read_image(SAMPLES / "nuclei.tif").data[:128, :128])
 
 
 def wait(qtbot, widget):
@@ -71,7 +73,7 @@ def notices():
 
 def test_segments_the_sample_into_labels_with_the_image_geometry(segment, qtbot):
     viewer, widget = segment
-    sample = io.read_image(SAMPLES / "nuclei.tif")
+    sample = reading.read_image(SAMPLES / "nuclei.tif")
     image = viewer.add_image(sample.data, name="nuclei", scale=(0.5, 0.5), translate=(10, -4))
     assert widget.image.value == image.unique_id
     assert widget.model.value.name == "starter"
@@ -382,7 +384,7 @@ def test_pixel_size_field_calibrates_an_uncalibrated_image(segment, qtbot, crop,
     writes a file's calibration, and the labels made next take it."""
     viewer, widget = segment
     path = tmp_path / "plain.tif"
-    io.write_image(path, crop, "YX", None)
+    writing.write_image(path, crop, "YX", None)
     [image] = viewer.open(path, plugin="napari-unet")
     assert image.metadata["pixel_size"] is None
     assert widget.pixel_size.value == 0
@@ -397,7 +399,7 @@ def test_pixel_size_field_calibrates_an_uncalibrated_image(segment, qtbot, crop,
     assert labels.metadata["pixel_size"] == (0.65, 0.65)
     # a calibrated image shows its own size
     calibrated = tmp_path / "calibrated.tif"
-    io.write_image(calibrated, crop, "YX", (0.25, 0.25))
+    writing.write_image(calibrated, crop, "YX", (0.25, 0.25))
     [other] = viewer.open(calibrated, plugin="napari-unet")
     widget.select_image(other)
     assert widget.pixel_size.value == pytest.approx(0.25)

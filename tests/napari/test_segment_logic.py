@@ -38,7 +38,7 @@ from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, UserError
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.inference.predict import predict_probabilities
-from napari_unet.core.io import images as io
+from napari_unet.core.io import reading
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import get_model, new_metadata, save_model
 from napari_unet.core.progress import drain
@@ -186,7 +186,7 @@ def test_model_list_summary_and_tiling(isolated_models, tmp_path):
 
 
 def test_segment_job_gives_planes_in_order_then_what_core_gives():
-    image = io.read_image(SAMPLES / "nuclei_stack.tif").data[:3, :128, :128]
+    image = reading.read_image(SAMPLES / "nuclei_stack.tif").data[:3, :128, :128]
     starter = get_model("starter")
     request = SegmentRequest(image, "TYX", starter.path, starter, None, PostprocessConfig())
     gen = segment_job(request)

@@ -67,7 +67,7 @@ def _test_image(path: str | None, in_channels: int) -> Any:
         return None
     import numpy as np
 
-    from napari_unet.core.io.images import read_image
+    from napari_unet.core.io.reading import read_image
     from napari_unet.core.network.normalize import as_planes
 
     image = read_image(Path(path).expanduser())

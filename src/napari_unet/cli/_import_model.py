@@ -39,7 +39,7 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     """Run ``napari-unet import-model``; returns the exit code."""
     from napari_unet.core.bioimageio.load import load_package
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io.images import atomic_path
+    from napari_unet.core.io.storage import atomic_path
     from napari_unet.core.network.weights import PACKAGE_SUFFIX, SUFFIX, save_model, user_models_dir
 
     source = Path(args.package).expanduser()

@@ -225,10 +225,10 @@ def _predict_one(
 ) -> None:
     """Read one image, predict, post-process and write its labels (and probabilities)."""
     from napari_unet.core.axes import Layout
-    from napari_unet.core.io import images as io
+    from napari_unet.core.io import reading, writing
 
     start = time.monotonic()
-    image = io.read_image(source)
+    image = reading.read_image(source)
     axes = Layout(image.axes, image.shape).label_axes
     reporter = ProgressReporter(sys.stderr, label, enabled=not args.quiet)
     try:
@@ -243,9 +243,9 @@ def _predict_one(
     written: list[Path] = []
     try:
         if prob_target is not None:
-            io.write_probabilities(prob_target, probs, "C" + axes, pixel_size, z_spacing)
+            writing.write_probabilities(prob_target, probs, "C" + axes, pixel_size, z_spacing)
             written.append(prob_target)
-        io.write_labels(target, labels, axes, pixel_size, z_spacing)
+        writing.write_labels(target, labels, axes, pixel_size, z_spacing)
         write_objects(args, source, image, labels, probs, loaded.task)
     except BaseException:
         for path in written:

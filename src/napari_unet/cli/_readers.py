@@ -10,9 +10,9 @@ def _read_array(path: Path) -> tuple[Any, str]:
     """The whole image at ``path`` in memory (a numpy array) and its axes."""
     import numpy as np
 
-    from napari_unet.core.io import images as io
+    from napari_unet.core.io import reading
 
-    image = io.read_image(path, memmap=False)
+    image = reading.read_image(path, memmap=False)
     return np.asarray(image.data), image.axes
 
 

@@ -69,7 +69,7 @@ def predict_image(
     post: Any,
     reporter: Any,
 ) -> tuple[Any, Any, Any, Any]:
-    """Probabilities, labels, pixel size and Z step to write, for one image (``io.ImageData``)."""
+    """Probabilities, labels, pixel size and Z step to write, for one image (an ``ImageData``)."""
     from napari_unet.core.inference.stack3d import Stack3DConfig, predict_stack
     from napari_unet.core.io.voxels import resolve_voxel_size
     from napari_unet.core.progress import drain
@@ -148,11 +148,11 @@ def read_stack_training_data(
     model_config, target_config)``. Returns the pairs and the voxel size (z, y, x) of the first
     volume in µm, or None when no input is a volume."""
     from napari_unet.cli._readers import read_labels, read_mask
-    from napari_unet.core.io import images as io
+    from napari_unet.core.io import reading
     from napari_unet.core.io.voxels import resolve_voxel_size
     from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
 
-    planar = [item for item in inputs if not _is_volume(io.read_image(item.image).axes)]
+    planar = [item for item in inputs if not _is_volume(reading.read_image(item.image).axes)]
     pairs = read_planar(planar, base, model_config, target_config) if planar else []
     first_voxel = None
 
@@ -161,7 +161,7 @@ def read_stack_training_data(
         for item in inputs:
             if item in planar:
                 continue
-            image = io.read_image(item.image)
+            image = reading.read_image(item.image)
             voxel = resolve_voxel_size(
                 image.pixel_size,
                 image.z_spacing,

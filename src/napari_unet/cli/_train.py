@@ -39,7 +39,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     takes its input channels from ``first_image``."""
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io.images import read_image
+    from napari_unet.core.io.reading import read_image
     from napari_unet.core.network.weights import get_model
 
     architecture = given({"depth": args.depth, "base_channels": args.base_channels})
@@ -65,7 +65,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
 def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> None:
     """Refuse patches and batches that cannot fit, before any file is written (the memory
     estimate only on the CPU, whose memory holds the activations)."""
-    from napari_unet.core.io.images import available_memory
+    from napari_unet.core.io.storage import available_memory
     from napari_unet.core.network.limits import check_training
 
     architecture = base.config if base is not None else model_config
@@ -78,12 +78,12 @@ def _read_training_data(
 ) -> tuple[list, Any]:
     """Read every file and build the training pairs (all checks happen here); also the pixel
     size of the images (see :func:`training_pixel_size`)."""
-    from napari_unet.core.io import images as io
+    from napari_unet.core.io import reading
     from napari_unet.core.training.data import AnnotatedImage, training_pairs
 
     def annotated() -> Iterator[AnnotatedImage]:  # one file at a time, checked in order
         for item in inputs:
-            image = io.read_image(item.image)
+            image = reading.read_image(item.image)
             pixel_sizes.append(image.pixel_size)
             labels = read_labels(item.labels, "labels")
             mask = read_mask(item.mask) if item.mask is not None else None
@@ -127,7 +127,7 @@ def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """Run ``napari-unet train``; returns the exit code (130 when interrupted)."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io.images import file_state
+    from napari_unet.core.io.storage import file_state
     from napari_unet.core.network.device import describe_device
     from napari_unet.core.progress import drain
     from napari_unet.core.training.train import train

@@ -1,8 +1,8 @@
 """The Export widget: Labels layers (and optionally their image) to Fiji-compatible TIFF files.
 
-Labels are written by :func:`napari_unet.core.io.images.write_labels` (uint16 ImageJ hyperstack, or
+Labels are written by :func:`napari_unet.core.io.writing.write_labels` (uint16 ImageJ hyperstack, or
 uint32 OME-TIFF, zlib-compressed, pixel size kept), the image by
-:func:`napari_unet.core.io.images.write_image`. Stacks can be written one file per plane
+:func:`napari_unet.core.io.writing.write_image`. Stacks can be written one file per plane
 (``name_t003.tif``, ``name_z012.tif``). Existing files are never replaced unless "Overwrite
 existing files" is ticked. :meth:`ExportWidget.plan` lists what would be written and
 :meth:`ExportWidget.export` writes it; the Export button does the same in the background.
@@ -35,7 +35,7 @@ from napari_unet._napari.layout import Message, fit_in_dock
 from napari_unet._napari.segment.hints import LayerHints
 from napari_unet.core.axes import Layout
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.io import images as io
+from napari_unet.core.io import writing
 from napari_unet.core.labels import check_label_values, chosen_dtype
 from napari_unet.core.progress import Progress, drain
 
@@ -183,11 +183,13 @@ def write_files(files: list[ExportFile]) -> Generator[Progress, None, list[Path]
         try:
             if item.labels:
                 labels = np.asarray(item.data)
-                io.write_labels(
+                writing.write_labels(
                     item.path, labels, item.axes, item.pixel_size, item.z_spacing, item.dtype
                 )
             else:
-                io.write_image(item.path, item.data, item.axes, item.pixel_size, item.z_spacing)
+                writing.write_image(
+                    item.path, item.data, item.axes, item.pixel_size, item.z_spacing
+                )
         except (UserError, OSError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             raise UserError(

@@ -19,7 +19,8 @@ import numpy as np
 
 from napari_unet.core.axes import Layout
 from napari_unet.core.errors import InputMismatchError
-from napari_unet.core.io.images import ImageData, positive_number
+from napari_unet.core.io.reading import ImageData
+from napari_unet.core.io.sizes import positive_number
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -126,7 +127,7 @@ def physical_sizes(
 
 def layer_data(image: ImageData, name: str, layer_type: str = "image") -> LayerData:
     """A napari layer data tuple for an image read with
-    :func:`napari_unet.core.io.images.read_image`.
+    :func:`napari_unet.core.io.reading.read_image`.
 
     The data is passed on as read (a memory map stays one). RGB images (axes ending ``"S"``) get
     ``rgb=True``; a channel axis ``"C"`` of an image is split with ``channel_axis`` into one layer

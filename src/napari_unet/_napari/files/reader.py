@@ -1,7 +1,7 @@
 """The napari reader for TIFF files (images, stacks, hyperstacks, OME-TIFF, RGB, channels, labels)
 and zarr / OME-Zarr folders.
 
-Files are read with :func:`napari_unet.core.io.images.read_image` (uncompressed images are
+Files are read with :func:`napari_unet.core.io.reading.read_image` (uncompressed images are
 memory-mapped,
 not copied into memory; labels are held in memory so that they can be edited). Pixel size becomes
 the layer ``scale``; channels become one layer each.
@@ -16,7 +16,7 @@ memory). The Segment widget predicts such layers block by block.
 A file opens as a **Labels** layer when its pixels are integers (no channel or RGB axis) and either
 
 - it was written by napari-unet's label writer (TIFF Software tag
-  :data:`napari_unet.core.io.images.LABELS_SOFTWARE`), whatever its name, or
+  :data:`napari_unet.core.io.writing.LABELS_SOFTWARE`), whatever its name, or
 - its file name has a word ``label(s)``, ``labeled``/``labelled``, ``mask(s)``, ``seg`` or
   ``segmentation`` (e.g. ``nuclei_labels.tif``, ``cells-masks.tif``, ``img_seg.tif``; not
   ``masked.tif``).
@@ -37,9 +37,11 @@ import tifffile
 
 from napari_unet._napari.files.layer_info import LayerData, display_name, layer_data
 from napari_unet._napari.review.edits import attach_review, watch_current_viewer
-from napari_unet.core.io.images import LABELS_SOFTWARE, ImageData, available_memory, read_image
 from napari_unet.core.io.lazy import is_zarr_path, open_lazy
+from napari_unet.core.io.reading import ImageData, read_image
 from napari_unet.core.io.safe_paths import require_regular_file
+from napari_unet.core.io.storage import available_memory
+from napari_unet.core.io.writing import LABELS_SOFTWARE
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +170,7 @@ def is_labels(image: ImageData) -> bool:
 
 def written_as_labels(path: PathLike) -> bool:
     """True when the TIFF at ``path`` was written by
-    :func:`napari_unet.core.io.images.write_labels`."""
+    :func:`napari_unet.core.io.writing.write_labels`."""
     try:
         with tifffile.TiffFile(path) as tif:
             return str(tif.pages.first.software or "").startswith(LABELS_SOFTWARE)

@@ -2,7 +2,7 @@
 
 The files ship in ``napari_unet/samples/`` (made by :mod:`napari_unet.core.synthetic.images`); they
 are
-read with :func:`napari_unet.core.io.images.read_image`, so they open with their pixel size (0.5
+read with :func:`napari_unet.core.io.reading.read_image`, so they open with their pixel size (0.5
 µm).
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib.resources import as_file, files
 
 from napari_unet._napari.files.layer_info import LayerData, layer_data
-from napari_unet.core.io.images import read_image
+from napari_unet.core.io.reading import read_image
 
 
 def sample_nuclei() -> list[LayerData]:

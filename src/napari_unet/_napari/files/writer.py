@@ -1,6 +1,6 @@
 """The napari writer for Labels layers (File > Save Layers): a Fiji-compatible TIFF.
 
-Labels are written with :func:`napari_unet.core.io.images.write_labels`: uint16 ImageJ hyperstack
+Labels are written with :func:`napari_unet.core.io.writing.write_labels`: uint16 ImageJ hyperstack
 when
 the ids fit, else uint32 OME-TIFF; zlib-compressed; pixel size and Z spacing from the layer; the
 file is written under a temporary name and renamed when complete, so a failure leaves nothing.
@@ -18,7 +18,7 @@ from napari_unet._napari.files.layer_info import layer_axes, physical_sizes
 from napari_unet._napari.files.reader import TIFF_SUFFIXES
 from napari_unet._napari.review.edits import save_review
 from napari_unet.core.errors import UserError
-from napari_unet.core.io import images as io
+from napari_unet.core.io import writing
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise UserError(f"Cannot save labels with {labels.ndim} dimensions as TIFF (at most 5).")
     pixel_size, z_spacing = physical_sizes(axes, meta.get("scale"), metadata)
     try:
-        written = io.write_labels(target, labels, axes, pixel_size, z_spacing)
+        written = writing.write_labels(target, labels, axes, pixel_size, z_spacing)
     except OSError as exc:
         raise UserError(f"Cannot save labels to '{target}': {exc.strerror or exc}.") from exc
     try:  # which objects were reviewed, for Fine-tune (see _edits)

@@ -23,7 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.errors import UserError
-from napari_unet.core.io.images import file_state
+from napari_unet.core.io.storage import file_state
 
 from ..layout import fit_in_dock
 from ..review.edits import watch_viewer

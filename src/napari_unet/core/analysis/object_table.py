@@ -196,7 +196,7 @@ def write_csv(path: str | os.PathLike[str], table: Mapping[str, np.ndarray]) -> 
     Returns:
         The path written.
     """
-    from ..io.images import atomic_path
+    from ..io.storage import atomic_path
 
     path = Path(path)
     names = list(table)

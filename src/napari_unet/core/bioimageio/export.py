@@ -470,7 +470,7 @@ def export_model(
         UserError: the extra is not installed, no author, or the package fails the test (then
             nothing is written).
     """
-    from ..io.images import atomic_path
+    from ..io.storage import atomic_path
 
     _spec()  # a clear message when the extra is missing
     from bioimageio.spec import save_bioimageio_package

@@ -35,23 +35,19 @@ import numpy as np
 
 from ..axes import CHANNEL_AXES
 from ..errors import ImageReadError
-from .images import (
+from .reading import (
     _JPEG_MAGIC,
     _PNG_MAGIC,
     ImageData,
-    PixelSize,
     _check_readable,
     _check_size,
-    _describe,
     _is_rgb,
     _normalize_axes,
-    _physical_sizes,
-    _unit_scale,
     check_pixel_dtype,
-    plausible_sizes,
-    positive_number,
+    describe_read_error,
     read_image,
 )
+from .sizes import PixelSize, _physical_sizes, _unit_scale, plausible_sizes, positive_number
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +186,7 @@ def _open_tiff(path: Path) -> LazyImage:
     except ImageReadError:
         raise
     except (tifffile.TiffFileError, ValueError, OSError, KeyError, IndexError, TypeError) as exc:
-        raise ImageReadError(f"Cannot read image '{path}': {_describe(exc)}.") from exc
+        raise ImageReadError(f"Cannot read image '{path}': {describe_read_error(exc)}.") from exc
     data, axes = levels[0]
     if "Z" not in axes:
         z_spacing = None

@@ -34,9 +34,11 @@ import numpy as np
 from ..axes import Layout
 from ..errors import ImageReadError, UserError
 from ..io.imagej_tiff import fits_classic, imagej_description
-from ..io.images import _READ_ERRORS, LABELS_SOFTWARE, PixelSize, _describe, _ome_kwargs
 from ..io.lazy import open_lazy
+from ..io.reading import READ_ERRORS, describe_read_error
 from ..io.safe_paths import OWNER_KEY, check_replaceable, sweep_beside, temp_tag
+from ..io.sizes import PixelSize
+from ..io.writing import LABELS_SOFTWARE, ome_kwargs
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +66,10 @@ def compute_pixels(block: Any, where: str, scheduler: str = "synchronous") -> np
         return np.asarray(block)
     except MemoryError:
         raise
-    except _READ_ERRORS as exc:
-        raise ImageReadError(f"Cannot read the image's pixels {where}: {_describe(exc)}.") from exc
+    except READ_ERRORS as exc:
+        raise ImageReadError(
+            f"Cannot read the image's pixels {where}: {describe_read_error(exc)}."
+        ) from exc
 
 
 @dataclass
@@ -224,7 +228,7 @@ def ome_label_axes(
     ``shape`` from a layer's ``metadata`` (``axes``, ``pixel_size``, ``z_spacing``), else from its
     ``scale`` (one value per axis; 1 means unknown); axes that do not fit are replaced by T, Z
     before Y, X."""
-    from ..io.images import positive_number
+    from ..io.sizes import positive_number
 
     axes = str(metadata.get("axes") or "").upper()
     fits = (
@@ -408,7 +412,7 @@ def write_tiled_tiff(
     """
     import tifffile
 
-    kwargs = _ome_kwargs(axes, pixel_size, z_spacing, 0)
+    kwargs = ome_kwargs(axes, pixel_size, z_spacing, 0)
     kwargs["bigtiff"] = True
     tifffile.imwrite(
         path,

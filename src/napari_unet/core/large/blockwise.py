@@ -46,8 +46,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import InputMismatchError, UserError
-from ..io.images import atomic_path, check_output_path
 from ..io.lazy import LazyImage
+from ..io.storage import atomic_path, check_output_path
 from ..progress import Cancelled, Progress
 from .block_io import (
     add_pyramid,

@@ -142,18 +142,18 @@ def predict_file(
     from ..axes import Layout
     from ..inference.postprocess import labels_from_probabilities
     from ..inference.predict import predict_probabilities
-    from ..io import images as io
+    from ..io import reading, writing
     from ..progress import drain
 
-    image = io.read_image(job.source)
+    image = reading.read_image(job.source)
     probs = drain(predict_probabilities(image.data, image.axes, model, tiling, device, precision))
     labels = labels_from_probabilities(probs, model.task, postprocess)
     axes = Layout(image.axes, image.shape).label_axes
     if job.probabilities is not None:
-        io.write_probabilities(
+        writing.write_probabilities(
             job.probabilities, probs, "C" + axes, image.pixel_size, image.z_spacing
         )
-    io.write_labels(job.target, labels, axes, image.pixel_size, image.z_spacing)
+    writing.write_labels(job.target, labels, axes, image.pixel_size, image.z_spacing)
     semantic = model.task == "semantic" or getattr(postprocess, "mode", "") == "semantic"
     return None if semantic or not labels.size else int(labels.max())
 

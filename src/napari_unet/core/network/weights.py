@@ -45,7 +45,7 @@ from safetensors.torch import load_file, save_file
 
 from ..config import DEFAULT_MODEL, ModelConfig, TilingConfig, from_dict, to_dict
 from ..errors import Hint, ModelFileError, ModelNotFoundError, UserError
-from ..io.images import atomic_path
+from ..io.storage import atomic_path
 from .limits import check_architecture, finite_problem, normalize_problem, tiling_problem
 from .model import UNet
 
