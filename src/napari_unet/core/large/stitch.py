@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..labels import labels_dtype
+from ..errors import UserError
 from .blocks import FaceKey
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ class Stitcher:
             ids absent from the block's core map to 0.
 
         Raises:
-            LabelIdsTooLarge: more objects than a uint32 label image can hold.
+            UserError: more objects than a uint32 label image can hold.
         """
         numbers: dict[ObjectKey, int] = {}
         tables: dict[int, np.ndarray] = {}
@@ -140,6 +140,7 @@ class Stitcher:
                 table[local] = numbers[root]
             tables[index] = table
         total = len(numbers)
-        labels_dtype(total)  # raises when the ids do not fit in a label image
+        if total > np.iinfo(np.uint32).max:
+            raise UserError(f"{total} objects do not fit in a uint32 label image.")
         logger.debug("stitched %d objects (%d merges across block borders)", total, self.merges)
         return {k: v.astype(np.uint32) for k, v in tables.items()}, total
