@@ -12,7 +12,8 @@ from napari_unet._napari.files.export import (
     safe_name,
 )
 from napari_unet.core.errors import UserError
-from napari_unet.core.io import reading, writing
+from napari_unet.core.io import reading
+from napari_unet.core.io import writing as writer
 
 RNG = np.random.default_rng(1)
 
@@ -159,14 +160,14 @@ def test_painting_during_a_background_export_does_not_reach_the_file(export, qtb
     labels = _labels((16, 16))
     layer = viewer.add_labels(labels.copy(), name="live")
     writing, painted = threading.Event(), threading.Event()
-    real_write = writing.write_labels
+    real_write = writer.write_labels
 
     def slow_write(*args, **kwargs):
         writing.set()
         painted.wait(30)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(writing, "write_labels", slow_write)
+    monkeypatch.setattr(writer, "write_labels", slow_write)
     widget.export_button.clicked.emit()
     assert writing.wait(30)
     layer.data[:4, :4] = 99  # a stroke while the worker is about to write
@@ -188,7 +189,7 @@ def _raw_file(folder, name="img2d.tif"):
     """A real image TIFF on disk (what a user opens), and its bytes."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
-    writing.write_image(path, RNG.integers(0, 999, (20, 24)).astype(np.uint16), "YX", (0.5, 0.5))
+    writer.write_image(path, RNG.integers(0, 999, (20, 24)).astype(np.uint16), "YX", (0.5, 0.5))
     return path, path.read_bytes()
 
 
