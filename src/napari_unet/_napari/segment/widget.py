@@ -42,6 +42,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_unet.core.errors import UserError
 
+from ..files.export_model import ModelExport
 from ..files.layer_info import as_labels_layer, looks_like_labels
 from ..review.edits import watch_viewer
 from . import layers
@@ -119,6 +120,7 @@ class SegmentWidget(SegmentForm):
         self._connect()
         self.hints = LayerHints(viewer)
         self.insert(1, self.hints)
+        self.exporter = ModelExport(lambda: self.model.value, self).attach(self, self.model_info)
         watch_viewer(viewer)  # follow the user's corrections of the labels (see _edits)
         active = viewer.layers.selection.active
         if isinstance(active, Image) and not looks_like_labels(active):
