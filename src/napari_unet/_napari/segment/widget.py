@@ -44,6 +44,7 @@ from napari_unet.core.errors import UserError
 
 from ..files.export_model import ModelExport
 from ..files.layer_info import as_labels_layer, looks_like_labels
+from ..review import reuse
 from ..review.edits import watch_viewer
 from . import layers
 from .engine import load_engine
@@ -615,6 +616,7 @@ class SegmentWidget(SegmentForm):
                     result.model.name, plan.label_shape, result.stack,
                     result.voxel_size)  # fmt: skip
         self._kept.put(plan.key, kept)
+        reuse.offer(plan.key, kept)  # Review ranks from them without running the network
         count = count_text(result.labels, result.model.task)
         count += " (3D)" if result.stack != "planes" else ""
         self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
