@@ -118,9 +118,13 @@ against the resized true labels; CPU seconds of one thread.
 Rescaled from the pixel size, the AP50 differs from the original's by {gaps}. The sample has
 169 nuclei, so one nucleus is worth about 0.006 AP50, and a resize factor a few percent off
 moves it by a few hundredths (compare the rows from the pixel size and from the estimated
-diameter). Interpolation loses detail both ways: an enlarged image shrunk back is blurrier than
-the original, and a shrunk image enlarged for the network does not regain what was
-lost.{half_note}
+diameter). Interpolation loses detail both ways: the 2x image, itself made by linear
+interpolation, holds nothing finer than the original, and shrunk back for the network it is
+blurrier than the original; a shrunk image enlarged for the network does not regain what was
+lost. How each array is resampled (antialiased shrinking, bicubic enlarging of the image,
+bilinear probabilities mapped back and labelled at the image's grid) is explained, with the
+alternatives measured, in `napari_unet/core/inference/rescale.py`. An estimated diameter within
+10% of the model's leaves the image as it is.{half_note}
 
 Machine: {machine_description()}.
 

@@ -119,6 +119,32 @@ def test_resize_keeps_probabilities_summing_to_one():
         np.testing.assert_allclose(out.sum(0), 1.0, atol=1e-5)
 
 
+def test_an_enlarged_image_keeps_more_of_its_detail_than_linear_interpolation_gives():
+    # a sine of period 5 px sampled on the image's grid, enlarged 2x: the bilinear kernel
+    # attenuates it more than the cubic one, so the network would see a blurrier image
+    x = np.arange(64, dtype=np.float64)
+    period = 5.0
+    image = np.sin(2 * np.pi * x / period)[None, None, :].repeat(8, axis=1).astype(np.float32)
+    new_x = (np.arange(128) + 0.5) / 2 - 0.5  # the centres of the new pixels, align_corners=False
+    truth = np.sin(2 * np.pi * new_x / period)[16:-16]
+    as_image = resize(image, (16, 128), image=True)[0, 4, 16:-16]
+    linear = resize(image, (16, 128))[0, 4, 16:-16]
+    assert np.abs(as_image - truth).mean() < 0.6 * np.abs(linear - truth).mean()
+    # shrinking is antialiased either way, and probabilities stay bilinear (within [0, 1])
+    np.testing.assert_array_equal(resize(image, (4, 32), image=True), resize(image, (4, 32)))
+
+
+def test_an_estimated_diameter_close_to_the_models_does_not_resample():
+    model = oracle_model(pixel_size=None, diameter=10.0)
+    labels = disks((160, 160), 5.3, 32)  # objects of about 10.6 px: within the zoom of training
+    image = (labels > 0).astype(np.float32) * 1000
+    auto = drain(choose_scale(image, "YX", model, None, RescaleConfig(diameter="auto"),
+                              device="cpu"))  # fmt: skip
+    assert auto is None
+    given = drain(choose_scale(image, "YX", model, None, RescaleConfig(diameter=10.6)))
+    assert given == pytest.approx((10 / 10.6, 10 / 10.6))  # a diameter given is applied
+
+
 @pytest.mark.parametrize("factor", [2, 0.5])
 def test_an_image_at_another_pixel_size_is_rescaled_and_mapped_back(factor):
     model = oracle_model(diameter=10.0)

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli._common import PROG, add_command
-from napari_unet.core.config import DEFAULT_MODEL
 
 _DESCRIPTION = (
     "Write a model as a bioimage.io model package (.zip) with PyTorch state-dict and "
@@ -51,17 +50,6 @@ def add_export_model(sub: Any, common: argparse.ArgumentParser) -> argparse.Argu
     return p
 
 
-def _authors(args: argparse.Namespace, loaded: Any) -> list[str]:
-    if args.authors:
-        return [a.strip() for a in args.authors if a.strip()]
-    recorded = loaded.metadata.get("authors")
-    if isinstance(recorded, list) and recorded:
-        return [str(a) for a in recorded]
-    if loaded.path is not None and loaded.metadata.get("name") == DEFAULT_MODEL:
-        return ["napari-unet developers"]
-    return []
-
-
 def _test_image(path: str | None, in_channels: int) -> Any:
     if path is None:
         return None
@@ -80,13 +68,13 @@ def _test_image(path: str | None, in_channels: int) -> Any:
 def cmd_export_model(args: argparse.Namespace) -> int:
     """Run ``napari-unet export-model``; returns the exit code."""
     from napari_unet.core.bioimageio.export import DEFAULT_LICENSE, export_model
+    from napari_unet.core.bioimageio.export_job import check_exportable, model_authors
     from napari_unet.core.errors import UserError
     from napari_unet.core.network.weights import get_model
 
     loaded = get_model(args.model)
-    if not loaded.metadata.get("trainable", True) or not hasattr(loaded.model, "encoders"):
-        raise UserError(f"{args.model}: only napari-unet's own networks can be exported")
-    authors = _authors(args, loaded)
+    check_exportable(loaded, args.model)
+    authors = [a.strip() for a in args.authors or [] if a.strip()] or model_authors(loaded)
     if not authors:
         raise UserError("a bioimage.io package needs its authors: give --author NAME")
     path = export_model(

@@ -25,6 +25,7 @@ from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.errors import UserError
 from napari_unet.core.io.storage import file_state
 
+from ..files.export_model import ModelExport
 from ..layout import fit_in_dock
 from ..review.edits import watch_viewer
 from . import messages
@@ -93,6 +94,7 @@ class FinetuneWidget(FinetuneForm):
 
         self._guard = CloseGuard(self)
         self.update_annotated()
+        self.exporter = ModelExport(parent=self, enabled=False).attach(self)
         fit_in_dock(self)
 
     # ------------------------------------------------------------------------ layers
@@ -406,6 +408,7 @@ class FinetuneWidget(FinetuneForm):
         the Segment widget and the base of the next round."""
         self.trained_model = name
         self.apply_button.enabled = True
+        self.exporter.set_model(self._run_output)
         self.refresh_models(select=name if better else None)
         segment = self._segment_widget()
         if segment is not None:

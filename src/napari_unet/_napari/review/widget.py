@@ -1,10 +1,11 @@
 """The Review widget: the objects of a Labels layer, worst first, one key to accept or delete each.
 
-"Rank objects" runs the model (the one Segment recorded for the layer, else the name typed in the
-Model box) on the image once more, in the background, and estimates each object's quality (the
-chance that it is right, :mod:`napari_unet.core.analysis.quality`) from the class probabilities,
-with
-test-time augmentation when ticked (three more network passes). Regions the network calls
+"Rank objects" takes the class probabilities Segment computed when it made the layer with that
+model from that image (:mod:`.reuse`: instant, no network pass); else it runs the model (the one
+Segment recorded for the layer, else the name typed in the Model box) on the image once more, in
+the background. It estimates each object's quality (the chance that it is right,
+:mod:`napari_unet.core.analysis.quality`) from the class probabilities, with test-time
+augmentation when ticked (three more network passes). Regions the network calls
 foreground but that carry no label join the queue as possible misses.
 
 Next / Previous (keys ``n`` / ``Shift-N`` on the labels layer) centre and zoom the camera on the
@@ -32,6 +33,7 @@ from napari_unet.core.progress import Progress
 
 from ..files.layer_info import layer_layout
 from ..segment.logic import METADATA_KEY, full_resolution
+from . import reuse
 from .edits import accept_objects
 
 if TYPE_CHECKING:
@@ -61,10 +63,18 @@ def delete_objects(layer: Labels, ids: Iterable[int]) -> int:
 
 
 def rank_job(
-    image: Any, axes: str, model_name: str, labels: np.ndarray, tta: bool
+    image: Any,
+    axes: str,
+    model_name: str,
+    labels: np.ndarray,
+    tta: bool,
+    probs: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Probabilities of ``image`` by the model ``model_name`` (and the TTA agreement of the
-    objects of ``labels``): returns (float32 (3, *labels.shape), float64 (N,) or None)."""
+    objects of ``labels``): returns (float32 (3, *labels.shape), float64 (N,) or None).
+
+    ``probs``: probabilities already computed (by Segment) for this image and model: the network
+    then runs only for the test-time augmentation."""
     from napari_unet.core.analysis.quality import tta_agreement
     from napari_unet.core.inference.predict import predict_probabilities
     from napari_unet.core.network.weights import get_model
@@ -72,7 +82,8 @@ def rank_job(
     model = get_model(model_name or None)
     if model.task != "instances" or model.config.out_classes != 3:
         raise UserError(f"Review needs an instance model; '{model.name}' gives semantic classes.")
-    probs = yield from predict_probabilities(np.asarray(image), axes, model)
+    if probs is None:
+        probs = yield from predict_probabilities(np.asarray(image), axes, model)
     if probs.shape[1:] != labels.shape:
         raise UserError(
             f"The image gives probabilities of shape {probs.shape[1:]} but the labels "
@@ -175,7 +186,9 @@ class ReviewWidget(Container):
     # --- ranking -----------------------------------------------------------------------------
 
     def rank(self, _: Any = None) -> Job | None:
-        """Run the model on the image in the background and fill the queue; returns the job."""
+        """Fill the queue: from Segment's probabilities when they are still right (at once;
+        returns ``None``), else by running the model on the image in the background (returns
+        the job)."""
         from ..jobs.workers import start_job
 
         layer, image = self.labels_layer.value, self.image_layer.value
@@ -191,10 +204,16 @@ class ReviewWidget(Container):
             show_warning(str(exc))
             return None
         labels = np.array(full_resolution(layer))
+        model = self.model_name.value.strip()
+        known = reuse.find(layer, image, model)  # Segment's, when still right: no network pass
+        if known is not None and not self.tta.value:
+            self.set_probabilities(layer, known)
+            self.status.value += " (from Segment's probabilities)"
+            return None
         self.status.value = "Ranking objects..."
         self.rank_button.enabled = False
         self.job = start_job(
-            rank_job(data, axes, self.model_name.value.strip(), labels, self.tta.value),
+            rank_job(data, axes, model, labels, self.tta.value, known),
             f"Ranking the objects of {layer.name}",
             on_result=lambda result: self.set_probabilities(layer, *result),
             on_error=self._failed, on_finished=self._finished,

@@ -43,7 +43,9 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from napari_unet.core.axes import Layout
 from napari_unet.core.errors import UserError
 
+from ..files.export_model import ModelExport
 from ..files.layer_info import as_labels_layer, layer_layout, looks_like_labels
+from ..review import reuse
 from ..review.edits import watch_viewer
 from . import layers
 from .engine import load_engine
@@ -115,6 +117,7 @@ class SegmentWidget(SegmentForm):
         self._connect()
         self.hints = LayerHints(viewer)
         self.insert(1, self.hints)
+        self.exporter = ModelExport(lambda: self.model.value, self).attach(self, self.model_info)
         watch_viewer(viewer)  # follow the user's corrections of the labels (see _edits)
         active = viewer.layers.selection.active
         if isinstance(active, Image) and not looks_like_labels(active):
@@ -615,6 +618,7 @@ class SegmentWidget(SegmentForm):
                     result.model.name, plan.label_shape, result.stack,
                     result.voxel_size)  # fmt: skip
         self._kept.put(plan.key, kept)
+        reuse.offer(plan.key, kept)  # Review ranks from them without running the network
         count = count_text(result.labels, result.model.task)
         count += " (3D)" if result.stack != "planes" else ""
         self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
