@@ -13,7 +13,7 @@ from napari.layers import Labels
 
 import napari_unet
 from napari_unet._napari.review.widget import ReviewWidget, rank_job
-from napari_unet.core.io import images as io
+from napari_unet.core.io.reading import read_image
 from napari_unet.core.network.model import UNet
 from napari_unet.core.network.weights import get_model, save_model
 from napari_unet.core.progress import drain
@@ -39,7 +39,7 @@ def forwards():
 @pytest.fixture
 def crop():
     """A (128, 128) uint16 crop of the shipped 2D sample."""
-    return np.ascontiguousarray(io.read_image(SAMPLES / "nuclei.tif").data[:128, :128])
+    return np.ascontiguousarray(read_image(SAMPLES / "nuclei.tif").data[:128, :128])
 
 
 def segmented(segment, qtbot, crop, model="starter"):
