@@ -93,10 +93,17 @@ class SegmentForm(Container):
             tooltip="large and lazy images are predicted block by block: the side of a block; "
             "0: automatic (about 4096 px)",
         )  # fmt: skip
+        self.ids = ComboBox(
+            label="Time-lapse ids", value="per-frame",
+            choices=[("per frame", "per-frame"), ("across frames", "stack")],
+            tooltip="per frame: the objects of each time point are numbered 1..N (a time-lapse "
+            "stays 16-bit and opens in ImageJ as a hyperstack); across frames: ids unique in "
+            "the whole time-lapse",
+        )  # fmt: skip
         self.advanced = Container(
             widgets=[
                 self.tile_size, self.batch_size, self.precision, self.min_seed_size,
-                self.seed_sigma, self.block_pixels,
+                self.seed_sigma, self.block_pixels, self.ids,
             ],
         )  # fmt: skip
         self.run_button = PushButton(text="Run")

@@ -494,7 +494,7 @@ class SegmentWidget(SegmentForm):
             geometry=layers.geometry_of(image, axes, label_axes(axes)),
             target_id=target.unique_id if target is not None else None,
             target_fingerprint=fingerprint(target.data) if target is not None else None,
-            key=key, choice=choice,
+            key=key, choice=choice, per_frame=self.ids.value == "per-frame",
         )  # fmt: skip
 
     def _target(self, shape: tuple[int, ...], plane: bool) -> Any:
@@ -644,7 +644,8 @@ class SegmentWidget(SegmentForm):
             image = layers.find_layer(self.viewer, key[0])
             axes = self._axes_of(image)
             geometry = layers.geometry_of(image, axes, label_axes(axes)) if axes else None
-            layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels)
+            layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels,
+                                               self.ids.value == "per-frame")  # fmt: skip
             if layer is not None:
                 count = count_text(labels, kept.task)
                 self.status.value = f"{count} in '{layer.name}' (thresholds applied)."
