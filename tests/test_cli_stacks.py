@@ -12,6 +12,7 @@ from napari_unet.cli import main
 from napari_unet.core.inference.postprocess import postprocess
 from napari_unet.core.inference.predict import predict_probabilities
 from napari_unet.core.io.reading import read_image
+from napari_unet.core.labels import ids_per_time_point
 from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
@@ -108,7 +109,8 @@ def test_time_series_of_frames_stays_per_plane(capsys, tmp_path, volume):
     assert "isotropic" not in err
     labels = read_image(tmp_path / "movie_labels.tif", memmap=False)
     assert labels.axes == "TYX"
-    np.testing.assert_array_equal(labels.data, _per_plane(frames, "TYX"))
+    # labelled plane by plane, ids numbered per time point (the default --ids per-frame)
+    np.testing.assert_array_equal(labels.data, ids_per_time_point(_per_plane(frames, "TYX"), "TYX"))
 
 
 def test_blockwise_zstack_says_it_is_labelled_plane_by_plane(capsys, tmp_path, volume):

@@ -373,3 +373,31 @@ def test_progress_line_on_a_terminal(terminal):
     )
     assert reporter.last.step == 2
     assert torch.get_num_threads() == 1  # the shared test setting holds
+
+
+def test_from_scratch_on_a_two_channel_image_then_predict(capsys, tmp_path):
+    nuclei, labels = make_image(
+        SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0)), seed=2, dtype=np.uint16
+    )
+    cyto = np.where(labels > 0, 600, 100).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "two.tif", np.stack([nuclei, cyto]), imagej=True,
+                     metadata={"axes": "CYX"})  # fmt: skip
+    tifffile.imwrite(tmp_path / "two_labels.tif", labels)
+    code, _, err = run(
+        capsys, "train", "--image", tmp_path / "two.tif", "--labels", tmp_path / "two_labels.tif",
+        "--model", "scratch", "--depth", "2", "--base-channels", "4", *FAST,
+        "-o", tmp_path / "two_model.safetensors",
+    )  # fmt: skip
+    assert code == 0, err
+    loaded = load_model(tmp_path / "two_model.safetensors")
+    assert loaded.config.in_channels == 2 and loaded.metadata["in_channels"] == 2
+    model = tmp_path / "two_model.safetensors"
+    code, _, err = run(capsys, "predict", tmp_path / "two.tif", "-o", tmp_path / "out.tif",
+                       "--model", model, "--device", "cpu")  # fmt: skip
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "out.tif").shape == (96, 96)
+    # a one-channel image for a two-channel model: one clear line, exit 2
+    tifffile.imwrite(tmp_path / "one.tif", nuclei)
+    code, _, err = run(capsys, "predict", tmp_path / "one.tif", "-o", tmp_path / "one_out.tif",
+                       "--model", model, "--device", "cpu")  # fmt: skip
+    assert code == 2 and "expects 2" in err and len(err.strip().splitlines()) == 1

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from napari.layers import Labels
 
-from napari_unet._napari.finetune import widget as _finetune
+from napari_unet._napari.finetune import results as _results
+from napari_unet._napari.finetune import training as _training
 from napari_unet._napari.finetune.plot import TrainingPlot
 from napari_unet._napari.finetune.training_data import PLANES, SHAPES, WHOLE
 from napari_unet._napari.finetune.widget import FinetuneWidget
@@ -39,9 +40,10 @@ def tiny(isolated_models):
 
 @pytest.fixture
 def errors(monkeypatch):
-    """Messages given to show_error by the widget."""
+    """Messages given to show_error by the widget (its training and results parts)."""
     shown: list[str] = []
-    monkeypatch.setattr(_finetune, "show_error", lambda message: shown.append(str(message)))
+    for module in (_training, _results):
+        monkeypatch.setattr(module, "show_error", lambda message: shown.append(str(message)))
     return shown
 
 

@@ -16,6 +16,7 @@ from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
 from napari_unet.core.io import reading, writing
+from napari_unet.core.labels import ids_per_time_point
 from napari_unet.core.network.device import Predictor
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import get_model, new_metadata, save_model
@@ -128,11 +129,20 @@ def test_this_plane_then_whole_stack_plane_by_plane(segment, qtbot, stack):
     assert live == [(i, True) for i in range(5)]
     whole = viewer.layers["movie labels [starter] (2)"]
     _, expected = drain(predict_labels(stack, "TYX", get_model("starter"), device="cpu"))
-    np.testing.assert_array_equal(whole.data, expected)
-    ids = np.unique(whole.data[whole.data > 0])
-    assert len(ids) == whole.data.max()  # unique across the planes
+    # a time-lapse's ids restart in each time point by default
+    np.testing.assert_array_equal(whole.data, ids_per_time_point(expected, "TYX"))
+    for frame in whole.data:
+        assert set(np.unique(frame[frame > 0])) == set(range(1, int(frame.max()) + 1))
+    assert whole.data.dtype == np.uint16 and whole.data.max() < expected.max()
     assert whole.metadata["axes"] == "TYX" and whole.metadata["pixel_size"] == (0.5, 0.5)
     np.testing.assert_allclose(whole.translate, (0, 3, 7))
+
+    widget.ids.value = "stack"  # or unique across the time points
+    widget.run()
+    wait(qtbot, widget)
+    unique = viewer.layers["movie labels [starter] (3)"]
+    np.testing.assert_array_equal(unique.data, expected)
+    assert len(np.unique(unique.data[unique.data > 0])) == unique.data.max()
 
 
 def test_rethresholding_reuses_the_probabilities(segment, qtbot, crop, calls):
@@ -260,8 +270,16 @@ def test_replacing_one_plane_keeps_the_other_planes(segment, qtbot, stack):
     widget.run()
     wait(qtbot, widget)
     assert mine.data[0, 40, 40] == 3 and mine.data[2].max() > 3
-    assert set(np.unique(mine.data[2])) & {3} == set()  # ids offset past the other planes
+    # ids restart in this time point (per frame, the default)
+    assert set(np.unique(mine.data[2])) == set(range(int(mine.data[2].max()) + 1))
     assert len(viewer.layers) == 2
+
+    widget.ids.value = "stack"  # ids unique in the stack: offset past the other planes
+    viewer.dims.set_current_step(0, 4)
+    widget.run()
+    wait(qtbot, widget)
+    assert mine.data[0, 40, 40] == 3 and mine.data[4].max() > 3
+    assert set(np.unique(mine.data[4])) & set(np.unique(mine.data[:4])) == {0}
 
 
 def test_a_bad_model_file_gives_a_notification(segment, qtbot, tmp_path, isolated_models, crop):

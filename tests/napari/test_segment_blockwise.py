@@ -180,11 +180,12 @@ def test_reader_opens_ome_zarr_lazily_in_the_viewer(make_napari_viewer, tmp_path
     viewer = make_napari_viewer()
     [layer] = viewer.open(str(path), plugin="napari-unet")
     assert layer.name == "scan" and type(layer).__name__ == "Image"
-    assert isinstance(layer.data, da.Array) and layer.data.shape == stack.shape
+    assert layer.multiscale and len(layer.data) == 2  # both levels of the store
+    assert isinstance(layer.data[0], da.Array) and layer.data[0].shape == stack.shape
     np.testing.assert_allclose(layer.scale, (2.0, 0.5, 0.5))
     assert [str(u) for u in layer.units] == ["micrometer"] * 3
     assert layer.metadata["axes"] == "ZYX" and layer.metadata["z_spacing"] == pytest.approx(2.0)
-    np.testing.assert_array_equal(layer.data[1, 10:20].compute(), stack[1, 10:20])
+    np.testing.assert_array_equal(layer.data[0][1, 10:20].compute(), stack[1, 10:20])
 
 
 def test_reader_opens_zarr_labels_and_plain_arrays(tmp_path, stack):

@@ -30,7 +30,12 @@ from napari_unet.cli._paths import (
 )
 from napari_unet.cli._progress import ProgressReporter
 from napari_unet.cli._rescale import add_rescale_options
-from napari_unet.cli._stacks import add_stack_options, predict_image, warn_blockwise_stacks
+from napari_unet.cli._stacks import (
+    add_stack_options,
+    number_ids,
+    predict_image,
+    warn_blockwise_stacks,
+)
 from napari_unet.core.config import PRECISIONS
 
 _DESCRIPTION = (
@@ -240,6 +245,7 @@ def _predict_one(
     if labels.ndim != len(axes):  # should not happen; keep the output readable anyway
         logger.warning("labels of shape %s do not fit axes %s", labels.shape, axes)
         axes = "".join("TZQ"[i] for i in range(labels.ndim - 2)) + "YX"
+    labels = number_ids(args, labels, axes, loaded.task)
     written: list[Path] = []
     try:
         if prob_target is not None:

@@ -1,4 +1,4 @@
-"""Z-stack options of ``napari-unet predict``: ``--stack`` and ``--voxel-size``."""
+"""Stack options of ``napari-unet predict``: ``--stack``, ``--voxel-size`` and ``--ids``."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def voxel_size_type(text: str) -> tuple[float, float, float]:
 
 
 def add_stack_options(p: argparse.ArgumentParser) -> None:
-    """Add ``--stack`` and ``--voxel-size`` to the ``predict`` parser."""
+    """Add ``--stack``, ``--voxel-size`` and ``--ids`` to the ``predict`` parser."""
+    from napari_unet.core.labels import ID_SCOPES
+
     p.add_argument(
         "--stack",
         choices=STACK_CHOICES,
@@ -42,6 +44,28 @@ def add_stack_options(p: argparse.ArgumentParser) -> None:
             "metadata; without a Z step isotropic voxels are assumed, with a note)"
         ),
     )
+    p.add_argument(
+        "--ids",
+        choices=ID_SCOPES,
+        default=ID_SCOPES[0],
+        help=(
+            "instance ids of a time-lapse (a T axis): per-frame (default) numbers the objects "
+            "of each time point 1..N afresh, so that a time-lapse stays uint16 and ImageJ opens "
+            "it as a hyperstack; stack makes ids unique across all time points (uint32 beyond "
+            "65535 objects). A Z-stack's ids follow --stack either way"
+        ),
+    )
+
+
+def number_ids(args: argparse.Namespace, labels: Any, axes: str, task: str) -> Any:
+    """``labels`` (one axis per letter of ``axes``) with the time-lapse id numbering of
+    ``--ids``: renumbered per time point by default; as they are for semantic labels, images
+    without T and ``--ids stack``."""
+    if task != "instances" or "T" not in axes or getattr(args, "ids", "per-frame") == "stack":
+        return labels
+    from napari_unet.core.labels import ids_per_time_point
+
+    return ids_per_time_point(labels, axes)
 
 
 def stack_mode(args: argparse.Namespace, axes: str) -> str:
@@ -185,20 +209,25 @@ def read_stack_training_data(
 
 def warn_blockwise_stacks(args: argparse.Namespace) -> None:
     """Say, on stderr, that Z-stacks predicted blockwise are labelled plane by plane (3D labels
-    need the whole stack in memory for now)."""
+    need the whole stack in memory for now), and that time-lapses keep ids unique across time."""
     from pathlib import Path
 
     from napari_unet.core.errors import UserError
     from napari_unet.core.io.lazy import open_lazy
 
-    if getattr(args, "stack", "auto") == "planes" or args.quiet:
+    if args.quiet:
         return
     for name in args.inputs:
         try:
             axes = open_lazy(Path(name).expanduser()).axes
         except (UserError, OSError, ValueError):
             continue  # the blockwise command reports unreadable inputs itself
-        if "Z" in axes:
+        if "T" in axes and getattr(args, "ids", "per-frame") == "per-frame":
+            sys.stderr.write(
+                f"note: {name} is predicted blockwise, where the ids of a time-lapse are unique "
+                "across all time points (as with --ids stack)\n"
+            )
+        if "Z" in axes and getattr(args, "stack", "auto") != "planes":
             sys.stderr.write(
                 f"note: {name} is predicted blockwise, where a Z-stack is labelled plane by "
                 "plane (ids unique across planes, not 3D objects); 3D labels (--stack ortho or "

@@ -147,3 +147,44 @@ def stack_ids(parts: Iterable[np.ndarray]) -> np.ndarray:
     ids = IdOffsets()
     shifted = [ids.add(np.asarray(part)) for part in parts]
     return np.stack(shifted).astype(labels_dtype(ids.used))
+
+
+#: How instance ids of a time-lapse are numbered: afresh in each time point (the default, which
+#: keeps time-lapses uint16), or once across the whole stack.
+ID_SCOPES = ("per-frame", "stack")
+
+
+def ids_per_time_point(labels: np.ndarray, axes: str) -> np.ndarray:
+    """Instance labels renumbered 1..N_t within each time point.
+
+    The ids of labels that are unique across a stack become unique within each time point only
+    (an object keeps one id across the Z planes of its volume); images without a ``T`` axis come
+    back unchanged. This is the default numbering of time-lapse labels: the largest id is that of
+    the busiest frame, so a time-lapse stays uint16 (which ImageJ opens as a hyperstack).
+
+    Args:
+        labels: instance labels, one axis per letter of ``axes`` (e.g. (T, Y, X) or
+            (T, Z, Y, X)), unsigned integers, 0 background, ids of different time points
+            distinct.
+        axes: the labels' axes, e.g. ``"TYX"`` or ``"TZYX"``.
+
+    Returns:
+        Labels of the same shape, ids 1..N_t in each time point in the order of the input ids,
+        uint16 when the largest N_t fits, else uint32.
+    """
+    labels = np.asarray(labels)
+    if len(axes) != labels.ndim:
+        raise ValueError(f"axes {axes!r} do not fit labels of shape {labels.shape}")
+    if "T" not in axes.upper():
+        return labels
+    frames = np.moveaxis(labels, axes.upper().index("T"), 0)
+    renumbered, largest = [], 0
+    for frame in frames:
+        ids, inverse = np.unique(frame, return_inverse=True)
+        if ids.size and ids[0] != 0:  # no background in this frame: ids start at 1
+            inverse = inverse + 1
+        renumbered.append(inverse.reshape(frame.shape))
+        largest = max(largest, int(inverse.max()) if inverse.size else 0)
+    dtype = labels_dtype(largest)
+    out = np.stack([frame.astype(dtype) for frame in renumbered]) if renumbered else frames
+    return np.moveaxis(out.astype(dtype, copy=False), 0, axes.upper().index("T"))

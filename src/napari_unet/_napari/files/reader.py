@@ -7,8 +7,9 @@ not copied into memory; labels are held in memory so that they can be edited). P
 the layer ``scale``; channels become one layer each.
 
 Large images open lazily, as dask arrays that read only the part napari shows
-(:func:`napari_unet.core.io.lazy.open_lazy`): every ``*.zarr`` folder (OME-Zarr: the full-resolution
-level of the first image; or a plain zarr array), and a TIFF whose pixels would take more than
+(:func:`napari_unet.core.io.lazy.open_lazy`): every ``*.zarr`` folder (OME-Zarr: the first image,
+as a multiscale layer of all its resolution levels when it has several, placed by the scale of its
+metadata; or a plain zarr array), and a TIFF whose pixels would take more than
 :data:`LAZY_FRACTION` of the available memory, or more than :data:`LAZY_COMPRESSED_BYTES` when the
 file is compressed or tiled (it cannot be memory-mapped, so reading it would copy it all into
 memory). The Segment widget predicts such layers block by block.
@@ -31,6 +32,7 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
@@ -95,7 +97,8 @@ def read_layers(path: PathLike) -> list[LayerData]:
         image = open_lazy(path)
         integer = np.dtype(image.data.dtype).kind in "iu"  # napari's Labels hold integers only
         labels = (_zarr_labels(path) and integer) or is_labels(image)
-        return [layer_data(image, _zarr_name(path), "labels" if labels else "image")]
+        layer = layer_data(image, _zarr_name(path), "labels" if labels else "image")
+        return [multiscale_layer(layer, image.levels)]
     if opens_lazily(path):
         image = open_lazy(path)
         return [layer_data(image, display_name(path), "labels" if is_labels(image) else "image")]
@@ -108,6 +111,22 @@ def read_layers(path: PathLike) -> list[LayerData]:
     if layer_type == "labels":
         attach_review(layer, path)
     return [layer]
+
+
+def multiscale_layer(layer: LayerData, levels: Sequence[Any]) -> LayerData:
+    """``layer`` as a multiscale layer when its image has several resolution levels.
+
+    Args:
+        layer: a layer data tuple whose data is the full-resolution level.
+        levels: every level, full resolution first, each with the same axes (dask arrays of
+            shrinking Y and X); napari draws the level that fits the zoom, and the ``scale``
+            (of level 0, from the OME-Zarr metadata) places them all. One level: ``layer``
+            as it is.
+    """
+    if len(levels) < 2:
+        return layer
+    _, kwargs, layer_type = layer
+    return list(levels), {**kwargs, "multiscale": True}, layer_type
 
 
 def opens_lazily(path: PathLike, available: int | None = None) -> bool:

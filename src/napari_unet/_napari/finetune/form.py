@@ -34,7 +34,8 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class PairRow(Container):
-    """One (image layer, labels layer) pair of the list, with a button removing it."""
+    """One (image layer, labels layer) pair of the list, with a button removing it, and below
+    them the image's second channel ("none" by default) for a two-channel model."""
 
     def __init__(self, owner: FinetuneForm) -> None:
         self.image = ComboBox(
@@ -47,11 +48,22 @@ class PairRow(Container):
         )
         self.remove_button = PushButton(text="x", tooltip="Remove this pair")
         self.remove_button.max_width = 28
-        super().__init__(
+        self.second = ComboBox(
+            label="2nd channel",
+            choices=owner._layer_choices(Image),
+            nullable=True,
+            tooltip="For a two-channel model (e.g. nucleus + cytoplasm): the image layer of the "
+            "image's second channel, of its shape; empty (-----): the image alone",
+        )
+        top = Container(
             widgets=[self.image, self.labels_layer, self.remove_button],
             layout="horizontal",
             labels=False,
         )
+        top.margins = (0, 0, 0, 0)
+        bottom = Container(widgets=[self.second], labels=True)
+        bottom.margins = (0, 0, 0, 0)
+        super().__init__(widgets=[top, bottom], labels=False)
         self.margins = (0, 0, 0, 0)
         self.image.changed.connect(self.pick_labels)
         self.remove_button.changed.connect(lambda: owner.remove_pair(self))
@@ -109,25 +121,7 @@ class FinetuneForm(Container):
         self.model_name = LineEdit(
             label="save as", tooltip="Name of the new model (saved in your model folder)"
         )
-        self.budget = RadioButtons(
-            label="budget", choices=("epochs", "minutes"), value="epochs", orientation="horizontal"
-        )
-        self.epochs = SpinBox(label="epochs", value=40, min=1, max=MINUTES_EPOCHS)
-        self.minutes = FloatSpinBox(
-            label="minutes", value=10.0, min=0.1, max=10_000.0, step=1.0, visible=False
-        )
-        self.augmentation = ComboBox(label="augmentation", choices=AUGMENT_LEVELS, value="default")
-        self.elastic = CheckBox(text="elastic deformation", value=True)
-        self.preview_button = PushButton(text="Preview augmentation")
-        self.advanced = CheckBox(text="advanced settings", value=False)
-        self.patch_size = SpinBox(label="patch size", value=192, min=32, max=1024, step=16)
-        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=64)
-        self.steps_per_epoch = SpinBox(label="steps per epoch", value=25, min=1, max=100_000)
-        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.advanced_box = Container(
-            widgets=[self.patch_size, self.batch_size, self.steps_per_epoch, self.device],
-            visible=False,
-        )
+        self._build_settings()
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(
             text="Stop", enabled=False, tooltip="Stop training; the best model so far is kept"
@@ -172,6 +166,28 @@ class FinetuneForm(Container):
         self.budget.changed.connect(self._budget_changed)
         self.advanced.changed.connect(lambda on: setattr(self.advanced_box, "visible", on))
 
+    def _build_settings(self) -> None:
+        """The training settings: budget, augmentation and the advanced settings."""
+        self.budget = RadioButtons(
+            label="budget", choices=("epochs", "minutes"), value="epochs", orientation="horizontal"
+        )
+        self.epochs = SpinBox(label="epochs", value=40, min=1, max=MINUTES_EPOCHS)
+        self.minutes = FloatSpinBox(
+            label="minutes", value=10.0, min=0.1, max=10_000.0, step=1.0, visible=False
+        )
+        self.augmentation = ComboBox(label="augmentation", choices=AUGMENT_LEVELS, value="default")
+        self.elastic = CheckBox(text="elastic deformation", value=True)
+        self.preview_button = PushButton(text="Preview augmentation")
+        self.advanced = CheckBox(text="advanced settings", value=False)
+        self.patch_size = SpinBox(label="patch size", value=192, min=32, max=1024, step=16)
+        self.batch_size = SpinBox(label="batch size", value=4, min=1, max=64)
+        self.steps_per_epoch = SpinBox(label="steps per epoch", value=25, min=1, max=100_000)
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.advanced_box = Container(
+            widgets=[self.patch_size, self.batch_size, self.steps_per_epoch, self.device],
+            visible=False,
+        )
+
     def _layer_choices(self, kind: type) -> Any:
         def choices(_: Any) -> list[tuple[str, Any]]:
             return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, kind)]
@@ -213,6 +229,11 @@ class FinetuneForm(Container):
     def pairs(self) -> list[tuple[Any, Any]]:
         """The listed ``(image layer, labels layer)`` pairs."""
         return [row.pair for row in self.pair_rows]
+
+    @property
+    def second_channels(self) -> list[Any]:
+        """The second-channel layer of each listed pair (``None``: the image alone)."""
+        return [row.second.value for row in self.pair_rows]
 
     # ------------------------------------------------------------------------------ settings
 

@@ -178,9 +178,14 @@ def _rule_mask(
 
 
 def _pair_input(
-    image_layer: Any, labels_layer: Any, rule: str, shapes_layer: Any | None
+    image_layer: Any,
+    labels_layer: Any,
+    rule: str,
+    shapes_layer: Any | None,
+    second: Any | None = None,
 ) -> TrainingInput:
-    """One pair read and checked.
+    """One pair read and checked; with ``second``, the image and its second channel stacked
+    as channels (:func:`..files.channels.stack_channels`).
 
     Raises:
         NotAnnotated: see :func:`_rule_mask`.
@@ -196,7 +201,13 @@ def _pair_input(
     labels = np.array(layer_array(labels_layer), copy=True)
     name = f"{image_layer.name!r} with {labels_layer.name!r}"
     mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
-    image = np.asarray(layer_array(image_layer))
+    if second is None:
+        image = np.asarray(layer_array(image_layer))
+    else:
+        from ..files.channels import channels_name, stack_channels
+
+        image, axes = stack_channels([image_layer, second])
+        name = f"{channels_name([image_layer, second])!r} with {labels_layer.name!r}"
     return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
 
 
@@ -238,12 +249,15 @@ def describe_annotation(
 
 
 def collect_inputs(
-    pairs: Sequence[tuple[Any, Any]], rule: str, shapes_layer: Any | None = None
+    pairs: Sequence[tuple[Any, Any]],
+    rule: str,
+    shapes_layer: Any | None = None,
+    seconds: Sequence[Any] | None = None,
 ) -> tuple[list[TrainingInput], list[str]]:
     """Read (image layer, labels layer) pairs as training inputs.
 
     Args:
-        pairs: the pairs; a repeated pair is read once.
+        pairs: the pairs; a repeated pair (with the same second channel) is read once.
         rule: one of :data:`ANNOTATED_RULES`: the objects the user reviewed, with a margin, plus
             the regions of ``shapes_layer`` when given (:data:`REVIEWED`, see :mod:`._edits`);
             every pixel of the labels is annotated (:data:`WHOLE`), the planes with at least
@@ -251,6 +265,8 @@ def collect_inputs(
             everywhere), or the pixels inside the shapes of ``shapes_layer`` are
             (:data:`SHAPES`).
         shapes_layer: a napari Shapes layer (for :data:`SHAPES`).
+        seconds: for each pair, the Image layer of the image's second channel, or ``None``
+            (all ``None`` when not given): the two are stacked as the channels of one input.
 
     Returns:
         ``(inputs, skipped)``: the inputs (labels copied), and the names of pairs with nothing
@@ -265,19 +281,22 @@ def collect_inputs(
     if rule not in ANNOTATED_RULES:
         raise UserError(f"Unknown annotation rule {rule!r}.")
     unique = []
-    for image_layer, labels_layer in pairs:
+    seconds = list(seconds) if seconds is not None else [None] * len(pairs)
+    if len(seconds) != len(pairs):
+        raise ValueError(f"{len(seconds)} second channels for {len(pairs)} pairs")
+    for (image_layer, labels_layer), second in zip(pairs, seconds, strict=True):
         if image_layer is None or labels_layer is None:
             raise UserError("Choose an image layer and a labels layer for every pair.")
-        if not any(image_layer is a and labels_layer is b for a, b in unique):
-            unique.append((image_layer, labels_layer))
+        if not any(image_layer is a and labels_layer is b and second is c for a, b, c in unique):
+            unique.append((image_layer, labels_layer, second))
     if not unique:
         raise UserError("Add at least one pair of an image layer and its labels layer.")
     if rule == SHAPES and shapes_layer is None:
         raise UserError("Choose the Shapes layer whose regions are annotated (or another rule).")
     inputs, skipped, reasons = [], [], []
-    for image_layer, labels_layer in unique:
+    for image_layer, labels_layer, second in unique:
         try:
-            inputs.append(_pair_input(image_layer, labels_layer, rule, shapes_layer))
+            inputs.append(_pair_input(image_layer, labels_layer, rule, shapes_layer, second))
         except NotAnnotated as exc:
             skipped.append(f"{image_layer.name!r} with {labels_layer.name!r}")
             reasons.append(str(exc))

@@ -10,6 +10,12 @@ when it beats its base on the held-out crops (or when there is too little annota
 out); one that beat it is selected in the Segment widget and as the base of the next round, and
 "Apply to image" runs it there. Closing the panel during training asks first; closing the viewer
 stops the run (napari's task status).
+
+Each pair may name a second channel of its image (nucleus + cytoplasm, say): the two layers are
+stacked as the channels of one input, and a new network takes as many input channels.
+
+The widget is in three parts: this module (controls, layers, models, the output's name),
+:mod:`.training` (running a training) and :mod:`.results` (the new model, the preview).
 """
 
 from __future__ import annotations
@@ -19,19 +25,20 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.notifications import show_info
 
 from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.errors import UserError
-from napari_unet.core.io.storage import file_state
 
 from ..files.export_model import ModelExport
 from ..layout import fit_in_dock
 from ..review.edits import watch_viewer
 from . import messages
 from .form import FinetuneForm
-from .job import SCRATCH, TrainRequest, augment_config
-from .training_data import NotAnnotated, collect_inputs, describe_annotation
+from .job import SCRATCH
+from .results import FinetuneResults
+from .training import FinetuneTraining
+from .training_data import describe_annotation
 
 if TYPE_CHECKING:
     import napari
@@ -48,7 +55,7 @@ def _training_threads() -> int:
     return max(1, cores - 1)
 
 
-class FinetuneWidget(FinetuneForm):
+class FinetuneWidget(FinetuneTraining, FinetuneResults, FinetuneForm):
     """Fine-tune a model on the viewer's corrected labels.
 
     Attributes:
@@ -198,312 +205,3 @@ class FinetuneWidget(FinetuneForm):
             show_info("Training not started: choose another name for the new model.")
             return None
         return name, output
-
-    # --------------------------------------------------------------------------- training
-
-    def _inputs(self) -> list:
-        inputs, skipped = collect_inputs(self.pairs, self.rule.value, self.shapes_layer.value)
-        if skipped:
-            show_warning("No region covers " + ", ".join(skipped) + ": not used for training.")
-        return inputs
-
-    def _request(self) -> TrainRequest | None:
-        config = self.train_config()
-        base = self._base_path()
-        named = self._output()
-        if named is None:
-            return None
-        name, output = named
-        inputs = self._inputs()  # the labels are copied now
-        return TrainRequest(
-            tuple(inputs),
-            output,
-            base,
-            config,
-            name,
-            device=str(self.device.value),
-            threads=self.threads,
-        )
-
-    @property
-    def running(self) -> bool:
-        """True while a training run is going on."""
-        return self._job is not None and self._job.running
-
-    def train(self) -> None:
-        """Start training with the current settings (errors are shown as notifications)."""
-        if self.running:
-            show_warning("A training run is going on: stop it first.")
-            return
-        try:
-            request = self._request()
-            if request is not None:
-                self._start(request)
-        except NotAnnotated as exc:  # nothing to learn from: say so, change nothing
-            self._tell(str(exc), show_warning)
-        except UserError as exc:
-            show_error(str(exc))
-        except Exception as exc:  # an unexpected failure is reported, never raised into Qt
-            logger.exception("cannot start training")
-            show_error(f"Cannot start training: {exc}")
-
-    def _start(self, request: TrainRequest) -> None:
-        from .job import training_job
-
-        self.plot.clear()
-        self.last_status = None
-        self._config = request.config
-        self._run_name, self._run_output = request.name, request.output
-        self._before = file_state(request.output)
-        callbacks = {
-            "on_progress": self._on_progress,
-            "on_result": self._on_result,
-            "on_error": self._on_error,
-            "on_cancelled": self._on_cancelled,
-            "on_finished": self._on_finished,
-        }
-        description = f"Fine-tuning {request.name}"
-        if self.backend == "process":
-            from ..jobs.process import start_process_job
-
-            self.status.value = "starting the training process..."
-            self._job = start_process_job(training_job, (request,), description, **callbacks)
-        else:
-            from ..jobs.workers import start_job
-
-            self.status.value = "starting..."
-            self._job = start_job(training_job(request), description, **callbacks)
-        self.train_button.enabled = False
-        self.stop_button.enabled = True
-        self._register_task(description)
-
-    def _register_task(self, description: str) -> None:
-        """Tell napari a task runs, so that closing the viewer asks first and then stops it."""
-        from napari.utils.task_status import Status
-
-        register = _window_method(self._viewer, "_register_task_status")
-        if register is not None:
-            self._task_id = register(
-                "napari-unet", Status.BUSY, description, cancel_callback=self._abandon
-            )
-
-    def _task_done(self) -> None:
-        from napari.utils.task_status import Status
-
-        update = _window_method(self._viewer, "_update_task_status")
-        if self._task_id is not None and update is not None:
-            update(self._task_id, Status.COMPLETED)
-        self._task_id = None
-
-    def _abandon(self) -> bool:
-        """Stop the run because the viewer closes (napari's cancel callback)."""
-        self._on_destroyed()
-        return True
-
-    def closed_while_training(self) -> None:
-        """The panel was closed during training: stop the run, or keep it (and the panel)."""
-        if not self.running:
-            return
-        if self.confirm(
-            "Training is running. Stop it? (The best model so far is kept.)\n"
-            "No: keep training, and keep the Fine-tune panel open."
-        ):
-            self.stop()
-        else:
-            self._viewer.window.add_dock_widget(self, name="Fine-tune (napari-unet)", area="right")
-
-    def stop(self) -> None:
-        """Stop training at the next step; the best model so far is kept."""
-        if self.running:
-            self.status.value = "stopping..."
-            self._job.cancel()
-
-    def _on_progress(self, event: Any) -> None:
-        if self._closed:
-            return
-        status = event.payload
-        if status is None or not hasattr(status, "kind"):
-            self.status.value = event.message
-            return
-        self.last_status = status
-        if status.kind == "step":
-            self.plot.add_loss(status.step, status.loss)
-        elif status.kind == "validation" and (
-            "ap_50" in status.metrics or "pixel_iou" in status.metrics
-        ):
-            self.plot.add_score(status.step, status.metrics["score"])
-        self.status.value = messages.status_text(status)
-
-    def _saved(self) -> bool:
-        """Whether this run wrote its model file."""
-        state = file_state(self._run_output) if self._run_output is not None else None
-        return state is not None and state != self._before
-
-    def _on_result(self, path: Any) -> None:
-        if self._closed:
-            return
-        saved = path is not None and self._saved()
-        self._tell(
-            messages.finished_message(self.last_status, self._run_name, saved, self._config),
-            show_info,
-        )
-        if saved:
-            self._publish(self._run_name, messages.improved(self.last_status))
-
-    def _on_cancelled(self) -> None:
-        if self._closed:
-            return
-        saved = self._saved()
-        self._tell(messages.stopped_message(self.last_status, self._run_name, saved), show_info)
-        if saved:
-            self._publish(self._run_name, messages.improved(self.last_status))
-
-    def _on_error(self, exc: BaseException) -> None:
-        if self._closed:
-            return
-        message = str(exc) if isinstance(exc, UserError) else f"Training failed: {exc}"
-        if not isinstance(exc, UserError):
-            logger.error("training failed", exc_info=exc)
-        if self._saved():
-            message += f" The best model so far is saved as {self._run_name!r}."
-        self._tell(message, show_error)
-        if self._saved():
-            self._publish(self._run_name, messages.improved(self.last_status))
-
-    def _tell(self, message: str, notify: Any) -> None:
-        """The run's outcome, in the status line (which would otherwise keep the last step's
-        text) and as a notification."""
-        self.status.value = message
-        notify(message)
-
-    def _on_finished(self) -> None:
-        self._task_done()
-        if self._closed:
-            return
-        self.train_button.enabled = True
-        self.stop_button.enabled = False
-        if self.status.value.startswith(("starting", "stopping")):
-            self.status.value = ""
-
-    def _on_destroyed(self, *_: Any) -> None:
-        self._closed = True
-        job = self._job
-        if job is not None and job.running:
-            (job.terminate if hasattr(job, "terminate") else job.cancel)()
-
-    # ------------------------------------------------------------------- after training
-
-    def _segment_widget(self) -> Any:
-        """The Segment widget (opened if needed), or ``None`` with a warning."""
-        try:
-            _, widget = self._viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
-        except Exception as exc:  # any failure to open it must not break the viewer
-            logger.warning("cannot open the Segment widget: %s", exc)
-            show_warning(f"The Segment widget cannot be opened ({exc}).")
-            return None
-        return widget
-
-    def _publish(self, name: str, better: bool) -> None:
-        """Make the new model known: base model list, Apply button and, when it beat its base,
-        the Segment widget and the base of the next round."""
-        self.trained_model = name
-        self.apply_button.enabled = True
-        self.exporter.set_model(self._run_output)
-        self.refresh_models(select=name if better else None)
-        segment = self._segment_widget()
-        if segment is not None:
-            segment.refresh_models(select=name if better else None)
-
-    def apply_to_image(self) -> None:
-        """Segment the chosen image with the model trained last (through the Segment widget)."""
-        if self.trained_model is None:
-            show_warning("Train a model first.")
-            return
-        layer = self.apply_target.value
-        if layer is None:
-            layer = next((image for image, _ in self.pairs if image is not None), None)
-        if layer is None:
-            show_error("Choose the image to segment.")
-            return
-        segment = self._segment_widget()
-        if segment is None:
-            return
-        try:
-            segment.refresh_models(select=self.trained_model)
-            segment.select_image(layer)
-            segment.run()
-        except UserError as exc:
-            show_error(str(exc))
-        except Exception as exc:  # an unexpected failure is reported, never raised into Qt
-            logger.exception("cannot apply the model")
-            show_error(f"Cannot apply the model: {exc}")
-
-    # ---------------------------------------------------------------------- augmentation
-
-    def preview_augmentation(self) -> list:
-        """Add augmented samples of a patch of the first pair as layers (returns them)."""
-        from .job import preview_samples
-        from .training_data import shown_plane_number
-
-        try:
-            pair = next((p for p in self.pairs if None not in p), None)
-            if pair is None:
-                raise UserError("Choose an image and its labels first.")
-            inputs, _ = collect_inputs([pair], self.rule.value, self.shapes_layer.value)
-            plane = shown_plane_number(pair[0], self._viewer.dims.point)
-            images, labels = preview_samples(
-                inputs[0],
-                self._in_channels(inputs[0]),
-                augment_config(self.augmentation.value, bool(self.elastic.value)),
-                plane=plane,
-                patch_size=int(self.patch_size.value),
-            )
-        except UserError as exc:
-            show_error(str(exc))
-            return []
-        except Exception as exc:  # an unexpected failure is reported, never raised into Qt
-            logger.exception("cannot preview the augmentation")
-            show_error(f"Cannot preview the augmentation: {exc}")
-            return []
-        return self._show_preview(pair[0], images, labels)
-
-    def _in_channels(self, item: Any) -> int:
-        from napari_unet.core.network.weights import read_metadata
-
-        from .job import scratch_channels
-
-        base = self._base_path()
-        if base is None:
-            return scratch_channels(item)
-        return int(read_metadata(base).get("in_channels", 1))
-
-    def _show_preview(self, image_layer: Any, images: Any, labels: Any) -> list:
-        for layer in [la for la in self._viewer.layers if la.metadata.get("augmentation_preview")]:
-            self._viewer.layers.remove(layer)
-        scale = tuple(image_layer.scale[-2:])
-        extent = image_layer.extent.world
-        translate = (float(extent[0][-2]), float(extent[1][-1]) + 10 * scale[-1])
-        common = {
-            "scale": scale,
-            "translate": translate,
-            "metadata": {"augmentation_preview": True},
-        }
-        units = getattr(image_layer, "units", None)
-        if units is not None:  # in the image's units (e.g. µm), as it is shown
-            common["units"] = tuple(units[-2:])
-        name = f"augmentation preview ({self.augmentation.value})"
-        if images.shape[0] == 1:
-            added = [self._viewer.add_image(images[0], name=name, **common)]
-        else:
-            added = list(self._viewer.add_image(images, channel_axis=0, name=name, **common))
-        added.append(self._viewer.add_labels(labels, name=f"{name} labels", opacity=0.4, **common))
-        return added
-
-
-def _window_method(viewer: Any, name: str) -> Any:
-    """A method of napari's window that has no public form yet (task status), or ``None``."""
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        return getattr(viewer.window, name, None)

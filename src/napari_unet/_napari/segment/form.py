@@ -22,6 +22,8 @@ from ..layout import Message, fit_in_dock
 LOAD_FROM_FILE = "<load from file>"
 #: Value of the output list's first entry: results go to a new Labels layer.
 NEW_LAYER = "<new layer>"
+#: Value of the "Second channel" list's first entry: the image alone is the model's input.
+NO_SECOND = "<none>"
 THIS_PLANE = "this plane"
 WHOLE_STACK = "whole stack"
 
@@ -30,8 +32,8 @@ class SegmentForm(Container):
     """The controls of the Segment widget.
 
     Args:
-        image_choices, model_choices, output_choices: callables giving the ``(text, value)``
-            choices of the three lists (called again by ``reset_choices()``).
+        image_choices, model_choices, output_choices, second_choices: callables giving the
+            ``(text, value)`` choices of the lists (called again by ``reset_choices()``).
     """
 
     def __init__(
@@ -39,8 +41,14 @@ class SegmentForm(Container):
         image_choices: Callable[[Any], list[tuple[str, Any]]],
         model_choices: Callable[[Any], list[tuple[str, Any]]],
         output_choices: Callable[[Any], list[tuple[str, Any]]],
+        second_choices: Callable[[Any], list[tuple[str, Any]]],
     ) -> None:
         self.image = ComboBox(label="Image", choices=image_choices, nullable=True)
+        self.second = ComboBox(
+            label="Second channel", choices=second_choices, value=NO_SECOND,
+            tooltip="for a two-channel model (e.g. nucleus + cytoplasm): the image layer of the "
+            "second channel, of the image's shape; none: the image alone",
+        )  # fmt: skip
         self.model = ComboBox(label="Model", choices=model_choices, nullable=True)
         self.pixel_size = FloatSpinBox(
             label="Pixel size (µm)", value=0.0, min=0.0, max=1000.0, step=0.05,
@@ -68,6 +76,23 @@ class SegmentForm(Container):
         )  # fmt: skip
         self.apply_button = PushButton(text="Apply thresholds")
         self.show_advanced = CheckBox(text="Advanced settings", value=False)
+        self.advanced = self._advanced_controls()
+        self.run_button = PushButton(text="Run")
+        self.status = Message("Status")
+        super().__init__(
+            widgets=[
+                self.image, self.second, self.pixel_size, self.model, self.model_info,
+                self.device_info, self.scope, self.output, self.interior_threshold,
+                self.foreground_threshold, self.min_size, self.apply_button,
+                self.show_advanced, self.advanced, self.run_button, self.status,
+            ],
+        )  # fmt: skip
+        self.advanced.visible = False
+        self.show_advanced.changed.connect(self._toggle_advanced)
+        fit_in_dock(self, pinned=(self.run_button, self.status))
+
+    def _advanced_controls(self) -> Container:
+        """The controls under "Advanced settings": tiles, precision, seeds, blocks, ids."""
         self.tile_size = SpinBox(
             label="Tile size (px)", value=1024, min=32, max=16384, step=32,
             tooltip="side of the part of a tile that is kept; smaller uses less memory",
@@ -93,26 +118,19 @@ class SegmentForm(Container):
             tooltip="large and lazy images are predicted block by block: the side of a block; "
             "0: automatic (about 4096 px)",
         )  # fmt: skip
-        self.advanced = Container(
+        self.ids = ComboBox(
+            label="Time-lapse ids", value="per-frame",
+            choices=[("per frame", "per-frame"), ("across frames", "stack")],
+            tooltip="per frame: the objects of each time point are numbered 1..N (a time-lapse "
+            "stays 16-bit and opens in ImageJ as a hyperstack); across frames: ids unique in "
+            "the whole time-lapse",
+        )  # fmt: skip
+        return Container(
             widgets=[
                 self.tile_size, self.batch_size, self.precision, self.min_seed_size,
-                self.seed_sigma, self.block_pixels,
+                self.seed_sigma, self.block_pixels, self.ids,
             ],
         )  # fmt: skip
-        self.run_button = PushButton(text="Run")
-        self.status = Message("Status")
-        super().__init__(
-            widgets=[
-                self.image, self.pixel_size, self.model, self.model_info, self.device_info,
-                self.scope, self.output, self.interior_threshold, self.foreground_threshold,
-                self.min_size, self.apply_button, self.show_advanced, self.advanced,
-                self.run_button,
-                self.status,
-            ],
-        )  # fmt: skip
-        self.advanced.visible = False
-        self.show_advanced.changed.connect(self._toggle_advanced)
-        fit_in_dock(self, pinned=(self.run_button, self.status))
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.visible = bool(shown)

@@ -60,6 +60,8 @@ class RunPlan:
         key: the key of the kept probabilities.
         choice: the model.
         live_id: the new layer being filled plane by plane, once it exists.
+        per_frame: number a time-lapse's instance ids afresh in each time point (else once
+            across the stack).
     """
 
     image_id: str
@@ -74,6 +76,7 @@ class RunPlan:
     key: Hashable
     choice: ModelChoice
     live_id: str | None = None
+    per_frame: bool = True
 
 
 def geometry_of(image: Any, axes: str, label_axes: str) -> Geometry:
@@ -151,6 +154,31 @@ def write_labels(
     layer.data = merge_plane(np.array(layer.data, copy=True), region, labels, instances)
 
 
+def number_frames(
+    layer: Any, axes: Any, region: tuple[int | slice, ...] | None, per_frame: bool
+) -> None:
+    """Renumber a time-lapse's instance ids 1..N in each time point
+    (:func:`~napari_unet.core.labels.ids_per_time_point`): all of the layer's time points, or,
+    when ``region`` (a plane's place) is given, only the one it lies in. Nothing happens without
+    ``per_frame``, without a T axis in ``axes`` (the layer's axes), or for a lazy layer."""
+    if not per_frame or not isinstance(axes, str) or "T" not in axes:
+        return
+    data = layer.data
+    if not isinstance(data, np.ndarray) or data.ndim != len(axes):
+        return
+    from napari_unet.core.labels import ids_per_time_point
+
+    t = axes.index("T")
+    if region is None:
+        layer.data = ids_per_time_point(data, axes)
+        return
+    where = (slice(None),) * t + (slice(int(region[t]), int(region[t]) + 1),)
+    frame = ids_per_time_point(data[where], axes)
+    out = data.astype(np.promote_types(data.dtype, frame.dtype), copy=True)
+    out[where] = frame
+    layer.data = out
+
+
 def placed(labels: np.ndarray, shape: tuple[int, ...], region: Any) -> np.ndarray:
     """``labels`` as the data of a new layer of ``shape``: itself, or in its plane of a stack of
     zeros when ``region`` is given."""
@@ -210,6 +238,8 @@ def write_result(viewer: napari.viewer.Viewer, plan: RunPlan, labels: np.ndarray
     else:
         write_labels(layer, labels, plan.region, plan.choice.task == "instances")
         layer.editable = True
+    if plan.choice.task == "instances":
+        number_frames(layer, plan.geometry.metadata.get("axes"), plan.region, plan.per_frame)
     mark_written(layer, plan.choice.name, plan.image_name)
     return layer
 
@@ -221,6 +251,7 @@ def write_rethresholded(
     geometry: Geometry | None,
     start: str | None,
     labels: np.ndarray,
+    per_frame: bool = True,
 ) -> Any:
     """Put re-thresholded labels into the layer the run wrote (``kept.labels_layer``), or a new
     one when that layer is gone or was edited meanwhile; returns the layer, or ``None`` when
@@ -232,6 +263,7 @@ def write_rethresholded(
         geometry: the geometry of a new layer (``None`` when the image is gone).
         start: the fingerprint of the labels layer when re-thresholding started.
         labels: the new labels, (*leading, Y, X) or one plane (Y, X) when ``kept.region``.
+        per_frame: number a time-lapse's ids afresh in each time point (:func:`number_frames`).
     """
     layer = find_layer(viewer, kept.labels_layer)
     if layer is not None and not unchanged(layer, start):
@@ -246,5 +278,8 @@ def write_rethresholded(
         kept.labels_layer = layer.unique_id
     else:
         write_labels(layer, labels, kept.region, kept.task == "instances")
+    if kept.task == "instances":
+        axes = geometry.metadata.get("axes") if geometry is not None else None
+        number_frames(layer, axes or layer.metadata.get("axes"), kept.region, per_frame)
     mark_written(layer, kept.model_name, image_name)
     return layer

@@ -25,14 +25,20 @@ edited labels).
 
 A large image (a dask or zarr array, as the reader gives for zarr folders and large TIFFs, or more
 than 64 megapixels) is segmented block by block into a new zarr-backed Labels layer instead
-(:mod:`._segment_blockwise`); no probabilities are kept for those runs.
+(:mod:`.blockwise`); no probabilities are kept for those runs.
+
+A model of two channels (nucleus + cytoplasm, say) takes the image and a "Second channel" layer of
+its shape, stacked as channels (:mod:`..files.channels`); a model whose channel count does not
+match the input is refused with a message that says both counts.
+
+The widget is in three parts: this module (controls, viewer events, the public interface),
+:mod:`.planning` (what a run works on) and :mod:`.running` (starting runs, taking results).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Hashable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,33 +46,21 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_unet.core.axes import Layout
 from napari_unet.core.errors import UserError
 
 from ..files.export_model import ModelExport
-from ..files.layer_info import as_labels_layer, layer_layout, looks_like_labels
-from ..review import reuse
+from ..files.layer_info import looks_like_labels
 from ..review.edits import watch_viewer
 from . import layers
 from .engine import load_engine
-from .form import LOAD_FROM_FILE, NEW_LAYER, THIS_PLANE, SegmentForm
+from .form import LOAD_FROM_FILE, NEW_LAYER, NO_SECOND, SegmentForm
 from .hints import LayerHints
-from .job import Kept, PlaneLabels, ProbabilityStore, SegmentRequest
-from .logic import (
-    build_postprocess,
-    build_tiling,
-    channel_problem,
-    count_text,
-    error_message,
-    fingerprint,
-    full_resolution,
-    plane_region,
-    select_plane,
-    written_by_us,
-)
+from .job import ProbabilityStore
+from .logic import written_by_us
 from .models import ModelChoice, ModelList, model_summary, model_tiling
 from .pixel import pixel_size_of, set_pixel_size
-from .stack import stack_settings
+from .planning import SegmentPlanning
+from .running import SegmentRuns, report
 
 if TYPE_CHECKING:
     import napari
@@ -79,7 +73,7 @@ logger = logging.getLogger(__name__)
 RETHRESHOLD_DELAY_MS = 400
 
 
-class SegmentWidget(SegmentForm):
+class SegmentWidget(SegmentPlanning, SegmentRuns, SegmentForm):
     """Segment an image layer with a U-Net (see the module docstring).
 
     Attributes:
@@ -108,7 +102,9 @@ class SegmentWidget(SegmentForm):
         self._model_before: ModelChoice | None = None
         self._device_type = "cpu"
         self._run_clicked_at = -float("inf")
-        super().__init__(self._image_choices, self._model_choices, self._output_choices)
+        super().__init__(
+            self._image_choices, self._model_choices, self._output_choices, self._second_choices
+        )
         self._timer = _single_shot(RETHRESHOLD_DELAY_MS, self._auto_rethreshold)
         self.ready = False
         self._loader = load_engine(self._on_engine_ready, self._on_engine_failed)
@@ -172,16 +168,22 @@ class SegmentWidget(SegmentForm):
         )  # fmt: skip
         return path or None
 
-    def select_image(self, layer: Any) -> None:
-        """Select an image layer of this viewer.
+    def select_image(self, layer: Any, second: Any = None) -> None:
+        """Select an image layer of this viewer, and the layer of its second channel (``None``:
+        the image alone).
 
         Raises:
-            UserError: ``layer`` is not an Image layer of this viewer.
+            UserError: ``layer`` or ``second`` is not an Image layer of this viewer.
         """
         self.image.reset_choices()
-        if not isinstance(layer, Image) or layers.find_layer(self.viewer, layer.unique_id) is None:
-            raise UserError(f"'{layer.name}' is not an image layer of this viewer.")
+        self.second.reset_choices()
+        for chosen in [layer] if second is None else [layer, second]:
+            if (not isinstance(chosen, Image)
+                    or layers.find_layer(self.viewer, chosen.unique_id) is None):  # fmt: skip
+                name = getattr(chosen, "name", chosen)
+                raise UserError(f"'{name}' is not an image layer of this viewer.")
         self.image.value = layer.unique_id
+        self.second.value = second.unique_id if second is not None else NO_SECOND
 
     def run(self) -> Job | None:
         """Segment the selected image (the current plane or the whole stack) in the background.
@@ -259,6 +261,11 @@ class SegmentWidget(SegmentForm):
         return [(layer.name, layer.unique_id) for layer in self.viewer.layers
                 if isinstance(layer, Image)]  # fmt: skip
 
+    def _second_choices(self, _: Any = None) -> list[tuple[str, str]]:
+        images = [layer for layer in self.viewer.layers
+                  if isinstance(layer, Image) and not layer.rgb]  # fmt: skip
+        return [("none", NO_SECOND)] + [(layer.name, layer.unique_id) for layer in images]
+
     def _model_choices(self, _: Any = None) -> list[tuple[str, Any]]:
         listed = [(c.label, c) for c in self._models.choices]
         return [*listed, ("Load from file...", LOAD_FROM_FILE)]
@@ -315,6 +322,7 @@ class SegmentWidget(SegmentForm):
 
     def _refresh_choices(self, *_: Any) -> None:
         self.image.reset_choices()
+        self.second.reset_choices()
         self.output.reset_choices()
 
     def _on_image_changed(self, *_: Any) -> None:
@@ -404,7 +412,7 @@ class SegmentWidget(SegmentForm):
     def _on_engine_failed(self, exc: BaseException) -> None:
         if not self._destroyed():
             self.device_info.value = "PyTorch could not be loaded."
-            _report(exc, "Loading PyTorch")
+            report(exc, "Loading PyTorch")
 
     def _destroyed(self) -> bool:
         """Whether the widget was closed (its Qt objects deleted)."""
@@ -413,259 +421,6 @@ class SegmentWidget(SegmentForm):
         except RuntimeError:
             return True
         return False
-
-    # --- planning a run ----------------------------------------------------------------------
-
-    def _image_layer(self) -> Any:
-        layer = layers.find_layer(self.viewer, self.image.value)
-        return layer if isinstance(layer, Image) else None
-
-    def _layout_of(self, image: Any) -> Layout | None:
-        if image is None:
-            return None
-        try:
-            return layer_layout(image)
-        except UserError:
-            return None
-
-    def _axes_of(self, image: Any) -> str | None:
-        layout = self._layout_of(image)
-        return layout.axes if layout is not None else None
-
-    def _blockwise(self) -> bool:
-        """Whether the selected image is segmented blockwise (a large or lazy image)."""
-        from .blockwise import needs_blockwise
-
-        image = self._image_layer()
-        layout = self._layout_of(image)
-        if layout is None:
-            return False
-        return needs_blockwise(full_resolution(image), layout.label_shape)
-
-    def _model_choice(self) -> ModelChoice:
-        choice = self.model.value
-        if not isinstance(choice, ModelChoice):
-            raise UserError("Choose a model first.")
-        if choice.error:
-            raise UserError(choice.error)
-        return choice
-
-    def _current_key(self) -> tuple[Hashable, dict[str, int] | None]:
-        """The key of kept probabilities for the current image, model and plane or stack, and
-        the plane's index (``None`` for the whole stack)."""
-        image = self._image_layer()
-        if image is None:
-            raise UserError("Choose an image layer first (open an image, or File > Open Sample).")
-        choice = self._model_choice()
-        data = full_resolution(image)
-        layout = layer_layout(image)
-        index = None
-        if self.scope.value == THIS_PLANE and layout.leading_axes:
-            position = image.world_to_data(self.viewer.dims.point)
-            at = layout.leading_at(position, clip=True) or ()
-            index = dict(zip(layout.leading_axes, at, strict=True))
-        scope = ("plane", tuple(sorted(index.items()))) if index else ("stack",)
-        return (image.unique_id, id(data), choice.key(), scope), index
-
-    def _source(self) -> tuple[Any, ModelChoice, Any, str]:
-        """The image layer, the model, the image's full-resolution data and its axes.
-
-        Raises:
-            UserError: the model does not take the image's channels.
-        """
-        image, choice = self._image_layer(), self._model_choice()
-        full = full_resolution(image)
-        axes = layer_layout(image).axes
-        problem = channel_problem(axes, full.shape, choice.in_channels, image.name, choice.name)
-        if problem:
-            raise UserError(problem)
-        return image, choice, full, axes
-
-    def _make_plan(self) -> layers.RunPlan | None:
-        """What to run, or ``None`` when the user declined to replace an edited layer."""
-        key, index = self._current_key()
-        image, choice, full, axes = self._source()
-        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
-        layout = Layout(axes, full.shape)
-        shape = layout.label_shape
-        target = self._target(shape, bool(index))
-        if target is False:
-            return None
-        return layers.RunPlan(
-            image_id=image.unique_id, image_name=image.name, data=data,
-            data_axes=data_axes, label_shape=shape,
-            region=plane_region(layout.label_axes, index) if index else None,
-            geometry=layers.geometry_of(image, axes, layout.label_axes),
-            target_id=target.unique_id if target is not None else None,
-            target_fingerprint=fingerprint(target.data) if target is not None else None,
-            key=key, choice=choice,
-        )  # fmt: skip
-
-    def _target(self, shape: tuple[int, ...], plane: bool) -> Any:
-        """The Labels layer to write into: ``None`` for a new layer, ``False`` when the user
-        does not want an edited layer replaced."""
-        value = self.output.value
-        if value in (None, NEW_LAYER):
-            return None
-        layer = layers.find_layer(self.viewer, value)
-        if layer is None:
-            raise UserError("The output layer no longer exists; choose another output.")
-        if isinstance(layer, Image):  # offered because it holds integer labels
-            layer = as_labels_layer(self.viewer, layer)
-        if tuple(layer.data.shape) != shape:
-            raise UserError(f"'{layer.name}' has shape {layer.data.shape}; labels need {shape}.")
-        if not written_by_us(layer.metadata, layer.data):
-            what = "this plane of " if plane else ""
-            question = (
-                f"'{layer.name}' holds labels that Segment did not write (edits). Replace "
-                f"{what}'{layer.name}' with the new result? Those labels will be lost."
-            )
-            if not self.confirm(question):
-                return False
-        return layer
-
-    # --- running -----------------------------------------------------------------------------
-
-    def _settings(self, task: str) -> Any:
-        return build_postprocess(
-            task, self.interior_threshold.value, self.foreground_threshold.value,
-            self.min_size.value, self.min_seed_size.value, self.seed_sigma.value,
-        )  # fmt: skip
-
-    def _start_segmentation(self, plan: layers.RunPlan) -> Job:
-        from ..jobs.workers import start_job
-        from .job import segment_job
-
-        choice = plan.choice
-        base = model_tiling(choice, self._device_type)
-        stack, voxel_size = stack_settings(self._image_layer(), plan.data_axes)
-        request = SegmentRequest(
-            image=plan.data, axes=plan.data_axes, model_path=choice.path,
-            model=self._models.loaded(choice),
-            tiling=build_tiling(base, self.tile_size.value, self.batch_size.value),
-            postprocess=self._settings(choice.task), precision=self.precision.value,
-            stack=stack, voxel_size=voxel_size,
-        )  # fmt: skip
-        self._plan = plan
-        self.status.value = f"Segmenting '{plan.image_name}' with {choice.name}..."
-        self.run_button.text = "Cancel"
-        self.job = start_job(
-            segment_job(request), f"Segmenting {plan.image_name}",
-            on_progress=self._on_progress, on_result=self._on_result, on_error=self._on_error,
-            on_cancelled=self._on_cancelled, on_finished=self._on_finished,
-        )  # fmt: skip
-        return self.job
-
-    def _start_blockwise(self) -> Job | None:
-        """Segment the selected (large or lazy) image block by block into a new Labels layer
-        backed by a zarr array (see :mod:`._segment_blockwise`)."""
-        from ..jobs.workers import start_job
-        from .blockwise import BlockwiseRequest, BlockwiseRun, blockwise_job
-
-        try:
-            _, index = self._current_key()
-            image, choice, full, axes = self._source()
-        except UserError as exc:
-            show_warning(str(exc))
-            return None
-        if self.output.value not in (None, NEW_LAYER):
-            show_info(f"'{image.name}' is segmented blockwise, into a new zarr-backed layer.")
-        data, data_axes = select_plane(full, axes, index) if index else (full, axes)
-        layout = Layout(axes, full.shape)
-        run = BlockwiseRun(
-            self.viewer, image.name, choice, layers.geometry_of(image, axes, layout.label_axes),
-            layout.label_shape,
-            plane_region(layout.label_axes, index) if index else None,
-        )  # fmt: skip
-        request = BlockwiseRequest(
-            image=data, axes=data_axes, output=run.output, model_path=choice.path,
-            model=self._models.loaded(choice),
-            tiling=build_tiling(model_tiling(choice, self._device_type), self.tile_size.value,
-                                self.batch_size.value),
-            postprocess=self._settings(choice.task), precision=self.precision.value,
-            block_size=self.block_size,
-        )  # fmt: skip
-
-        def done(result: Any) -> None:
-            self._models.remember(choice, result.model)
-            self.status.value = run.finish(result)
-
-        self.status.value = f"Segmenting '{image.name}' blockwise with {choice.name}..."
-        self.run_button.text = "Cancel"
-        self.job = start_job(
-            blockwise_job(request), f"Segmenting {image.name} (blockwise)",
-            on_progress=run.on_progress, on_result=done,
-            on_error=lambda exc: setattr(self.status, "value", run.failed(exc)),
-            on_cancelled=lambda: setattr(self.status, "value", run.cancelled()),
-            on_finished=self._on_finished,
-        )  # fmt: skip
-        return self.job
-
-    def _on_progress(self, event: Any) -> None:
-        plan = self._plan
-        if plan is None or not isinstance(event.payload, PlaneLabels):
-            return
-        if plan.target_id is None and plan.region is None and len(plan.label_shape) > 2:
-            layers.show_plane(self.viewer, plan, event.payload)
-
-    def _on_result(self, result: Any) -> None:
-        plan = self._plan
-        if plan is None:
-            return
-        self._models.remember(plan.choice, result.model)
-        layer = layers.write_result(self.viewer, plan, result.labels)
-        kept = Kept(result.probabilities, result.model.task, layer.unique_id, plan.region,
-                    result.model.name, plan.label_shape, result.stack,
-                    result.voxel_size)  # fmt: skip
-        self._kept.put(plan.key, kept)
-        reuse.offer(plan.key, kept)  # Review ranks from them without running the network
-        count = count_text(result.labels, result.model.task)
-        count += " (3D)" if result.stack != "planes" else ""
-        self.status.value = f"{count} in '{layer.name}' ({result.seconds:.1f} s)."
-
-    def _on_error(self, exc: BaseException) -> None:
-        layers.remove_live(self.viewer, self._plan)
-        _report(exc, "Segmentation")
-        self.status.value = "Failed; no labels were changed."
-
-    def _on_cancelled(self) -> None:
-        layers.remove_live(self.viewer, self._plan)
-        show_info("Segmentation cancelled; no labels were changed.")
-        self.status.value = "Cancelled."
-
-    def _on_finished(self) -> None:
-        self.job = None
-        self._plan = None
-        self.run_button.text = "Run"
-
-    # --- re-thresholding ---------------------------------------------------------------------
-
-    def _start_rethreshold(self, key: Hashable, kept: Kept, target: Any) -> Job:
-        from ..jobs.workers import start_job
-        from .job import rethreshold_job
-
-        start = fingerprint(target.data) if target is not None else None
-
-        def write(labels: np.ndarray) -> None:
-            image = layers.find_layer(self.viewer, key[0])
-            layout = self._layout_of(image)
-            geometry = layers.geometry_of(image, layout.axes, layout.label_axes) if layout else None
-            layer = layers.write_rethresholded(self.viewer, kept, image, geometry, start, labels)
-            if layer is not None:
-                count = count_text(labels, kept.task)
-                self.status.value = f"{count} in '{layer.name}' (thresholds applied)."
-
-        self.status.value = "Applying thresholds..."
-        self.run_button.text = "Cancel"
-        job = rethreshold_job(kept.probabilities, kept.task, self._settings(kept.task),
-                              kept.stack, kept.voxel_size)  # fmt: skip
-        self.job = start_job(
-            job, "Applying thresholds", on_result=write,
-            on_error=lambda exc: _report(exc, "Applying thresholds"),
-            on_cancelled=lambda: show_info("Applying thresholds cancelled; nothing was changed."),
-            on_finished=self._on_finished,
-        )  # fmt: skip
-        return self.job
 
 
 def _double_click_seconds() -> float:
@@ -684,10 +439,3 @@ def _single_shot(delay_ms: int, callback: Any) -> Any:
     timer.setInterval(delay_ms)
     timer.timeout.connect(callback)
     return timer
-
-
-def _report(exc: BaseException, what: str) -> None:
-    """Tell the user that a job failed; log the traceback of anything but a user error."""
-    if not isinstance(exc, UserError):
-        logger.error("%s failed", what, exc_info=exc)
-    show_error(error_message(exc, what))

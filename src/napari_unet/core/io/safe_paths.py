@@ -10,6 +10,9 @@ leftovers from runs that were killed.
 - Temporary files and folders are named with :func:`temp_tag` (this machine and process), so
   that :func:`sweep_stale` can remove those of dead processes on this machine (or any older
   than :data:`STALE_SECONDS`) and nothing else.
+- safetensors writes a model through a temporary file of its own beside it (``.tmpXXXXXX``, no
+  tag): :func:`sweep_safetensors_temp` removes those that a killed write left, and only files of
+  that name and layout older than :data:`SAFETENSORS_TEMP_AGE`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,11 @@ STALE_SECONDS = 7 * 24 * 3600
 MIN_AGE_SECONDS = 60
 
 WORK_PREFIX = ".napari-unet-work-"
+
+#: safetensors' own temporary files (``.tmp`` and 6 letters or digits, as Rust's ``tempfile``
+#: names them) are swept only when older than this: no model write takes that long.
+SAFETENSORS_TEMP_AGE = 3600
+_SAFETENSORS_TEMP = re.compile(r"\.tmp[A-Za-z0-9]{6}")
 _ATTRS_LIMIT = 1 << 20  # bytes of root attributes read to find the owner key
 _TAG = re.compile(r"(?P<host>[0-9a-f]{8})-(?P<pid>\d+)-[0-9a-f]{8}")
 
@@ -212,6 +220,46 @@ def sweep_stale(folder: Path, prefixes: tuple[str, ...] = (WORK_PREFIX,)) -> int
 
 def sweep_beside(path: Path) -> int:
     """Remove stale temporary files and folders of earlier writes of ``path`` (and stale
-    blockwise scratch folders) in its folder."""
+    blockwise scratch folders) in its folder; beside a ``.safetensors`` file, also the stale
+    temporary files of safetensors itself (:func:`sweep_safetensors_temp`)."""
     parent = path.parent if str(path.parent) else Path(".")
-    return sweep_stale(parent, (f".{path.name}.", WORK_PREFIX))
+    removed = sweep_stale(parent, (f".{path.name}.", WORK_PREFIX))
+    if path.suffix.lower() == ".safetensors":
+        removed += sweep_safetensors_temp(parent)
+    return removed
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """Whether a file is empty or starts as a safetensors file does (an 8-byte header length,
+    then the JSON header's ``{``): what a write killed at any point leaves."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    return len(head) == 0 or (len(head) == 9 and head[8:9] == b"{")
+
+
+def sweep_safetensors_temp(folder: Path, now: float | None = None) -> int:
+    """Remove the temporary files that safetensors leaves beside a model file when its write
+    is killed: regular files named ``.tmp`` + 6 letters or digits, empty or with a safetensors
+    header, last changed more than :data:`SAFETENSORS_TEMP_AGE` ago. Nothing else is touched
+    (folders, links, other names, younger files, other contents). Returns how many were
+    removed; never raises."""
+    now = time.time() if now is None else now
+    removed = 0
+    try:
+        entries = [e for e in folder.iterdir() if _SAFETENSORS_TEMP.fullmatch(e.name)]
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            info = entry.lstat()
+            if not stat.S_ISREG(info.st_mode) or now - info.st_mtime <= SAFETENSORS_TEMP_AGE:
+                continue
+            if not _looks_like_safetensors(entry):
+                continue
+            entry.unlink()
+        except OSError as exc:
+            logger.debug("could not remove %s: %s", entry, exc)
+            continue
+        logger.info("removed %s, left by a model write that was stopped", entry)
+        removed += 1
+    return removed
