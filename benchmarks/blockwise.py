@@ -64,7 +64,8 @@ def _cpu_seconds() -> float:
 def _base_tile(seed: int = 0) -> np.ndarray:
     import dataclasses
 
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(CHUNK, CHUNK))
     image, _ = make_image(config, seed, dtype=np.uint16)

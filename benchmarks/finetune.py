@@ -9,7 +9,7 @@ Usage: ``python benchmarks/finetune.py [--seeds N] [--minutes M] [--checkpoints 
 **Data.** A synthetic sample that looks unlike the starter's training data
 (:data:`DOMAIN`: strongly elongated, rod-like nuclei with heavy chromatin texture and bright spots,
 clumped, at a moderate signal-to-noise ratio; the starter was trained on
-:func:`~napari_unet.core.synthetic.images.random_config`, whose elongation stops at 0.6 and texture
+:func:`~napari_unet.core.synthetic.config.random_config`, whose elongation stops at 0.6 and texture
 at
 0.6). For each seed, ``--crops`` fully annotated crops of ``--crop-size`` px are the training data
 (new crops for every seed: which cells a user annotates matters as much as the optimiser's

@@ -48,7 +48,8 @@ from napari_unet.core.errors import UserError
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.network.weights import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
 from napari_unet.core.training.train import TrainConfig, train
 

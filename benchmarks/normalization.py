@@ -50,7 +50,8 @@ from napari_unet.core.network.model import UNet, build_model, receptive_radius
 from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG, SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig, augment_batch
 from napari_unet.core.training.data import PatchSampler, TrainingPair, make_pairs
 from napari_unet.core.training.train import TrainConfig, weighted_loss

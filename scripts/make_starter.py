@@ -2,7 +2,7 @@
 
 The starter model ships in the package (``src/napari_unet/models/starter.safetensors``); this
 script is how it was made. It draws a fresh set of synthetic images with randomised magnification,
-noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.images.random_config`), trains
+noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.config.random_config`), trains
 the
 default architecture with the regular training loop (elastic deformation, border weight map) for a
 wall-clock budget, and writes the best model by validation score.
@@ -23,7 +23,8 @@ from napari_unet.core.config import ModelConfig
 from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.weights import load_model, new_metadata, save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import make_image, random_config
+from napari_unet.core.synthetic.config import random_config
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
 from napari_unet.core.training.train import TrainConfig, train
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         settings={
             **provenance["settings"],
             "recipe": recipe,
-            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.images.random_config)",
+            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.config.random_config)",
         },
         metrics=provenance["metrics"],
         pixel_size=PIXEL_SIZE,

@@ -71,7 +71,8 @@ def nuclei_image(size: int = 320, seed: int = 3) -> np.ndarray:
     """A synthetic fluorescence image of nuclei, uint16 (size, size)."""
     import dataclasses
 
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(size, size))
     image, _ = make_image(config, seed, dtype=np.uint16)

@@ -19,7 +19,8 @@ from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.io.images import read_image, write_image
 from napari_unet.core.network.weights import get_model, list_models, save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
 from napari_unet.core.training.train import TrainConfig, train
 

@@ -10,7 +10,8 @@ import pytest
 from _cli_helpers import run
 from _object_columns import COLUMNS_2D
 from napari_unet.core.io.images import read_image, write_image
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image, make_stack
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image, make_stack
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 

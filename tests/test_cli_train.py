@@ -16,7 +16,8 @@ from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserError
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import load_model, new_metadata, save_model
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training import train as train_module
 
 TINY = ModelConfig(depth=2, base_channels=4)

@@ -20,7 +20,8 @@ from napari_unet.core.network.model import build_model
 from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.weights import LoadedModel, load_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import PatchSampler, ValidationCrop, make_pairs
 from napari_unet.core.training.targets import TargetConfig

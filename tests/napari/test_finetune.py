@@ -15,7 +15,8 @@ from napari_unet._napari.finetune.widget import FinetuneWidget
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import load_model, new_metadata, read_metadata, save_model
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)

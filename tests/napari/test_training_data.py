@@ -37,7 +37,8 @@ from napari_unet.core.errors import InputMismatchError, UserError
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.weights import load_model, new_metadata, save_model
 from napari_unet.core.progress import Progress, drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import training_pairs
 from napari_unet.core.training.train import TrainConfig
 
