@@ -184,7 +184,7 @@ def benchmark_network() -> tuple[UNet, str]:
     """The built-in starter model when it is installed (else the default architecture briefly
     trained, see :func:`trained_network`), in eval mode, and a phrase naming it."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     try:
         model = get_model(None)

@@ -44,7 +44,8 @@ from napari_unet.core.io import images as io
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.model import count_parameters
 from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
-from napari_unet.core.network.weights import LoadedModel, builtin_models_dir
+from napari_unet.core.network.registry import builtin_models_dir
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image

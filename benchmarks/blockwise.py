@@ -130,7 +130,7 @@ def write_image(path: Path, size: int, kind: str, base: np.ndarray) -> Path:
 def _child(args: argparse.Namespace) -> dict[str, Any]:
     from napari_unet.core.io.lazy import open_lazy
     from napari_unet.core.large.blockwise import predict_blockwise
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
 
     model = get_model(None)

@@ -80,7 +80,8 @@ from _common import (
 from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.network.normalize import percentile_normalize
-from napari_unet.core.network.weights import LoadedModel, get_model, load_model
+from napari_unet.core.network.registry import get_model, load_model
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import TrainingPair, make_pairs

@@ -47,7 +47,7 @@ from napari_unet.core.analysis.quality import (
     tta_agreement,
 )
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SyntheticConfig, random_config
 from napari_unet.core.synthetic.images import make_image

@@ -46,7 +46,7 @@ from napari_unet.core.analysis.metrics import match
 from napari_unet.core.analysis.quality import auroc, object_quality, right_objects
 from napari_unet.core.errors import UserError
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image

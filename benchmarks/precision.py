@@ -34,7 +34,7 @@ from napari_unet.core.inference.tiling import default_tiling, predict_tiled, res
 from napari_unet.core.io import images as io
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.normalize import percentile_normalize
-from napari_unet.core.network.weights import builtin_models_dir, get_model
+from napari_unet.core.network.registry import builtin_models_dir, get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image

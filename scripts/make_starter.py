@@ -20,8 +20,10 @@ import time
 import numpy as np
 
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image

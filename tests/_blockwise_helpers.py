@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import UNet, build_model
-from napari_unet.core.network.weights import LoadedModel, new_metadata, save_model
+from napari_unet.core.network.weights import LoadedModel, save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4, norm="none")
 GAIN = 20.0

@@ -35,7 +35,7 @@ def isolated_models(tmp_path, monkeypatch):
 def no_builtin_models(tmp_path, monkeypatch):
     """Hide the models that ship in the package (as if none were installed)."""
     monkeypatch.setattr(
-        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+        "napari_unet.core.network.registry.builtin_models_dir", lambda: tmp_path / "none"
     )
 
 

@@ -17,7 +17,8 @@ from napari_unet.core.bioimageio.export import export_model
 from napari_unet.core.errors import ModelFileError, UserError
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.io.images import read_image, write_image
-from napari_unet.core.network.weights import get_model, list_models, save_model
+from napari_unet.core.network.registry import get_model, list_models
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SAMPLE_CONFIG
 from napari_unet.core.synthetic.images import make_image

@@ -12,7 +12,7 @@ from napari_unet.cli import main
 from napari_unet.core.inference.postprocess import postprocess
 from napari_unet.core.inference.predict import predict_probabilities
 from napari_unet.core.io.images import read_image
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 

@@ -14,8 +14,10 @@ from napari_unet import cli
 from napari_unet.cli import TrainingInput, main, training_inputs
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserError
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training import train as train_module
@@ -29,7 +31,7 @@ FAST = ("--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--patch
 def isolated_models(isolated_models, tmp_path, monkeypatch):
     """The empty user model folder of conftest.py, and the starter model is not installed."""
     monkeypatch.setattr(
-        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+        "napari_unet.core.network.registry.builtin_models_dir", lambda: tmp_path / "none"
     )
     return isolated_models
 

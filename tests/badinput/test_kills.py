@@ -194,7 +194,7 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
 
 
 def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
 
     image, labels = training_pair(tmp_path)
     out = tmp_path / "m.safetensors"

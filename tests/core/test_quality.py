@@ -92,7 +92,7 @@ def test_quality_of_the_starter_separates_right_from_wrong_objects():
     """On synthetic images the starter was not trained on (dim, clumped, with debris), the
     objects that do not match the truth get a lower quality: AUROC well above chance."""
     from napari_unet.core.inference.predict import predict_labels
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
     from napari_unet.core.synthetic.config import SyntheticConfig
     from napari_unet.core.synthetic.images import make_image
@@ -122,7 +122,7 @@ def test_quality_of_the_starter_separates_right_from_wrong_objects():
 
 def test_tta_agreement_is_high_for_a_clean_image():
     from napari_unet.core.inference.predict import predict_labels
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
     from napari_unet.core.synthetic.config import SAMPLE_CONFIG
     from napari_unet.core.synthetic.images import make_image

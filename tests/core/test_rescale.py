@@ -20,9 +20,11 @@ from napari_unet.core.inference.rescale import (
     scaled_postprocess,
     training_scale,
 )
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import LoadedModel, load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import LoadedModel, save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.training.data import make_pairs
 from napari_unet.core.training.train import TrainConfig, train
@@ -81,7 +83,7 @@ def test_invalid_pixel_size_in_a_file_is_ignored():
 
 
 def test_the_starter_knows_its_pixel_size():
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     starter = get_model("starter")
     assert starter.pixel_size == (0.5, 0.5)

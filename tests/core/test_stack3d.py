@@ -184,7 +184,7 @@ def test_3d_watershed_separates_touching_balls():
 
 @pytest.fixture(scope="module")
 def starter():
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     return get_model(None)
 

@@ -15,10 +15,12 @@ import torch
 
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import ModelNotFoundError, UserError
+from napari_unet.core.network import registry
 from napari_unet.core.network import weights as weights_module
 from napari_unet.core.network.model import build_model
 from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import LoadedModel, load_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
@@ -336,6 +338,7 @@ KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     from napari_unet.core.network import weights
     from napari_unet.core.config import ModelConfig
+    from napari_unet.core.network.metadata import new_metadata
     from napari_unet.core.network.model import build_model
 
     def save_file(tensors, filename, metadata=None):
@@ -346,7 +349,7 @@ KILLED_SAVE = textwrap.dedent("""
 
     weights.save_file = save_file
     config = ModelConfig(depth=2, base_channels=4)
-    weights.save_model(sys.argv[1], build_model(config), weights.new_metadata(config))
+    weights.save_model(sys.argv[1], build_model(config), new_metadata(config))
 """)
 
 
@@ -365,7 +368,7 @@ def test_a_killed_write_leaves_no_model_file(tmp_path):
     assert len(hidden) == 1 and hidden[0].startswith(".")  # the killed write's temporary file
     with pytest.raises(ModelNotFoundError):
         load_model(target)
-    assert weights_module._entries(tmp_path, builtin=False) == []  # and it is never listed
+    assert registry._entries(tmp_path, builtin=False) == []  # and it is never listed
 
 
 # --------------------------------------------------------------------------------------------

@@ -81,7 +81,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     """Run ``napari-unet export-model``; returns the exit code."""
     from napari_unet.core.bioimageio.export import DEFAULT_LICENSE, export_model
     from napari_unet.core.errors import UserError
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     loaded = get_model(args.model)
     if not loaded.metadata.get("trainable", True) or not hasattr(loaded.model, "encoders"):

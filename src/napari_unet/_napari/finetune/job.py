@@ -164,7 +164,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     import torch
 
     from napari_unet.core.config import ModelConfig
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
     from napari_unet.core.training.train import train
 
     threads = torch.get_num_threads()

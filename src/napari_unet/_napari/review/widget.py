@@ -66,7 +66,7 @@ def rank_job(
     objects of ``labels``): returns (float32 (3, *labels.shape), float64 (N,) or None)."""
     from napari_unet.core.analysis.quality import tta_agreement
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     model = get_model(model_name or None)
     if model.task != "instances" or model.config.out_classes != 3:

@@ -145,7 +145,7 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
         UserError: the model file cannot be read, the channels do not fit, the device fails.
     """
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
 
     start = time.perf_counter()
     model = request.model or load_model(request.model_path)

@@ -257,8 +257,9 @@ def write_final_block(
 def inference_model(model: Any) -> LoadedModel:
     """``model`` (a LoadedModel or a bare UNet) as a LoadedModel whose normalisation is "none"
     (blocks come already scaled with the whole image's bounds)."""
+    from ..network.metadata import new_metadata
     from ..network.model import UNet
-    from ..network.weights import LoadedModel, new_metadata
+    from ..network.weights import LoadedModel
 
     if isinstance(model, UNet):
         task = "instances" if model.config.out_classes == 3 else "semantic"

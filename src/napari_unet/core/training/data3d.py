@@ -170,7 +170,8 @@ def volume_training_pairs(
 def record_voxel_size(model: LoadedModel, voxel_size: Sequence[float]) -> LoadedModel:
     """Write the training data's voxel size into a saved model file (``"pixel_size_um"``:
     [z, y, x] in µm) and return the model as read back."""
-    from ..network.weights import load_model, save_model
+    from ..network.registry import load_model
+    from ..network.weights import save_model
 
     if model.path is None:
         raise ValueError("the model has no file to record the voxel size in")

@@ -29,9 +29,10 @@ from ..config import ModelConfig, to_dict
 from ..errors import UserError
 from ..inference.rescale import training_scale
 from ..network.device import resolve_device
+from ..network.metadata import new_metadata
 from ..network.model import UNet, build_model
 from ..network.normalize import NormalizeConfig
-from ..network.weights import LoadedModel, new_metadata, save_model
+from ..network.weights import LoadedModel, save_model
 from ..progress import Progress
 from .augment import AugmentConfig, augment_batch
 from .data import PatchSampler, TrainingPair, data_hash, split_validation
@@ -538,6 +539,6 @@ def train(
         yield run.event(f"training ended ({reason})", "end", run.best, reason)
     finally:
         torch.backends.cudnn.benchmark = benchmark
-    from ..network.weights import load_model
+    from ..network.registry import load_model
 
     return load_model(output) if run.saved else None
