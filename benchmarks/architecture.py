@@ -37,13 +37,13 @@ from _common import (
     update_section,
 )
 from napari_unet.core.analysis.metrics import evaluate
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo
 from napari_unet.core.io import images as io
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.model import count_parameters
-from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
+from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.network.registry import builtin_models_dir
 from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain

@@ -19,9 +19,8 @@ import time
 
 import numpy as np
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.network.metadata import new_metadata
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.registry import load_model
 from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain

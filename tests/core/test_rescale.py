@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.errors import UserError
 from napari_unet.core.inference.postprocess import PostprocessConfig
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
@@ -22,7 +22,6 @@ from napari_unet.core.inference.rescale import (
 )
 from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.registry import load_model
 from napari_unet.core.network.weights import LoadedModel, save_model
 from napari_unet.core.progress import drain

@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.errors import ModelNotFoundError, UserError
 from napari_unet.core.network import registry
 from napari_unet.core.network import weights as weights_module
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.registry import load_model
 from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain

@@ -23,7 +23,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from ..config import ModelConfig, TilingConfig, from_dict, to_dict
+from ..config import ModelConfig, NormalizeConfig, TilingConfig, from_dict, to_dict
 from ..errors import ModelFileError, ModelNotFoundError, UserError
 from ..io.images import atomic_path
 from .limits import finite_problem
@@ -104,10 +104,8 @@ class LoadedModel:
         return list(names) if names else default_class_names(self.task, self.config.out_classes)
 
     @property
-    def normalize(self) -> Any:
-        """The intensity normalisation (a ``NormalizeConfig``)."""
-        from .normalize import NormalizeConfig
-
+    def normalize(self) -> NormalizeConfig:
+        """The intensity normalisation."""
         return from_dict(NormalizeConfig, self.metadata.get("normalize") or DEFAULT_NORMALIZE)
 
     @property

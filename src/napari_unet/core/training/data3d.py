@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import NormalizeConfig
 from ..errors import InputMismatchError, UserError
 from ..inference.stack3d import resample_axis
 from ..io.voxels import PIXEL_SIZE_KEY
-from ..network.normalize import NormalizeConfig
 from .data import TrainingPair, make_pairs, model_expectations
 
 if TYPE_CHECKING:

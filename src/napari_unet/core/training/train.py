@@ -25,13 +25,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import ModelConfig, to_dict
+from ..config import ModelConfig, NormalizeConfig, to_dict
 from ..errors import UserError
 from ..inference.rescale import training_scale
 from ..network.device import resolve_device
 from ..network.metadata import new_metadata
 from ..network.model import UNet, build_model
-from ..network.normalize import NormalizeConfig
 from ..network.weights import LoadedModel, save_model
 from ..progress import Progress
 from .augment import AugmentConfig, augment_batch
