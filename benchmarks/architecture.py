@@ -50,7 +50,8 @@ from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 SECTION = "architecture"
 SPEED_GOAL = 2.5  # MP/s on the 2-core CPU

@@ -26,7 +26,7 @@ objects):
   :func:`~napari_unet.core.inference.predict.predict_labels`;
 - *fine-tuned*: :func:`~napari_unet.core.training.train.train` from the starter with the product's
   default
-  :class:`~napari_unet.core.training.train.TrainConfig` (validation split, early stopping, frozen
+  :class:`~napari_unet.core.training.settings.TrainConfig` (validation split, early stopping, frozen
   BatchNorm
   statistics) and a wall-clock budget of ``--minutes``. One run per seed and configuration; at each
   checkpoint time the model file that training keeps (the best by validation so far) is copied,
@@ -85,8 +85,9 @@ from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import TrainingPair, make_pairs
+from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.targets import TargetConfig
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.train import train
 
 SECTION = "finetune"
 PLOT = DOCS.parent / "images" / "finetune.png"

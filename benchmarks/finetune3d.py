@@ -33,7 +33,8 @@ from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 
 def _score(model, image, truth, voxel) -> tuple[float, int, int]:

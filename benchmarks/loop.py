@@ -51,7 +51,8 @@ from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine_description, markdown_table, update_section

@@ -53,7 +53,8 @@ from napari_unet.core.synthetic.config import SAMPLE_CONFIG, SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig, augment_batch
 from napari_unet.core.training.data import PatchSampler, TrainingPair, make_pairs
-from napari_unet.core.training.train import TrainConfig, weighted_loss
+from napari_unet.core.training.loop import weighted_loss
+from napari_unet.core.training.settings import TrainConfig
 
 SECTION = "normalization"
 NORMS = ("batch", "group", "instance")

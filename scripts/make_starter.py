@@ -27,7 +27,8 @@ from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 #: The pixel size (µm) the starter's data stands for: the synthetic nuclei are drawn at the size
 #: of nuclei at 0.5 µm/px, as in the shipped sample images.

@@ -23,7 +23,8 @@ from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SAMPLE_CONFIG
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 

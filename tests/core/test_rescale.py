@@ -26,7 +26,8 @@ from napari_unet.core.network.registry import load_model
 from napari_unet.core.network.weights import LoadedModel, save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 SEEN: list[tuple[int, int]] = []  # the input sizes the stand-in network was called with

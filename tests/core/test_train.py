@@ -25,8 +25,11 @@ from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import PatchSampler, ValidationCrop, make_pairs
+from napari_unet.core.training.loop import weighted_loss
+from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.targets import TargetConfig
-from napari_unet.core.training.train import TrainConfig, train, validate, weighted_loss
+from napari_unet.core.training.train import train
+from napari_unet.core.training.validation import validate
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0, gradient=0.0)
@@ -219,7 +222,7 @@ def test_time_budget_stops_training(tmp_path, pairs):
 
 
 def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tensor]:
-    from napari_unet.core.training import train as train_module
+    from napari_unet.core.training import loop as loop_module
 
     seen = []
 
@@ -227,7 +230,7 @@ def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tenso
         seen.append(weights.detach().clone())
         return weighted_loss(logits, classes, weights)
 
-    monkeypatch.setattr(train_module, "weighted_loss", spy)
+    monkeypatch.setattr(loop_module, "weighted_loss", spy)
     drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu", model_config=TINY))
     return seen
 

@@ -42,7 +42,7 @@ from napari_unet.core.progress import Progress, drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import training_pairs
-from napari_unet.core.training.train import TrainConfig
+from napari_unet.core.training.settings import TrainConfig
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)

@@ -218,7 +218,7 @@ class FinetuneForm(Container):
 
     def train_config(self) -> Any:
         """The :class:`~napari_unet.core.training.train.TrainConfig` of the current settings."""
-        from napari_unet.core.training.train import TrainConfig
+        from napari_unet.core.training.settings import TrainConfig
 
         by_time = self.budget.value == "minutes"
         return TrainConfig(

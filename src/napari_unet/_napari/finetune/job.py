@@ -50,7 +50,7 @@ class TrainRequest:
         inputs: the annotated images.
         output: the model file to write.
         base: the model file to fine-tune, or ``None`` to train a new network.
-        config: a :class:`~napari_unet.core.training.train.TrainConfig`.
+        config: a :class:`~napari_unet.core.training.settings.TrainConfig`.
         name: the new model's name.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         threads: torch intra-op threads while training (``None``: leave torch's setting).
@@ -154,8 +154,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     Yields:
         A ``"prepare"`` event, then the training events of
         :func:`~napari_unet.core.training.train.train` (payload
-        :class:`~napari_unet.core.training.train.
-        TrainStatus`), with ``done``/``total`` rescaled to the share of the budget used.
+        :class:`~napari_unet.core.training.settings.TrainStatus`), with ``done``/``total`` rescaled to the share of the budget used.
 
     Returns:
         The model file (the best checkpoint), or ``None`` when no model beat the base model on
