@@ -154,7 +154,8 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     Yields:
         A ``"prepare"`` event, then the training events of
         :func:`~napari_unet.core.training.train.train` (payload
-        :class:`~napari_unet.core.training.settings.TrainStatus`), with ``done``/``total`` rescaled to the share of the budget used.
+        :class:`~napari_unet.core.training.settings.TrainStatus`), with ``done``/``total``
+        rescaled to the share of the budget used.
 
     Returns:
         The model file (the best checkpoint), or ``None`` when no model beat the base model on
