@@ -29,15 +29,8 @@ from ..network.normalize import (
     percentile_bounds,
 )
 from ..progress import Progress
-from .block_io import (
-    Arrangement,
-    ArrayReader,
-    PathReader,
-    arrange,
-    compute_pixels,
-    create_work_zarr,
-    store_exists,
-)
+from .block_io import create_work_zarr, store_exists
+from .block_read import Arrangement, ArrayReader, PathReader, arrange, compute_pixels
 from .blocks import Block, BlockGrid, chunk_side, default_block_size, make_grid, relative
 from .stitch import BlockLabels
 
