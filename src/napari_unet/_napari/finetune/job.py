@@ -17,13 +17,17 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
+
+if TYPE_CHECKING:
+    from napari_unet.core.training.augment import AugmentConfig
+    from napari_unet.core.training.settings import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -59,13 +63,13 @@ class TrainRequest:
     inputs: tuple[TrainingInput, ...]
     output: Path
     base: Path | None
-    config: Any
+    config: TrainConfig
     name: str
     device: str = "auto"
     threads: int | None = None
 
 
-def augment_config(level: str, elastic: bool = True) -> Any:
+def augment_config(level: str, elastic: bool = True) -> AugmentConfig:
     """The :class:`~napari_unet.core.training.augment.AugmentConfig` of a strength level.
 
     Args:
@@ -219,7 +223,7 @@ def _crop_around(weights: np.ndarray, size: int) -> tuple[slice, slice]:
 def preview_samples(
     item: TrainingInput,
     in_channels: int,
-    config: Any,
+    config: AugmentConfig,
     plane: int | None = None,
     patch_size: int = 192,
     n: int = 4,

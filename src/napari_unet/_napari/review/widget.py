@@ -36,6 +36,8 @@ from .edits import accept_objects
 if TYPE_CHECKING:
     import napari
 
+    from napari_unet.core.analysis.quality import QualityResult
+
     from ..jobs.workers import Job
 
 logger = logging.getLogger(__name__)
@@ -102,7 +104,7 @@ class ReviewWidget(Container):
         self.job: Job | None = None
         self.queue: ReviewQueue | None = None
         self.probabilities: np.ndarray | None = None
-        self._quality: Any = None
+        self._quality: QualityResult | None = None
         self._layer: Labels | None = None
         self.labels_layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)

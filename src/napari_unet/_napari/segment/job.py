@@ -99,7 +99,9 @@ def _plane_size(shape: tuple[int, ...], axes: str) -> tuple[int, int]:
 class _Planes:
     """Labels of a stack, filled plane by plane with ids unique in the stack."""
 
-    def __init__(self, n_planes: int, height: int, width: int, task: str, config: Any) -> None:
+    def __init__(
+        self, n_planes: int, height: int, width: int, task: str, config: PostprocessConfig
+    ) -> None:
         self.labels: np.ndarray | None = None
         self.shape = (n_planes, height, width)
         self.task = task
