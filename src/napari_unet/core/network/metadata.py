@@ -93,7 +93,7 @@ def new_metadata(
             ``"object_diameter_px"``; ``None`` when unknown.
 
     Returns:
-        A JSON-ready dict, validated as :func:`load_model` would.
+        A JSON-ready dict, validated as :func:`~.weights.load_model_file` would.
     """
     metadata: dict[str, Any] = {
         "format": FORMAT,

@@ -179,7 +179,7 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     """Write ``model`` and ``metadata`` to one ``.safetensors`` file, atomically.
 
     The architecture in the metadata is taken from ``model.config``; the rest is validated as
-    :func:`load_model` would, so a file that is written can be read back. ``.safetensors`` is
+    :func:`load_model_file` would, so a file that is written can be read back. ``.safetensors`` is
     appended to the name when missing.
 
     Returns:
