@@ -52,7 +52,9 @@ def terminal() -> io.StringIO:
 
 def pytest_collection_modifyitems(config, items):
     """Tests under ``tests/napari`` open a real viewer: mark them ``gui`` (``-m "not gui"``
-    runs everything that needs no screen)."""
+    runs everything that needs no screen). The slowest tests (several seconds each: 3D
+    fusion, bioimage.io packaging, dask clusters) carry ``slow``: ``-m "not slow"`` is the quick
+    run, and the default run takes everything."""
     for item in items:
         if "napari" in item.path.parts[-2:-1]:
             item.add_marker(pytest.mark.gui)

@@ -54,6 +54,7 @@ def _rdf(package: Path) -> str:
         return archive.read("rdf.yaml").decode()
 
 
+@pytest.mark.slow
 def test_the_package_holds_what_consumers_need(exported):
     import yaml
 
@@ -83,6 +84,7 @@ def test_the_package_holds_what_consumers_need(exported):
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)  # softmax probabilities
 
 
+@pytest.mark.slow
 def test_bioimageio_test_passes_on_the_written_package(exported):
     from bioimageio.core import test_model
 
@@ -91,6 +93,7 @@ def test_bioimageio_test_passes_on_the_written_package(exported):
     assert summary.status == "passed", summary.format()
 
 
+@pytest.mark.slow
 def test_import_predicts_the_same_labels(exported, image, isolated_models):
     model_file, package = exported
     _, original = drain(predict_labels(image, "YX", get_model(model_file), device="cpu"))
@@ -104,6 +107,7 @@ def test_import_predicts_the_same_labels(exported, image, isolated_models):
     np.testing.assert_array_equal(again, original)
 
 
+@pytest.mark.slow
 def test_a_napari_unet_package_can_be_fine_tuned(exported, image, tmp_path):
     _, package = exported
     base = get_model(str(package))
@@ -122,6 +126,7 @@ def test_export_refuses_without_authors(tmp_path):
     assert not (tmp_path / "x.zip").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_package_is_not_written(tmp_path, monkeypatch):
     from napari_unet.core.bioimageio import export
 
