@@ -22,7 +22,7 @@ import torch
 
 from napari_unet.core.config import ModelConfig, to_dict
 from napari_unet.core.network.model import UNet, build_model
-from napari_unet.core.synthetic.images import SyntheticConfig
+from napari_unet.core.synthetic.config import SyntheticConfig
 
 #: The unfamiliar sample of the fine-tuning and quality benchmarks: elongated, heavily textured,
 #: clumped nuclei (radius 6-10 px) that the starter model was not trained on.
@@ -132,7 +132,8 @@ def _training_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.
     from skimage.segmentation import find_boundaries
 
     from napari_unet.core.network.normalize import percentile_normalize
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     config = type(SAMPLE_CONFIG)(**{**to_dict(SAMPLE_CONFIG), "shape": (size, size)})
     image, labels = make_image(config, rng)
@@ -183,7 +184,7 @@ def benchmark_network() -> tuple[UNet, str]:
     """The built-in starter model when it is installed (else the default architecture briefly
     trained, see :func:`trained_network`), in eval mode, and a phrase naming it."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     try:
         model = get_model(None)

@@ -5,7 +5,7 @@ Usage: ``python benchmarks/architecture.py [--minutes M] [--candidates 3x16,4x8,
 
 Every candidate (``DEPTHxBASE``: depth of the U-Net and channels of its first level) is trained
 from scratch exactly as ``scripts/make_starter.py`` trains the starter (same synthetic generator,
-:func:`~napari_unet.core.synthetic.images.random_config`, same training settings), each for the same
+:func:`~napari_unet.core.synthetic.config.random_config`, same training settings), each for the same
 budget of ``--minutes`` of this process's CPU time (so that other programs on the machine do not
 shorten a run; use ``--threads 1``). It is then scored on held-out synthetic images from the same
 generator (seeds no candidate saw) and on the shipped sample (AP at IoU 0.5, pooled), and its tiled
@@ -37,18 +37,21 @@ from _common import (
     update_section,
 )
 from napari_unet.core.analysis.metrics import evaluate
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.tiling import default_tiling, predict_tiled, resolve_halo
 from napari_unet.core.io import reading
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.model import count_parameters
-from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
-from napari_unet.core.network.weights import LoadedModel, builtin_models_dir
+from napari_unet.core.network.normalize import percentile_normalize
+from napari_unet.core.network.registry import builtin_models_dir
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import make_image, random_config
+from napari_unet.core.synthetic.config import random_config
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 SECTION = "architecture"
 SPEED_GOAL = 2.5  # MP/s on the 2-core CPU

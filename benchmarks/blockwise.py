@@ -64,7 +64,8 @@ def _cpu_seconds() -> float:
 def _base_tile(seed: int = 0) -> np.ndarray:
     import dataclasses
 
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(CHUNK, CHUNK))
     image, _ = make_image(config, seed, dtype=np.uint16)
@@ -129,7 +130,7 @@ def write_image(path: Path, size: int, kind: str, base: np.ndarray) -> Path:
 def _child(args: argparse.Namespace) -> dict[str, Any]:
     from napari_unet.core.io.lazy import open_lazy
     from napari_unet.core.large.blockwise import predict_blockwise
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
 
     model = get_model(None)

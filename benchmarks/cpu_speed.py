@@ -48,7 +48,8 @@ from napari_unet.core.network.device import Predictor, cpu_supports_bf16, descri
 from napari_unet.core.network.model import UNet, receptive_radius
 from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image
 
 SECTION = "cpu_speed"
 CPU = torch.device("cpu")

@@ -9,7 +9,7 @@ Usage: ``python benchmarks/finetune.py [--seeds N] [--minutes M] [--checkpoints 
 **Data.** A synthetic sample that looks unlike the starter's training data
 (:data:`DOMAIN`: strongly elongated, rod-like nuclei with heavy chromatin texture and bright spots,
 clumped, at a moderate signal-to-noise ratio; the starter was trained on
-:func:`~napari_unet.core.synthetic.images.random_config`, whose elongation stops at 0.6 and texture
+:func:`~napari_unet.core.synthetic.config.random_config`, whose elongation stops at 0.6 and texture
 at
 0.6). For each seed, ``--crops`` fully annotated crops of ``--crop-size`` px are the training data
 (new crops for every seed: which cells a user annotates matters as much as the optimiser's
@@ -26,7 +26,7 @@ objects):
   :func:`~napari_unet.core.inference.predict.predict_labels`;
 - *fine-tuned*: :func:`~napari_unet.core.training.train.train` from the starter with the product's
   default
-  :class:`~napari_unet.core.training.train.TrainConfig` (validation split, early stopping, frozen
+  :class:`~napari_unet.core.training.settings.TrainConfig` (validation split, early stopping, frozen
   BatchNorm
   statistics) and a wall-clock budget of ``--minutes``. One run per seed and configuration; at each
   checkpoint time the model file that training keeps (the best by validation so far) is copied,
@@ -80,12 +80,14 @@ from _common import (
 from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.network.normalize import percentile_normalize
-from napari_unet.core.network.weights import LoadedModel, get_model, load_model
+from napari_unet.core.network.registry import get_model, load_model
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import TrainingPair, make_pairs
+from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.targets import TargetConfig
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.train import train
 
 SECTION = "finetune"
 PLOT = DOCS.parent / "images" / "finetune.png"

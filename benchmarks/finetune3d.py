@@ -29,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine_description, markdown_table, update_section
 from napari_unet.core.analysis.metrics import match
 from napari_unet.core.inference.stack3d import predict_stack
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 
 def _score(model, image, truth, voxel) -> tuple[float, int, int]:

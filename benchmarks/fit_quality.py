@@ -5,7 +5,7 @@ Usage: ``python benchmarks/fit_quality.py [--fit-images N] [--test-images N] [--
 [--write] [--no-update]``
 
 **Data.** Synthetic images from :func:`shifted_config`: the starter's own training distribution
-(:func:`~napari_unet.core.synthetic.images.random_config`) pushed out of it (a fifth to a half of
+(:func:`~napari_unet.core.synthetic.config.random_config`) pushed out of it (a fifth to a half of
 the
 photons, more clumping and overlap, more debris and defocus), so that the starter makes errors of
 every kind (merges, splits, fragments, debris taken for nuclei, missed dim nuclei). The fit images
@@ -47,9 +47,10 @@ from napari_unet.core.analysis.quality import (
     tta_agreement,
 )
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image, random_config
+from napari_unet.core.synthetic.config import SyntheticConfig, random_config
+from napari_unet.core.synthetic.images import make_image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROD_DOMAIN, command_line, machine_description, markdown_table, update_section

@@ -46,11 +46,13 @@ from napari_unet.core.analysis.metrics import match
 from napari_unet.core.analysis.quality import auroc, object_quality, right_objects
 from napari_unet.core.errors import UserError
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, machine_description, markdown_table, update_section

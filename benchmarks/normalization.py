@@ -43,17 +43,18 @@ import torch
 
 from _common import command_line, machine_description, markdown_table, update_section
 from napari_unet.core.analysis.metrics import evaluate
-from napari_unet.core.config import ModelConfig, TilingConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig, TilingConfig
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
 from napari_unet.core.inference.tiling import default_halo, default_tiling
 from napari_unet.core.network.model import UNet, build_model, receptive_radius
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG, SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig, augment_batch
 from napari_unet.core.training.data import PatchSampler, TrainingPair, make_pairs
-from napari_unet.core.training.train import TrainConfig, weighted_loss
+from napari_unet.core.training.loop import weighted_loss
+from napari_unet.core.training.settings import TrainConfig
 
 SECTION = "normalization"
 NORMS = ("batch", "group", "instance")

@@ -30,7 +30,7 @@ from napari_unet.core.analysis.metrics import evaluate
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.inference.rescale import RescaleConfig, choose_scale
 from napari_unet.core.io import reading, writing
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 
 SAMPLES = Path(__file__).resolve().parent.parent / "src" / "napari_unet" / "samples"

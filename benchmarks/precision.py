@@ -5,7 +5,7 @@ Usage: ``python benchmarks/precision.py [--images N] [--size PX] [--rounds R] [-
 Runs the built-in starter model through :func:`~napari_unet.core.inference.predict.predict_labels`
 in fp32
 and in bf16 on the shipped sample (with its exact labels) and on ``--images`` synthetic images from
-the starter's own generator (:func:`~napari_unet.core.synthetic.images.random_config`, seeds the
+the starter's own generator (:func:`~napari_unet.core.synthetic.config.random_config`, seeds the
 starter
 never saw), and scores both against the ground truth (AP at IoU 0.5 and AP at IoU 0.5:0.95). Then
 times the tiled network alone on one 1024 x 1024 image in both precisions, interleaved, best of
@@ -34,9 +34,10 @@ from napari_unet.core.inference.tiling import default_tiling, predict_tiled, res
 from napari_unet.core.io import reading
 from napari_unet.core.network.device import Predictor, cpu_supports_bf16
 from napari_unet.core.network.normalize import percentile_normalize
-from napari_unet.core.network.weights import builtin_models_dir, get_model
+from napari_unet.core.network.registry import builtin_models_dir, get_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import make_image, random_config
+from napari_unet.core.synthetic.config import random_config
+from napari_unet.core.synthetic.images import make_image
 
 SECTION = "precision"
 

@@ -71,7 +71,7 @@ def _worker(method: str, seed: int, shape: tuple[int, int, int], threads: int) -
     import torch
 
     from napari_unet.core.inference.stack3d import predict_stack
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
     from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 

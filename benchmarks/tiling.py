@@ -40,7 +40,8 @@ from napari_unet.core.network.device import Predictor
 from napari_unet.core.network.model import receptive_radius
 from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image
 
 
 def _image(size: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The starter model ships in the package (``src/napari_unet/models/starter.safetensors``); this
 script is how it was made. It draws a fresh set of synthetic images with randomised magnification,
-noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.images.random_config`), trains
+noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.config.random_config`), trains
 the
 default architecture with the regular training loop (elastic deformation, border weight map) for a
 wall-clock budget, and writes the best model by validation score.
@@ -19,13 +19,16 @@ import time
 
 import numpy as np
 
-from napari_unet.core.config import ModelConfig
-from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.config import ModelConfig, NormalizeConfig
+from napari_unet.core.network.metadata import new_metadata
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import make_image, random_config
+from napari_unet.core.synthetic.config import random_config
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 #: The pixel size (µm) the starter's data stands for: the synthetic nuclei are drawn at the size
 #: of nuclei at 0.5 µm/px, as in the shipped sample images.
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         settings={
             **provenance["settings"],
             "recipe": recipe,
-            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.images.random_config)",
+            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.config.random_config)",
         },
         metrics=provenance["metrics"],
         pixel_size=PIXEL_SIZE,

@@ -15,8 +15,9 @@ import numpy as np
 import torch
 
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import UNet, build_model
-from napari_unet.core.network.weights import LoadedModel, new_metadata, save_model
+from napari_unet.core.network.weights import LoadedModel, save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4, norm="none")
 GAIN = 20.0
@@ -71,7 +72,8 @@ def nuclei_image(size: int = 320, seed: int = 3) -> np.ndarray:
     """A synthetic fluorescence image of nuclei, uint16 (size, size)."""
     import dataclasses
 
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(size, size))
     image, _ = make_image(config, seed, dtype=np.uint16)

@@ -35,7 +35,7 @@ def isolated_models(tmp_path, monkeypatch):
 def no_builtin_models(tmp_path, monkeypatch):
     """Hide the models that ship in the package (as if none were installed)."""
     monkeypatch.setattr(
-        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+        "napari_unet.core.network.registry.builtin_models_dir", lambda: tmp_path / "none"
     )
 
 
@@ -52,7 +52,9 @@ def terminal() -> io.StringIO:
 
 def pytest_collection_modifyitems(config, items):
     """Tests under ``tests/napari`` open a real viewer: mark them ``gui`` (``-m "not gui"``
-    runs everything that needs no screen)."""
+    runs everything that needs no screen). The slowest tests (several seconds each: 3D
+    fusion, bioimage.io packaging, dask clusters) carry ``slow``: ``-m "not slow"`` is the quick
+    run, and the default run takes everything."""
     for item in items:
         if "napari" in item.path.parts[-2:-1]:
             item.add_marker(pytest.mark.gui)

@@ -18,11 +18,14 @@ from napari_unet.core.errors import ModelFileError, UserError
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.io.writing import write_image
-from napari_unet.core.network.weights import get_model, list_models, save_model
+from napari_unet.core.network.registry import get_model, list_models
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 
@@ -52,6 +55,7 @@ def _rdf(package: Path) -> str:
         return archive.read("rdf.yaml").decode()
 
 
+@pytest.mark.slow
 def test_the_package_holds_what_consumers_need(exported):
     import yaml
 
@@ -81,6 +85,7 @@ def test_the_package_holds_what_consumers_need(exported):
     np.testing.assert_allclose(expected.sum(axis=1), 1.0, atol=1e-5)  # softmax probabilities
 
 
+@pytest.mark.slow
 def test_bioimageio_test_passes_on_the_written_package(exported):
     from bioimageio.core import test_model
 
@@ -89,6 +94,7 @@ def test_bioimageio_test_passes_on_the_written_package(exported):
     assert summary.status == "passed", summary.format()
 
 
+@pytest.mark.slow
 def test_import_predicts_the_same_labels(exported, image, isolated_models):
     model_file, package = exported
     _, original = drain(predict_labels(image, "YX", get_model(model_file), device="cpu"))
@@ -102,6 +108,7 @@ def test_import_predicts_the_same_labels(exported, image, isolated_models):
     np.testing.assert_array_equal(again, original)
 
 
+@pytest.mark.slow
 def test_a_napari_unet_package_can_be_fine_tuned(exported, image, tmp_path):
     _, package = exported
     base = get_model(str(package))
@@ -120,6 +127,7 @@ def test_export_refuses_without_authors(tmp_path):
     assert not (tmp_path / "x.zip").exists()
 
 
+@pytest.mark.slow
 def test_a_failing_package_is_not_written(tmp_path, monkeypatch):
     from napari_unet.core.bioimageio import export
 

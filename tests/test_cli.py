@@ -17,8 +17,9 @@ from napari_unet.cli import ProgressReporter, main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.io.writing import write_labels
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import new_metadata, save_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import Progress
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
@@ -268,12 +269,12 @@ def test_evaluate_missing_file(capsys, tmp_path):
 
 
 def test_unexpected_error_exit_1(capsys, tmp_path, out_dir, model_file, monkeypatch):
-    import napari_unet.core.network.weights as weights
+    import napari_unet.core.network.registry as registry
 
     def boom(name):
         raise RuntimeError("something broke")
 
-    monkeypatch.setattr(weights, "get_model", boom)
+    monkeypatch.setattr(registry, "get_model", boom)
     img = image_file(tmp_path, "img.tif", blobs())
     code, _, err = run(capsys, "predict", img, "-o", out_dir, "--model", model_file)
     assert code == 1

@@ -11,7 +11,8 @@ from _cli_helpers import run
 from _object_columns import COLUMNS_2D
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.io.writing import write_image
-from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image, make_stack
+from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+from napari_unet.core.synthetic.images import make_image, make_stack
 
 pytestmark = pytest.mark.usefixtures("isolated_models")  # see conftest.py
 

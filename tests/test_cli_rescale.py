@@ -11,8 +11,10 @@ from napari_unet.cli import main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.io.writing import write_image, write_labels
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 FAST = ("--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--patch-size", "32")

@@ -13,7 +13,7 @@ from napari_unet.core.inference.postprocess import postprocess
 from napari_unet.core.inference.predict import predict_probabilities
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.labels import ids_per_time_point
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
@@ -47,6 +47,7 @@ def _per_plane(image: np.ndarray, axes: str) -> np.ndarray:
     return drain(postprocess(probs, "instances"))
 
 
+@pytest.mark.slow
 def test_zstack_gets_3d_ids_by_default(capsys, tmp_path, volume):
     image, truth = volume
     src = _write(tmp_path / "stack.tif", image)
@@ -70,6 +71,7 @@ def test_zstack_gets_3d_ids_by_default(capsys, tmp_path, volume):
     assert 0 < linked.max() < planes.max()
 
 
+@pytest.mark.slow
 def test_missing_z_step_is_noted_and_voxel_size_option(capsys, tmp_path, volume):
     image, _ = volume
     src = _write(tmp_path / "nospacing.tif", image[:6], spacing=None)
@@ -124,6 +126,7 @@ def test_blockwise_zstack_says_it_is_labelled_plane_by_plane(capsys, tmp_path, v
     assert "plane by plane" not in err
 
 
+@pytest.mark.slow
 def test_min_size_counts_voxels_with_ortho(capsys, tmp_path, volume):
     src = _write(tmp_path / "stack.tif", volume[0][:6])
     code, err = _predict(capsys, src, "-o", tmp_path / "all.tif")

@@ -14,10 +14,13 @@ from napari_unet import cli
 from napari_unet.cli import TrainingInput, main, training_inputs
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserError
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
-from napari_unet.core.training import train as train_module
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
+from napari_unet.core.training import loop as loop_module
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(80, 72), radius=(6.0, 10.0), debris=0.0)
@@ -28,7 +31,7 @@ FAST = ("--epochs", "2", "--steps-per-epoch", "3", "--batch-size", "2", "--patch
 def isolated_models(isolated_models, tmp_path, monkeypatch):
     """The empty user model folder of conftest.py, and the starter model is not installed."""
     monkeypatch.setattr(
-        "napari_unet.core.network.weights.builtin_models_dir", lambda: tmp_path / "none"
+        "napari_unet.core.network.registry.builtin_models_dir", lambda: tmp_path / "none"
     )
     return isolated_models
 
@@ -321,7 +324,7 @@ def test_from_scratch_with_validation(capsys, tmp_path):
 
 
 def test_ctrl_c_keeps_the_best_checkpoint(capsys, tmp_path, files, tiny_model, monkeypatch):
-    real = train_module.augment_batch
+    real = loop_module.augment_batch
     calls = []
 
     def interrupted_at_step_5(*args, **kwargs):
@@ -330,7 +333,7 @@ def test_ctrl_c_keeps_the_best_checkpoint(capsys, tmp_path, files, tiny_model, m
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "augment_batch", interrupted_at_step_5)
+    monkeypatch.setattr(loop_module, "augment_batch", interrupted_at_step_5)
     output = tmp_path / "stopped.safetensors"
     code, out, err = train_tiny(capsys, files, tiny_model, output, *FAST)
     assert code == 130, err
@@ -347,7 +350,7 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_module, "save_model", interrupted)
+    monkeypatch.setattr(loop_module, "save_model", interrupted)
     output = tmp_path / "stopped.safetensors"
     code, out, err = train_tiny(capsys, files, tiny_model, output, *FAST)
     assert code == 130 and out == ""
@@ -357,7 +360,7 @@ def test_ctrl_c_before_the_first_save(capsys, tmp_path, files, tiny_model, monke
 
 def test_progress_line_on_a_terminal(terminal):
     from napari_unet.core.progress import Progress
-    from napari_unet.core.training.train import TrainStatus
+    from napari_unet.core.training.settings import TrainStatus
 
     stream = terminal
     reporter = cli.TrainReporter(stream, epochs=4)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import napari_unet
 from napari_unet.cli import main
+from napari_unet.core.config import DEFAULT_MODEL
 from napari_unet.core.io.reading import read_image
-from napari_unet.core.network.weights import DEFAULT_MODEL, get_model, list_models
+from napari_unet.core.network.registry import get_model, list_models
 
 SAMPLES = Path(napari_unet.__file__).parent / "samples"
 

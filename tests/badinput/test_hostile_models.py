@@ -15,15 +15,10 @@ from _blockwise_helpers import nuclei_image
 from _cli_helpers import one_error, predict_cpu, run, train_argv
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import ModelFileError
+from napari_unet.core.network.metadata import METADATA_KEY
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import (
-    METADATA_KEY,
-    LoadedModel,
-    list_models,
-    load_model,
-    save_model,
-    weights_hash,
-)
+from napari_unet.core.network.registry import list_models, load_model
+from napari_unet.core.network.weights import LoadedModel, save_model, weights_hash
 
 pytestmark = pytest.mark.usefixtures("isolated_models")
 

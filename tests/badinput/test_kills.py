@@ -84,8 +84,8 @@ def test_predict_sweeps_what_killed_runs_left(capsys, tmp_path, model_file):
 
 _SLOW = """
 import sys, time
-import napari_unet.core.large.block_io as block_io
-real = block_io.compute_pixels
+import napari_unet.core.large.block_read as block_read
+real = block_read.compute_pixels
 
 def slow(block, where, scheduler="synchronous"):
     if where.startswith("at rows"):
@@ -93,7 +93,7 @@ def slow(block, where, scheduler="synchronous"):
         time.sleep(0.5)
     return real(block, where, scheduler)
 
-block_io.compute_pixels = slow
+block_read.compute_pixels = slow
 from napari_unet.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -194,7 +194,7 @@ def test_a_full_disk_during_training_keeps_no_partial_model(
 
 
 def test_sigterm_during_training_keeps_the_best_model(tmp_path, model_file):
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
 
     image, labels = training_pair(tmp_path)
     out = tmp_path / "m.safetensors"

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.io.safe_paths import SAFETENSORS_TEMP_AGE, sweep_safetensors_temp
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 
 TINY = ModelConfig(depth=2, base_channels=4)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import InputMismatchError, UserError
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.training.data import PatchSampler, data_hash, make_pairs, split_validation
 
 NORM = NormalizeConfig()

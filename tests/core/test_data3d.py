@@ -7,8 +7,8 @@ import pytest
 import tifffile
 
 from napari_unet.cli import main
+from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import UserError
-from napari_unet.core.network.normalize import NormalizeConfig
 from napari_unet.core.network.weights import read_metadata
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 from napari_unet.core.training.data3d import AnnotatedVolume, volume_pairs

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.core.config import NormalizeConfig
 from napari_unet.core.errors import InputMismatchError
 from napari_unet.core.network import normalize
 from napari_unet.core.network.normalize import (
-    NormalizeConfig,
     as_planes,
     normalize_bounds,
     normalize_plane,

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.config import ModelConfig, TilingConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig, TilingConfig
 from napari_unet.core.errors import InputMismatchError
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
 from napari_unet.core.network.model import UNet, build_model
-from napari_unet.core.network.normalize import NormalizeConfig, percentile_normalize
+from napari_unet.core.network.normalize import percentile_normalize
 from napari_unet.core.progress import Progress, drain
 
 GAIN = 5.0

@@ -92,9 +92,10 @@ def test_quality_of_the_starter_separates_right_from_wrong_objects():
     """On synthetic images the starter was not trained on (dim, clumped, with debris), the
     objects that do not match the truth get a lower quality: AUROC well above chance."""
     from napari_unet.core.inference.predict import predict_labels
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+    from napari_unet.core.synthetic.config import SyntheticConfig
+    from napari_unet.core.synthetic.images import make_image
 
     model = get_model(None)
     config = SyntheticConfig(
@@ -121,9 +122,10 @@ def test_quality_of_the_starter_separates_right_from_wrong_objects():
 
 def test_tta_agreement_is_high_for_a_clean_image():
     from napari_unet.core.inference.predict import predict_labels
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     model = get_model(None)
     config = dataclasses.replace(SAMPLE_CONFIG, shape=(96, 128), photons=2000.0, debris=0.0)

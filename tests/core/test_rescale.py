@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.errors import UserError
 from napari_unet.core.inference.postprocess import PostprocessConfig
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
@@ -20,12 +20,14 @@ from napari_unet.core.inference.rescale import (
     scaled_postprocess,
     training_scale,
 )
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import LoadedModel, load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import LoadedModel, save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.training.data import make_pairs
-from napari_unet.core.training.train import TrainConfig, train
+from napari_unet.core.training.settings import TrainConfig
+from napari_unet.core.training.train import train
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 SEEN: list[tuple[int, int]] = []  # the input sizes the stand-in network was called with
@@ -81,7 +83,7 @@ def test_invalid_pixel_size_in_a_file_is_ignored():
 
 
 def test_the_starter_knows_its_pixel_size():
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     starter = get_model("starter")
     assert starter.pixel_size == (0.5, 0.5)

@@ -184,7 +184,7 @@ def test_3d_watershed_separates_touching_balls():
 
 @pytest.fixture(scope="module")
 def starter():
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     return get_model(None)
 
@@ -194,6 +194,7 @@ def test_default_mode():
     assert default_mode("TYX") == "planes" and default_mode("YX") == "planes"
 
 
+@pytest.mark.slow
 def test_ortho_fusion_gives_one_id_per_nucleus(starter):
     image, truth = make_volume(SMALL, 0, dtype=np.uint16)
     run = {
@@ -231,6 +232,7 @@ def test_planes_mode_keeps_per_plane_labels(starter):
     np.testing.assert_array_equal(labels, expected)
 
 
+@pytest.mark.slow
 def test_link_mode_and_time_series_of_volumes(starter):
     image, _ = make_volume(Synthetic3DConfig(shape=(6, 32, 32), n_objects=2), 2)
     series = np.stack([image, image])
@@ -250,6 +252,7 @@ def test_link_mode_and_time_series_of_volumes(starter):
     assert n > 0 and set(np.unique(labels[1])[1:]) == set(range(n + 1, 2 * n + 1))
 
 
+@pytest.mark.slow
 def test_ortho_with_a_channel_axis_matches_without(starter):
     image, _ = make_volume(Synthetic3DConfig(shape=(5, 24, 28)), 0)
     plain = drain(predict_stack(image, "ZYX", starter, "ortho", (2.0, 1.0, 1.0), device="cpu",

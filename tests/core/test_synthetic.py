@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_unet.core.synthetic.images import (
-    SyntheticConfig,
-    make_image,
-    make_stack,
-    random_config,
-    sample_nuclei,
-    sample_stack,
-)
+from napari_unet.core.synthetic.config import SyntheticConfig, random_config
+from napari_unet.core.synthetic.images import make_image, make_stack, sample_nuclei, sample_stack
 
 SMALL = SyntheticConfig(shape=(128, 128), radius=(6.0, 10.0), coverage=0.3)
 

@@ -13,18 +13,23 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.errors import ModelNotFoundError, UserError
+from napari_unet.core.network import registry
 from napari_unet.core.network import weights as weights_module
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.normalize import NormalizeConfig
-from napari_unet.core.network.weights import LoadedModel, load_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import LoadedModel
 from napari_unet.core.progress import drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.augment import AugmentConfig
 from napari_unet.core.training.data import PatchSampler, ValidationCrop, make_pairs
+from napari_unet.core.training.loop import weighted_loss
+from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.targets import TargetConfig
-from napari_unet.core.training.train import TrainConfig, train, validate, weighted_loss
+from napari_unet.core.training.train import train
+from napari_unet.core.training.validation import validate
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0, gradient=0.0)
@@ -217,7 +222,7 @@ def test_time_budget_stops_training(tmp_path, pairs):
 
 
 def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tensor]:
-    from napari_unet.core.training import train as train_module
+    from napari_unet.core.training import loop as loop_module
 
     seen = []
 
@@ -225,7 +230,7 @@ def _loss_weights_seen(monkeypatch, tmp_path, pairs, config) -> list[torch.Tenso
         seen.append(weights.detach().clone())
         return weighted_loss(logits, classes, weights)
 
-    monkeypatch.setattr(train_module, "weighted_loss", spy)
+    monkeypatch.setattr(loop_module, "weighted_loss", spy)
     drain(train(pairs, tmp_path / "m.safetensors", config=config, device="cpu", model_config=TINY))
     return seen
 
@@ -335,6 +340,7 @@ KILLED_SAVE = textwrap.dedent("""
     import os, signal, sys
     from napari_unet.core.network import weights
     from napari_unet.core.config import ModelConfig
+    from napari_unet.core.network.metadata import new_metadata
     from napari_unet.core.network.model import build_model
 
     def save_file(tensors, filename, metadata=None):
@@ -345,7 +351,7 @@ KILLED_SAVE = textwrap.dedent("""
 
     weights.save_file = save_file
     config = ModelConfig(depth=2, base_channels=4)
-    weights.save_model(sys.argv[1], build_model(config), weights.new_metadata(config))
+    weights.save_model(sys.argv[1], build_model(config), new_metadata(config))
 """)
 
 
@@ -364,7 +370,7 @@ def test_a_killed_write_leaves_no_model_file(tmp_path):
     assert len(hidden) == 1 and hidden[0].startswith(".")  # the killed write's temporary file
     with pytest.raises(ModelNotFoundError):
         load_model(target)
-    assert weights_module._entries(tmp_path, builtin=False) == []  # and it is never listed
+    assert registry._entries(tmp_path, builtin=False) == []  # and it is never listed
 
 
 # --------------------------------------------------------------------------------------------

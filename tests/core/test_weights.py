@@ -11,21 +11,19 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from napari_unet.core.config import ModelConfig
+from napari_unet.core.config import DEFAULT_MODEL, ModelConfig
 from napari_unet.core.errors import ModelFileError, ModelNotFoundError
-from napari_unet.core.network import weights
+from napari_unet.core.network import registry, weights
+from napari_unet.core.network.metadata import METADATA_KEY, new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import (
-    DEFAULT_MODEL,
-    METADATA_KEY,
+from napari_unet.core.network.registry import (
     get_model,
     list_models,
     load_model,
-    new_metadata,
     resolve_model,
-    save_model,
     user_models_dir,
 )
+from napari_unet.core.network.weights import save_model
 
 CONFIG = ModelConfig(depth=2, base_channels=4)
 
@@ -309,7 +307,7 @@ def test_missing_path(tmp_path):
 
 
 def test_default_model_missing_says_so(models_dir, monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "builtin_models_dir", lambda: tmp_path / "no-builtin")
+    monkeypatch.setattr(registry, "builtin_models_dir", lambda: tmp_path / "no-builtin")
     for value in (None, "", DEFAULT_MODEL):
         with pytest.raises(ModelNotFoundError, match=r"starter.*not installed") as caught:
             resolve_model(value)
@@ -319,7 +317,7 @@ def test_default_model_missing_says_so(models_dir, monkeypatch, tmp_path):
 
 
 def test_default_model_found_in_user_folder(models_dir, monkeypatch, tmp_path):
-    monkeypatch.setattr(weights, "builtin_models_dir", lambda: tmp_path / "no-builtin")
+    monkeypatch.setattr(registry, "builtin_models_dir", lambda: tmp_path / "no-builtin")
     _, path = _save(models_dir / f"{DEFAULT_MODEL}.safetensors")
     assert resolve_model(None) == path
 
@@ -327,12 +325,12 @@ def test_default_model_found_in_user_folder(models_dir, monkeypatch, tmp_path):
 def test_builtin_folder_is_in_the_package(models_dir, monkeypatch, tmp_path):
     import napari_unet
 
-    folder = weights.builtin_models_dir()
+    folder = registry.builtin_models_dir()
     assert folder == Path(napari_unet.__file__).resolve().parent / "models"
     # a built-in model is found by name and listed as built-in
     shipped = tmp_path / "shipped-models"
     shipped.mkdir()
-    monkeypatch.setattr(weights, "builtin_models_dir", lambda: shipped)
+    monkeypatch.setattr(registry, "builtin_models_dir", lambda: shipped)
     _, path = _save(shipped / "shipped.safetensors")
     assert resolve_model("shipped") == path
     assert [(e.name, e.builtin) for e in list_models()] == [("shipped", True)]

@@ -53,7 +53,7 @@ def check_package(path) -> None:
     from bioimageio.core import load_description
     from bioimageio.spec import InvalidDescr
 
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     descr = load_description(path)
     assert not isinstance(descr, InvalidDescr), descr.validation_summary
@@ -113,7 +113,7 @@ def test_finetune_exports_the_model_just_trained(make_napari_viewer, qtbot, tiny
     qtbot.waitUntil(lambda: not widget.exporter.running, timeout=TIMEOUT)
     assert widget.exporter.written == tmp_path / "tuned.zip"
     check_package(tmp_path / "tuned.zip")
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     assert get_model(tmp_path / "tuned.zip").metadata["provenance"]["parent"] == "tiny"
 

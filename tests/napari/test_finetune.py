@@ -14,9 +14,12 @@ from napari_unet._napari.finetune.plot import TrainingPlot
 from napari_unet._napari.finetune.training_data import PLANES, SHAPES, WHOLE
 from napari_unet._napari.finetune.widget import FinetuneWidget
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, read_metadata, save_model
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import read_metadata, save_model
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)
@@ -269,7 +272,7 @@ def test_bad_inputs_are_notified(finetune, isolated_models, errors, case, messag
     elif case == "bad name":
         widget.model_name.value = "../outside"
     elif case == "built-in name":
-        from napari_unet.core.network.weights import list_models
+        from napari_unet.core.network.registry import list_models
 
         builtin = [e.name for e in list_models() if e.builtin]
         if not builtin:

@@ -12,9 +12,11 @@ from napari_unet._napari.finetune.widget import FinetuneWidget
 from napari_unet._napari.review.edits import accept_objects, review_mask
 from napari_unet._napari.segment.layers import mark_written
 from napari_unet.core.config import ModelConfig
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import new_metadata, read_metadata, save_model
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.network.weights import read_metadata, save_model
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 
 TINY = ModelConfig(depth=2, base_channels=4)
 TIMEOUT = 60_000

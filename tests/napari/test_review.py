@@ -137,9 +137,10 @@ def test_rank_runs_the_model_in_the_background(make_napari_viewer, qtbot):
 
     from napari_unet.core.inference.postprocess import labels_from_probabilities
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
     from napari_unet.core.progress import drain
-    from napari_unet.core.synthetic.images import SAMPLE_CONFIG, make_image
+    from napari_unet.core.synthetic.config import SAMPLE_CONFIG
+    from napari_unet.core.synthetic.images import make_image
 
     viewer = make_napari_viewer()
     image, _ = make_image(replace(SAMPLE_CONFIG, shape=(96, 96)), 0)

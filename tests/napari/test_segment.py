@@ -18,8 +18,10 @@ from napari_unet.core.inference.predict import predict_labels, predict_probabili
 from napari_unet.core.io import reading, writing
 from napari_unet.core.labels import ids_per_time_point
 from napari_unet.core.network.device import Predictor
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import get_model, new_metadata, save_model
+from napari_unet.core.network.registry import get_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 
 SAMPLES = Path(napari_unet.__file__).parent / "samples"

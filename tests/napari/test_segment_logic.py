@@ -39,8 +39,10 @@ from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, Us
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.inference.predict import predict_probabilities
 from napari_unet.core.io import reading
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import get_model, new_metadata, save_model
+from napari_unet.core.network.registry import get_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 
 SAMPLES = Path(napari_unet.__file__).parent / "samples"

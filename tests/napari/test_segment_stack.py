@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from napari_unet.core.inference.stack3d import predict_stack
-from napari_unet.core.network.weights import get_model
+from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 

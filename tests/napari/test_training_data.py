@@ -33,12 +33,15 @@ from napari_unet._napari.finetune.training_data import (
 from napari_unet._napari.jobs.background import ErrorReport, child_main
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import InputMismatchError, UserError
+from napari_unet.core.network.metadata import new_metadata
 from napari_unet.core.network.model import build_model
-from napari_unet.core.network.weights import load_model, new_metadata, save_model
+from napari_unet.core.network.registry import load_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import Progress, drain
-from napari_unet.core.synthetic.images import SyntheticConfig, make_image
+from napari_unet.core.synthetic.config import SyntheticConfig
+from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import training_pairs
-from napari_unet.core.training.train import TrainConfig
+from napari_unet.core.training.settings import TrainConfig
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)

@@ -203,7 +203,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
     from napari_unet.cli._common import chosen_device
     from napari_unet.cli._predict import _postprocess_config, _tiling
     from napari_unet.core.network.device import resolve_precision
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     device = chosen_device(args.device)
     resolve_precision(args.precision, device)

@@ -70,7 +70,7 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     from napari_unet.core.bioimageio.export import DEFAULT_LICENSE, export_model
     from napari_unet.core.bioimageio.export_job import check_exportable, model_authors
     from napari_unet.core.errors import UserError
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     loaded = get_model(args.model)
     check_exportable(loaded, args.model)

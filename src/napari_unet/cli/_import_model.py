@@ -40,7 +40,8 @@ def cmd_import_model(args: argparse.Namespace) -> int:
     from napari_unet.core.bioimageio.load import load_package
     from napari_unet.core.errors import UserError
     from napari_unet.core.io.storage import atomic_path
-    from napari_unet.core.network.weights import PACKAGE_SUFFIX, SUFFIX, save_model, user_models_dir
+    from napari_unet.core.network.registry import PACKAGE_SUFFIX, user_models_dir
+    from napari_unet.core.network.weights import SUFFIX, save_model
 
     source = Path(args.package).expanduser()
     loaded = load_package(source)  # refuses what cannot be used, before anything is written

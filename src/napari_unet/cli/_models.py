@@ -49,12 +49,8 @@ def _describe_entry(entry: Any) -> str:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Run ``napari-unet models``; returns the exit code."""
-    from napari_unet.core.network.weights import (
-        DEFAULT_MODEL,
-        builtin_models_dir,
-        list_models,
-        user_models_dir,
-    )
+    from napari_unet.core.config import DEFAULT_MODEL
+    from napari_unet.core.network.registry import builtin_models_dir, list_models, user_models_dir
 
     entries = list_models()
     default_installed = any(e.name == DEFAULT_MODEL and e.error is None for e in entries)

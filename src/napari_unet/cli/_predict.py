@@ -193,7 +193,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
 
     from napari_unet.core.network.device import describe_device, resolve_precision
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     device = chosen_device(args.device)
     resolve_precision(args.precision, device)  # an unsupported precision is a user error

@@ -40,7 +40,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserError
     from napari_unet.core.io.reading import read_image
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     architecture = given({"depth": args.depth, "base_channels": args.base_channels})
     if (args.model or "").strip().lower() != SCRATCH:

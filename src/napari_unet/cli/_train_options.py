@@ -212,7 +212,7 @@ def train_config(args: argparse.Namespace) -> Any:
     """The ``TrainConfig`` for the parsed options: the defaults with the options given."""
     from dataclasses import replace
 
-    from napari_unet.core.training.train import TrainConfig
+    from napari_unet.core.training.settings import TrainConfig
 
     defaults = TrainConfig()
     settings: dict[str, Any] = given(

@@ -1,4 +1,5 @@
-"""Frozen settings: the network architecture and the tiling of inference.
+"""Frozen settings: the network architecture, the intensity normalisation and the tiling of
+inference.
 
 Settings are frozen dataclasses so they can be hashed, compared and serialised into a model file
 (:func:`to_dict` / :func:`from_dict`).
@@ -13,6 +14,7 @@ from typing import Any, Literal, TypeVar
 Norm = Literal["batch", "group", "instance", "none"]
 Upsampling = Literal["transpose", "bilinear"]
 Task = Literal["instances", "semantic"]
+NormalizeMethod = Literal["percentile", "none"]
 
 T = TypeVar("T")
 
@@ -95,6 +97,30 @@ class TilingConfig:
             raise ValueError(f"halo must be zero or positive, got {self.halo}")
         if self.batch_size < 1:
             raise ValueError(f"batch size must be positive, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class NormalizeConfig:
+    """How raw intensities are scaled before the network (stored in model files).
+
+    Attributes:
+        method: ``"percentile"`` maps the ``low`` percentile to 0 and the ``high`` percentile to 1
+            per channel over the whole image; ``"none"`` passes intensities on as float32.
+        low: lower percentile in [0, 100].
+        high: upper percentile in [0, 100], above ``low``.
+    """
+
+    method: NormalizeMethod = "percentile"
+    low: float = 1.0
+    high: float = 99.8
+
+    def __post_init__(self) -> None:
+        if self.method not in ("percentile", "none"):
+            raise ValueError(f"unknown normalisation method {self.method!r}")
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(
+                f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}"
+            )
 
 
 def to_dict(settings: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ offer label TIFFs (opened as Image layers) as labels, and a short first axis as 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,11 @@ from napari_unet.core.io.reading import ImageData
 from napari_unet.core.io.sizes import positive_number
 
 LayerData = tuple[Any, dict[str, Any], str]
+
+#: A layer or file name that says it holds labels (``labels``, ``mask``, ``seg``...).
+LABEL_WORDS = re.compile(
+    r"(?:^|[^a-z])(labels?|label(?:l)?ed|masks?|seg|segmentation)(?:[^a-z]|$)", re.IGNORECASE
+)
 
 _LEADING = {0: "", 1: "Z", 2: "TZ", 3: "TZC"}
 
@@ -205,14 +211,12 @@ def looks_like_labels(layer: Any) -> bool:
     of a sample of its pixels is 0). napari's own reader opens label TIFFs as Image layers."""
     from napari.layers import Image
 
-    from .reader import _LABEL_WORDS
-
     if not isinstance(layer, Image) or layer.rgb or layer.multiscale:
         return False
     data = layer.data
     if getattr(data, "dtype", None) is None or data.dtype.kind not in "iu" or data.ndim < 2:
         return False
-    if _LABEL_WORDS.search(layer.name):
+    if LABEL_WORDS.search(layer.name):
         return True
     step = max(1, int((data.size / _SAMPLE_PIXELS) ** (1 / data.ndim)))
     sample = np.asarray(data[tuple(slice(None, None, step) for _ in range(data.ndim))])

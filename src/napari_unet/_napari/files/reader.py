@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from napari_unet._napari.files.layer_info import LayerData, display_name, layer_data
+from napari_unet._napari.files.layer_info import LABEL_WORDS, LayerData, display_name, layer_data
 from napari_unet._napari.review.edits import attach_review, watch_current_viewer
 from napari_unet.core.io.lazy import is_zarr_path, open_lazy
 from napari_unet.core.io.reading import ImageData, read_image
@@ -52,10 +51,6 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 LAZY_FRACTION = 0.25
 #: ... or, when it cannot be memory-mapped (compressed, tiled), this many bytes.
 LAZY_COMPRESSED_BYTES = 1024**3
-
-_LABEL_WORDS = re.compile(
-    r"(?:^|[^a-z])(labels?|label(?:l)?ed|masks?|seg|segmentation)(?:[^a-z]|$)", re.IGNORECASE
-)
 
 PathLike = str | os.PathLike
 
@@ -198,7 +193,7 @@ def written_as_labels(path: PathLike) -> bool:
 
 
 def _labels_name(name: str) -> bool:
-    return _LABEL_WORDS.search(display_name(name)) is not None
+    return LABEL_WORDS.search(display_name(name)) is not None
 
 
 def _has_tiff_suffix(path: PathLike) -> bool:

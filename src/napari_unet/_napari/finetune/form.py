@@ -28,6 +28,8 @@ from .training_data import ANNOTATED_RULES, REVIEWED, SHAPES, matching_labels
 if TYPE_CHECKING:
     import napari
 
+    from napari_unet.core.training.settings import TrainConfig
+
 #: Epoch limit when the budget is given in minutes (the time ends training first).
 MINUTES_EPOCHS = 100_000
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -237,9 +239,9 @@ class FinetuneForm(Container):
 
     # ------------------------------------------------------------------------------ settings
 
-    def train_config(self) -> Any:
+    def train_config(self) -> TrainConfig:
         """The :class:`~napari_unet.core.training.train.TrainConfig` of the current settings."""
-        from napari_unet.core.training.train import TrainConfig
+        from napari_unet.core.training.settings import TrainConfig
 
         by_time = self.budget.value == "minutes"
         return TrainConfig(

@@ -17,13 +17,17 @@ import time
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
+
+if TYPE_CHECKING:
+    from napari_unet.core.training.augment import AugmentConfig
+    from napari_unet.core.training.settings import TrainConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class TrainRequest:
         inputs: the annotated images.
         output: the model file to write.
         base: the model file to fine-tune, or ``None`` to train a new network.
-        config: a :class:`~napari_unet.core.training.train.TrainConfig`.
+        config: a :class:`~napari_unet.core.training.settings.TrainConfig`.
         name: the new model's name.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"mps"``.
         threads: torch intra-op threads while training (``None``: leave torch's setting).
@@ -59,13 +63,13 @@ class TrainRequest:
     inputs: tuple[TrainingInput, ...]
     output: Path
     base: Path | None
-    config: Any
+    config: TrainConfig
     name: str
     device: str = "auto"
     threads: int | None = None
 
 
-def augment_config(level: str, elastic: bool = True) -> Any:
+def augment_config(level: str, elastic: bool = True) -> AugmentConfig:
     """The :class:`~napari_unet.core.training.augment.AugmentConfig` of a strength level.
 
     Args:
@@ -154,8 +158,8 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     Yields:
         A ``"prepare"`` event, then the training events of
         :func:`~napari_unet.core.training.train.train` (payload
-        :class:`~napari_unet.core.training.train.
-        TrainStatus`), with ``done``/``total`` rescaled to the share of the budget used.
+        :class:`~napari_unet.core.training.settings.TrainStatus`), with ``done``/``total``
+        rescaled to the share of the budget used.
 
     Returns:
         The model file (the best checkpoint), or ``None`` when no model beat the base model on
@@ -164,7 +168,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     import torch
 
     from napari_unet.core.config import ModelConfig
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
     from napari_unet.core.training.train import train
 
     threads = torch.get_num_threads()
@@ -219,7 +223,7 @@ def _crop_around(weights: np.ndarray, size: int) -> tuple[slice, slice]:
 def preview_samples(
     item: TrainingInput,
     in_channels: int,
-    config: Any,
+    config: AugmentConfig,
     plane: int | None = None,
     patch_size: int = 192,
     n: int = 4,

@@ -7,7 +7,10 @@ stopped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from napari_unet.core.training.settings import TrainConfig, TrainStatus
 
 
 def _score_name(metrics: dict[str, Any]) -> tuple[str, str] | None:
@@ -17,7 +20,7 @@ def _score_name(metrics: dict[str, Any]) -> tuple[str, str] | None:
     return None
 
 
-def comparison(status: Any) -> str:
+def comparison(status: TrainStatus | None) -> str:
     """``"AP50 0.78 → 0.86 on your 4 held-out crops"``, or what stands in for it."""
     crops = int(getattr(status, "validation_crops", 0) or 0)
     if status is None or crops == 0:
@@ -38,7 +41,7 @@ def comparison(status: Any) -> str:
     )
 
 
-def stop_reason(status: Any, config: Any) -> str:
+def stop_reason(status: TrainStatus | None, config: TrainConfig) -> str:
     """Why training ended, in words."""
     reason = getattr(status, "reason", "")
     if reason == "budget":
@@ -50,7 +53,7 @@ def stop_reason(status: Any, config: Any) -> str:
     return "it ended"
 
 
-def improved(status: Any) -> bool:
+def improved(status: TrainStatus | None) -> bool:
     """Whether the run's model beat its base on the held-out crops (False without crops)."""
     if status is None or not getattr(status, "validation_crops", 0):
         return False
@@ -58,7 +61,9 @@ def improved(status: Any) -> bool:
     return "score" in before and after.get("score", before["score"]) > before["score"]
 
 
-def finished_message(status: Any, name: str, saved: bool, config: Any) -> str:
+def finished_message(
+    status: TrainStatus | None, name: str, saved: bool, config: TrainConfig
+) -> str:
     """The message of a run that ended by itself."""
     why = stop_reason(status, config)
     if not saved:
@@ -74,7 +79,7 @@ def finished_message(status: Any, name: str, saved: bool, config: Any) -> str:
     return f"Finished ({why}): model {name!r} saved; {comparison(status)}."
 
 
-def stopped_message(status: Any, name: str, saved: bool) -> str:
+def stopped_message(status: TrainStatus | None, name: str, saved: bool) -> str:
     """The message of a run ended with Stop."""
     if not saved:
         return "Stopped before the model beat its base: no model was saved."
@@ -92,7 +97,7 @@ def tuned_stem(stem: str) -> str:
     return match.group(1) if match else f"{stem}-tuned"
 
 
-def status_text(status: Any) -> str:
+def status_text(status: TrainStatus) -> str:
     """One line on a training run: epoch, step, loss, validation, time left."""
     import math
 

@@ -143,7 +143,7 @@ class FinetuneWidget(FinetuneTraining, FinetuneResults, FinetuneForm):
         """Re-list the models (built-in and the user's) as base models, plus training from
         scratch; select the model named ``select`` if there is one, else keep the current
         choice, else the starter model."""
-        from napari_unet.core.network.weights import list_models
+        from napari_unet.core.network.registry import list_models
 
         current = self.base_model.value
         self._models = [
@@ -163,7 +163,7 @@ class FinetuneWidget(FinetuneTraining, FinetuneResults, FinetuneForm):
     def _suggest_name(self, *_: Any) -> None:
         """Offer a free name derived from the base model when none is typed yet (or the last
         one was used)."""
-        from napari_unet.core.network.weights import list_models
+        from napari_unet.core.network.registry import list_models
 
         from .job import free_name
 
@@ -190,7 +190,7 @@ class FinetuneWidget(FinetuneTraining, FinetuneResults, FinetuneForm):
 
     def _output(self) -> tuple[str, Path] | None:
         """The new model's name and file; ``None`` when the user declines to replace one."""
-        from napari_unet.core.network.weights import list_models, user_models_dir
+        from napari_unet.core.network.registry import list_models, user_models_dir
 
         from .job import check_model_name
 

@@ -42,7 +42,7 @@ def _model_file(name: str) -> tuple[str, int] | None:
     """(resolved path, modification time in ns) of the model ``name`` (a name or a file), or
     ``None`` when it cannot be found."""
     from napari_unet.core.errors import UserError
-    from napari_unet.core.network.weights import resolve_model
+    from napari_unet.core.network.registry import resolve_model
 
     try:
         path = Path(resolve_model(name or None)).resolve()

@@ -39,6 +39,8 @@ from .edits import accept_objects
 if TYPE_CHECKING:
     import napari
 
+    from napari_unet.core.analysis.quality import QualityResult
+
     from ..jobs.workers import Job
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,7 @@ def rank_job(
     then runs only for the test-time augmentation."""
     from napari_unet.core.analysis.quality import tta_agreement
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.network.weights import get_model
+    from napari_unet.core.network.registry import get_model
 
     model = get_model(model_name or None)
     if model.task != "instances" or model.config.out_classes != 3:
@@ -114,7 +116,7 @@ class ReviewWidget(Container):
         self.job: Job | None = None
         self.queue: ReviewQueue | None = None
         self.probabilities: np.ndarray | None = None
-        self._quality: Any = None
+        self._quality: QualityResult | None = None
         self._layer: Labels | None = None
         self.labels_layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)

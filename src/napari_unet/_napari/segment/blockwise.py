@@ -109,7 +109,7 @@ def blockwise_job(request: BlockwiseRequest) -> Generator[Progress, None, Blockw
         :class:`~napari_unet.core.large.blockwise.BlockRegion` after each block).
     """
     from napari_unet.core.large.blockwise import predict_blockwise
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
 
     start = time.perf_counter()
     model = request.model or load_model(request.model_path)

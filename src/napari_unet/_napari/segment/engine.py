@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 #: What Segment needs before it can list models and run.
-ENGINE_MODULES = ("torch", "napari_unet.core.network.weights", "napari_unet.core.network.device")
+ENGINE_MODULES = ("torch", "napari_unet.core.network.registry", "napari_unet.core.network.device")
 
 
 def engine_loaded() -> bool:

@@ -93,7 +93,9 @@ class SegmentResult:
 class _Planes:
     """Labels of a stack, filled plane by plane with ids unique in the stack."""
 
-    def __init__(self, n_planes: int, height: int, width: int, task: str, config: Any) -> None:
+    def __init__(
+        self, n_planes: int, height: int, width: int, task: str, config: PostprocessConfig
+    ) -> None:
         self.labels: np.ndarray | None = None
         self.shape = (n_planes, height, width)
         self.task = task
@@ -133,7 +135,7 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
         UserError: the model file cannot be read, the channels do not fit, the device fails.
     """
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.network.weights import load_model
+    from napari_unet.core.network.registry import load_model
 
     start = time.perf_counter()
     model = request.model or load_model(request.model_path)

@@ -132,7 +132,7 @@ class ModelList:
     def refresh(self) -> list[ModelChoice]:
         """List the models again: built-in, then the user's folder, then files loaded by hand
         (unless they are in one of those folders)."""
-        from napari_unet.core.network.weights import list_models
+        from napari_unet.core.network.registry import list_models
 
         registered = [
             ModelChoice(e.name, e.path, "built-in" if e.builtin else "user", e.metadata, e.error)
@@ -162,7 +162,7 @@ class ModelList:
             UserError: the file is missing, not a napari-unet model, or corrupt; the message
                 names the file and the reason.
         """
-        from napari_unet.core.network.weights import load_model
+        from napari_unet.core.network.registry import load_model
 
         try:
             loaded = load_model(path)

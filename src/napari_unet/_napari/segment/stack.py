@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_unet.core.progress import Progress
+
+if TYPE_CHECKING:
+    from napari_unet.core.inference.postprocess import PostprocessConfig
+    from napari_unet.core.network.weights import LoadedModel
 
 
 def stack_settings(image_layer: Any, axes: str) -> tuple[str, tuple[float, float, float] | None]:
@@ -42,7 +46,7 @@ def stack_settings(image_layer: Any, axes: str) -> tuple[str, tuple[float, float
 
 
 def volume_job(
-    request: Any, model: Any, image: np.ndarray, start: float
+    request: Any, model: LoadedModel, image: np.ndarray, start: float
 ) -> Generator[Progress, None, Any]:
     """Probabilities and 3D labels of a stack (``request`` is a ``SegmentRequest``)."""
     from napari_unet.core.inference.stack3d import predict_stack
@@ -58,7 +62,11 @@ def volume_job(
 
 
 def volume_rethreshold(
-    probabilities: np.ndarray, task: str, config: Any, stack: str, voxel_size: Any
+    probabilities: np.ndarray,
+    task: str,
+    config: PostprocessConfig,
+    stack: str,
+    voxel_size: tuple[float, float, float] | None,
 ) -> Generator[Progress, None, np.ndarray]:
     """3D labels again from kept probabilities (K, T?, Z, Y, X) with new thresholds."""
     from napari_unet.core.inference.link3d import link_stack

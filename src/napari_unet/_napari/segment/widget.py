@@ -160,7 +160,7 @@ class SegmentWidget(SegmentPlanning, SegmentRuns, SegmentForm):
         """Ask for a model file with a file dialog (tests replace this method)."""
         from qtpy.QtWidgets import QFileDialog
 
-        from napari_unet.core.network.weights import user_models_dir
+        from napari_unet.core.network.registry import user_models_dir
 
         path, _ = QFileDialog.getOpenFileName(
             self.native, "Load a napari-unet model", str(user_models_dir()),

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import NormalizeConfig
 from ..errors import ModelFileError
-from ..network.normalize import NormalizeConfig
 
 logger = logging.getLogger(__name__)
 

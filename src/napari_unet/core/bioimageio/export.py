@@ -83,7 +83,8 @@ def _test_image(loaded: LoadedModel, size: int, image: np.ndarray | None) -> np.
     nuclei."""
     channels = loaded.config.in_channels
     if image is None:
-        from ..synthetic.images import SAMPLE_CONFIG, make_image
+        from ..synthetic.config import SAMPLE_CONFIG
+        from ..synthetic.images import make_image
 
         config = type(SAMPLE_CONFIG)(**{**to_dict(SAMPLE_CONFIG), "shape": (size, size)})
         image, _ = make_image(config, np.random.default_rng(0))

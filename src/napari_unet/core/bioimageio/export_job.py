@@ -73,7 +73,7 @@ def export_job(
         UserError: the model cannot be read or exported, no author, the extra is missing, or
             the package fails bioimageio's test (then nothing is written).
     """
-    from ..network.weights import get_model
+    from ..network.registry import get_model
 
     yield Progress("export", 0, 2, f"Loading {Path(str(model)).name}...")
     problem = missing_extra()  # a clear message when the extra is missing, before any work

@@ -69,7 +69,7 @@ def _read(entry: Any) -> bytes:
 
 def _native(descr: Any, path: Path) -> Any | None:
     """The napari-unet model attached to a package napari-unet exported, else ``None``."""
-    from ..network.weights import load_model
+    from ..network.weights import load_model_file
 
     for attachment in descr.attachments:
         name = str(getattr(attachment.source, "name", "") or attachment.source).split("/")[-1]
@@ -78,7 +78,7 @@ def _native(descr: Any, path: Path) -> Any | None:
         with tempfile.TemporaryDirectory(prefix="napari-unet-import-") as tmp:
             file = Path(tmp) / NATIVE_ATTACHMENT
             file.write_bytes(_read(attachment))
-            loaded = load_model(file)
+            loaded = load_model_file(file)
         loaded.path = path
         return loaded
     return None
@@ -95,7 +95,8 @@ def _own_architecture(weights: Any) -> bool:
 
 def _state_dict_model(descr: Any, path: Path) -> Any:
     """napari-unet's U-Net from ``pytorch_state_dict`` weights of its own architecture."""
-    from ..network.weights import LoadedModel, new_metadata
+    from ..network.metadata import new_metadata
+    from ..network.weights import LoadedModel
     from .architecture import UNet2d
 
     weights = descr.weights.pytorch_state_dict
@@ -163,7 +164,8 @@ def _refusal(descr: Any, path: Path) -> str:
 
 def _foreign(descr: Any, path: Path) -> Any | None:
     """A package of another architecture, through its TorchScript or ONNX weights."""
-    from ..network.weights import LoadedModel, new_metadata
+    from ..network.metadata import new_metadata
+    from ..network.weights import LoadedModel
 
     layout = TensorLayout.from_descr(descr, path)
     weights = descr.weights

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..config import ModelConfig, TilingConfig
+from ..config import ModelConfig, NormalizeConfig, TilingConfig
 from ..errors import InputMismatchError
 from ..network.device import Predictor as DevicePredictor
 from ..network.device import resolve_device
 from ..network.model import UNet
-from ..network.normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
+from ..network.normalize import as_planes, normalize_bounds, normalize_plane
 from ..progress import Progress
 from . import rescale
 from .tiling import default_tiling, predict_tiled, resolve_halo

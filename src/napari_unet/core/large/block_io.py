@@ -1,7 +1,5 @@
-"""Reading blocks of a lazy image and writing blockwise results: zarr stores and tiled BigTIFF.
+"""Writing blockwise results: zarr stores and tiled BigTIFF (reading blocks: :mod:`.block_read`).
 
-- :class:`ArrayReader` and :class:`PathReader` read one block of one plane from it (the latter
-  reopens the file, so that it can travel to a dask worker on another machine).
 - :func:`create_label_zarr` makes an OME-Zarr (NGFF 0.4, zarr v2) label image: a group holding
   one full-resolution array ``"0"`` with axes, pixel size (``scale``) and ``image-label``
   metadata, which napari and other OME-Zarr readers open as labels.
@@ -25,17 +23,13 @@ import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..axes import Layout
-from ..errors import ImageReadError, UserError
+from ..errors import UserError
 from ..io.imagej_tiff import fits_classic, imagej_description
-from ..io.lazy import open_lazy
-from ..io.reading import READ_ERRORS, describe_read_error
 from ..io.safe_paths import OWNER_KEY, check_replaceable, sweep_beside, temp_tag
 from ..io.sizes import PixelSize
 from ..io.writing import LABELS_SOFTWARE, ome_kwargs
@@ -46,54 +40,6 @@ logger = logging.getLogger(__name__)
 PAGE_LIMIT = 512 * 2**20
 
 _NGFF_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
-
-
-def _read(data: Any, arrangement: Layout, plane: int, region: tuple[slice, slice]) -> Any:
-    """One block (channel?, h, w) of ``data`` (the image, not yet arranged) as numpy."""
-    arranged = data.transpose(arrangement.order)
-    key = (*arrangement.leading_index(plane), Ellipsis, *region)
-    rows, cols = region
-    where = f"at rows {rows.start}-{rows.stop}, columns {cols.start}-{cols.stop}"
-    return compute_pixels(arranged[key], where)
-
-
-def compute_pixels(block: Any, where: str, scheduler: str = "synchronous") -> np.ndarray:
-    """``block`` (dask, zarr or numpy) read into numpy; a truncated file or a corrupt chunk is
-    an :class:`~.errors.ImageReadError` that says ``where`` (e.g. "at rows 0-512, ...")."""
-    try:
-        if hasattr(block, "compute"):
-            return np.asarray(block.compute(scheduler=scheduler))
-        return np.asarray(block)
-    except MemoryError:
-        raise
-    except READ_ERRORS as exc:
-        raise ImageReadError(
-            f"Cannot read the image's pixels {where}: {describe_read_error(exc)}."
-        ) from exc
-
-
-@dataclass
-class ArrayReader:
-    """Reads blocks from an array at hand (numpy, memmap, zarr or dask; image axes order)."""
-
-    data: Any
-    arrangement: Layout
-
-    def read(self, plane: int, region: tuple[slice, slice]) -> np.ndarray:
-        """The pixels of ``region`` of ``plane``: (h, w) or (channels, h, w), stored dtype."""
-        return _read(self.data, self.arrangement, plane, region)
-
-
-@dataclass
-class PathReader:
-    """Reads blocks from an image file, opened lazily where the block runs (a dask worker)."""
-
-    path: str
-    arrangement: Layout
-
-    def read(self, plane: int, region: tuple[slice, slice]) -> np.ndarray:
-        """The pixels of ``region`` of ``plane``: (h, w) or (channels, h, w), stored dtype."""
-        return _read(open_lazy(self.path).data, self.arrangement, plane, region)
 
 
 # --------------------------------------------------------------------------------------------

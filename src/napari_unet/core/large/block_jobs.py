@@ -30,13 +30,8 @@ from ..network.normalize import (
     percentile_bounds,
 )
 from ..progress import Progress
-from .block_io import (
-    ArrayReader,
-    PathReader,
-    compute_pixels,
-    create_work_zarr,
-    store_exists,
-)
+from .block_io import create_work_zarr, store_exists
+from .block_read import ArrayReader, PathReader, compute_pixels
 from .blocks import Block, BlockGrid, chunk_side, default_block_size, make_grid, relative
 from .stitch import BlockLabels
 
@@ -257,8 +252,9 @@ def write_final_block(
 def inference_model(model: Any) -> LoadedModel:
     """``model`` (a LoadedModel or a bare UNet) as a LoadedModel whose normalisation is "none"
     (blocks come already scaled with the whole image's bounds)."""
+    from ..network.metadata import new_metadata
     from ..network.model import UNet
-    from ..network.weights import LoadedModel, new_metadata
+    from ..network.weights import LoadedModel
 
     if isinstance(model, UNet):
         task = "instances" if model.config.out_classes == 3 else "semantic"

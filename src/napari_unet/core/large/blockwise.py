@@ -208,8 +208,8 @@ def predict_blockwise(
         UserError: a bad output path, an image the model cannot use, a block size or overlap out
             of range, or a cluster that cannot run the blocks.
     """
+    from ..config import NormalizeConfig
     from ..inference.postprocess import PostprocessConfig
-    from ..network.normalize import NormalizeConfig
 
     lazy = as_lazy_image(image, axes)
     normalize = getattr(model, "normalize", None) or NormalizeConfig()

@@ -150,8 +150,7 @@ def normalize_problem(raw: Any) -> str | None:
     """What is wrong with a model file's ``normalize`` block, or None."""
     if raw is None:
         return None
-    from ..config import from_dict
-    from .normalize import NormalizeConfig
+    from ..config import NormalizeConfig, from_dict
 
     for key in ("low", "high"):
         value = raw.get(key)

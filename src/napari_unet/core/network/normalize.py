@@ -12,47 +12,20 @@ of the whole stack, and :func:`percentile_normalize` does both steps at once for
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 
 from ..axes import Layout
+from ..config import NormalizeConfig
 from ..errors import InputMismatchError
 
 logger = logging.getLogger(__name__)
-
-NormalizeMethod = Literal["percentile", "none"]
 
 #: Values per channel above which percentiles are estimated on an evenly strided subsample.
 PERCENTILE_SAMPLE_LIMIT = 16_000_000
 
 #: Luminance weights (ITU-R BT.709, as scikit-image's ``rgb2gray``) for RGB -> grayscale.
 RGB_TO_GRAY = (0.2125, 0.7154, 0.0721)
-
-
-@dataclass(frozen=True)
-class NormalizeConfig:
-    """How raw intensities are scaled before the network (stored in model files).
-
-    Attributes:
-        method: ``"percentile"`` maps the ``low`` percentile to 0 and the ``high`` percentile to 1
-            per channel over the whole image; ``"none"`` passes intensities on as float32.
-        low: lower percentile in [0, 100].
-        high: upper percentile in [0, 100], above ``low``.
-    """
-
-    method: NormalizeMethod = "percentile"
-    low: float = 1.0
-    high: float = 99.8
-
-    def __post_init__(self) -> None:
-        if self.method not in ("percentile", "none"):
-            raise ValueError(f"unknown normalisation method {self.method!r}")
-        if not 0.0 <= self.low < self.high <= 100.0:
-            raise ValueError(
-                f"percentiles must satisfy 0 <= low < high <= 100, got {self.low}, {self.high}"
-            )
 
 
 def _sample(values: np.ndarray) -> np.ndarray:

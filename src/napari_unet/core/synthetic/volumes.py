@@ -30,7 +30,8 @@ import numpy as np
 from scipy import ndimage
 
 from ..labels import labels_dtype
-from .images import Seed, SyntheticConfig, _camera, _unit_noise
+from .config import Seed, SyntheticConfig
+from .render import camera, unit_noise
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +257,8 @@ def _signal(
     """Fluorescence (Z', Y, X) float32 on the isotropic grid, before blur."""
     shape = cfg.iso_shape
     r = 0.5 * sum(cfg.radius)
-    texture = 0.7 * _unit_noise(rng, shape, max(0.7, 0.08 * r))
-    texture += 0.5 * _unit_noise(rng, shape, max(1.5, 0.3 * r))
+    texture = 0.7 * unit_noise(rng, shape, max(0.7, 0.08 * r))
+    texture += 0.5 * unit_noise(rng, shape, max(1.5, 0.3 * r))
     out = np.zeros(shape, np.float32)
     for i, n in enumerate(nuclei, start=1):
         box = _box(n, shape)
@@ -337,7 +338,7 @@ def make_volume(
     shape = config.iso_shape
     r = 0.5 * sum(config.radius)
     bumps = (
-        np.float32(config.irregularity) * _unit_noise(rng, shape, max(2.0, 0.6 * r))
+        np.float32(config.irregularity) * unit_noise(rng, shape, max(2.0, 0.6 * r))
         if config.irregularity > 0
         else np.zeros(shape, np.float32)
     )
@@ -346,7 +347,7 @@ def make_volume(
     planes = _plane_indices(config)
     clean = clean[planes] + np.float32(config.background)
     labels = _clean_labels(canvas.labels[planes], config.min_size)
-    adu = _camera(_camera_config(config), rng, clean)
+    adu = camera(_camera_config(config), rng, clean)
     dt = np.dtype(dtype)
     if dt == np.float32:
         image = adu.astype(np.float32, copy=False)

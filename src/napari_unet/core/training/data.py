@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import NormalizeConfig
 from ..errors import InputMismatchError, UserError
-from ..network.normalize import NormalizeConfig, as_planes, normalize_bounds, normalize_plane
+from ..network.normalize import as_planes, normalize_bounds, normalize_plane
 from .targets import TargetConfig, Targets, check_labels, instance_targets, semantic_targets
 
 if TYPE_CHECKING:

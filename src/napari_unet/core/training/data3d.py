@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..config import NormalizeConfig
 from ..errors import InputMismatchError, UserError
 from ..inference.stack3d import resample_axis
 from ..io.voxels import PIXEL_SIZE_KEY
-from ..network.normalize import NormalizeConfig
 from .data import TrainingPair, make_pairs, model_expectations
 
 if TYPE_CHECKING:
@@ -170,7 +170,8 @@ def volume_training_pairs(
 def record_voxel_size(model: LoadedModel, voxel_size: Sequence[float]) -> LoadedModel:
     """Write the training data's voxel size into a saved model file (``"pixel_size_um"``:
     [z, y, x] in µm) and return the model as read back."""
-    from ..network.weights import load_model, save_model
+    from ..network.registry import load_model
+    from ..network.weights import save_model
 
     if model.path is None:
         raise ValueError("the model has no file to record the voxel size in")

@@ -11,28 +11,9 @@ Instance labels (0 = background, one positive id per object) become three classe
   interiors never touch, not even diagonally. The image border is not a boundary: an object cut by
   the border keeps its interior up to the edge.
 
-The weight map is the one of the U-Net paper (Ronneberger et al., 2015)::
-
-    w(x) = w_c(x) + w0 * exp(-(d1(x) + d2(x))**2 / (2 * sigma**2))
-
-``d1`` and ``d2`` are the Euclidean distances (pixel centre to pixel centre) to the nearest and
-second-nearest object; a pixel's distance to its own object is 0. The gap term is given to
-background pixels, as in the paper, where it peaks in narrow gaps between objects, and (by default,
-:attr:`TargetConfig.gap_on_boundary`) to boundary pixels, where ``d1 = 0`` and ``d2`` is the
-distance to the nearest other object: the line that separates two touching objects gets about
-``w0`` on top of its class weight, like the paper's separating background. Interior pixels get no
-gap term. With fewer than two objects the gap term is 0.
-
-``w_c`` balances the classes over the annotated pixels: inverse class frequency, the ratio between
-the largest and smallest class weight capped at :attr:`TargetConfig.max_class_ratio`, normalised so
-that the mean of ``w_c`` over the annotated pixels is exactly 1 (the gap term comes on top).
-Outside the annotated mask every weight is 0, so nothing there counts in the loss.
-
-The gap term is computed per object inside the object's bounding box plus a margin, keeping the
-two smallest distances per pixel; the margin is derived from ``w0`` and ``sigma`` so that the
-result is within ``GAP_TOLERANCE`` (1e-3) of the exact map (:func:`exact_weight_map`, one distance
-transform per object over the whole image, is the slow reference). A 512 x 512 image with 150
-objects takes about 20-25 ms of CPU time (``benchmarks/targets.py``).
+The weight map (:mod:`.weight_map`) is the one of the U-Net paper; :func:`instance_targets` gives
+the border term to background pixels and, by default (:attr:`TargetConfig.gap_on_boundary`), to
+boundary pixels. Outside the annotated mask every weight is 0, so nothing there counts in the loss.
 """
 
 from __future__ import annotations
@@ -43,18 +24,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from napari_unet.core.errors import InputMismatchError, UserError
+
+from .weight_map import class_weights, exact_gap_term, gap_margin, gap_term
 
 logger = logging.getLogger(__name__)
 
 BACKGROUND, INTERIOR, BOUNDARY = 0, 1, 2
 N_INSTANCE_CLASSES = 3
 INSTANCE_CLASS_NAMES = ("background", "interior", "boundary")
-
-#: Bound on the difference between the fast border term and the exact one; the margin follows.
-GAP_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
@@ -93,15 +72,9 @@ class TargetConfig:
 
     @property
     def margin(self) -> int:
-        """Pixels around an object's bounding box beyond which its border term is negligible.
-
-        Where the second-nearest object is more than ``margin`` pixels away, ``w0 * exp(-(d1 +
-        d2)**2 / (2 sigma**2)) <= w0 * exp(-margin**2 / (2 sigma**2)) <= GAP_TOLERANCE``, so
-        distances beyond it need not be known.
-        """
-        if self.w0 <= GAP_TOLERANCE:
-            return 0
-        return math.ceil(self.sigma * math.sqrt(2.0 * math.log(self.w0 / GAP_TOLERANCE)))
+        """Pixels around an object's bounding box beyond which its border term is negligible
+        (see :func:`~.weight_map.gap_margin`)."""
+        return gap_margin(self.w0, self.sigma)
 
 
 @dataclass(frozen=True, eq=False)
@@ -228,148 +201,14 @@ def instance_classes(labels: np.ndarray, boundary_width: int = 1) -> np.ndarray:
     return classes
 
 
-def _class_weight_table(counts: np.ndarray, config: TargetConfig) -> np.ndarray:
-    """Weight per class (float64 (K,)) from annotated pixel counts per class (int (K,)).
-
-    Absent classes get 0; present ones inverse frequency, capped, with mean 1 over the pixels.
-    """
-    table = np.zeros(counts.shape, np.float64)
-    present = counts > 0
-    if not present.any():
-        return table
-    if not config.class_balance:
-        table[present] = 1.0
-        return table
-    inv = 1.0 / counts[present]
-    inv = np.minimum(inv, config.max_class_ratio * inv.min())
-    table[present] = inv
-    table /= (table * counts).sum() / counts.sum()
-    return table
-
-
-def _class_weights(
-    classes: np.ndarray, mask: np.ndarray, n_classes: int, config: TargetConfig
-) -> np.ndarray:
-    """Per-pixel class weight float32 (H, W), 0 outside ``mask``."""
-    annotated = classes if mask.all() else classes[mask]
-    counts = np.bincount(annotated.ravel(), minlength=n_classes)
-    table = _class_weight_table(counts, config).astype(np.float32)
-    weights = table[classes]
-    weights[~mask] = 0.0
-    return weights
-
-
-def _update_two_smallest(d1: np.ndarray, d2: np.ndarray, dist: np.ndarray) -> None:
-    """In place: keep in (d1, d2) the two smallest of (d1, d2, dist), d1 <= d2."""
-    np.minimum(d2, np.maximum(d1, dist), out=d2)
-    np.minimum(d1, dist, out=d1)
-
-
-def _distance_to(region: np.ndarray, obj_id: int) -> np.ndarray:
-    """Euclidean distance float32 (h, w) from each pixel of ``region`` to the pixels == obj_id."""
-    nearest = ndi.distance_transform_edt(
-        region != obj_id, return_distances=False, return_indices=True
-    )
-    if max(region.shape) > 40_000:  # squared offsets would overflow int32
-        nearest = nearest.astype(np.int64)
-    dy = nearest[0] - np.arange(region.shape[0], dtype=nearest.dtype)[:, None]
-    dx = nearest[1] - np.arange(region.shape[1], dtype=nearest.dtype)[None, :]
-    np.multiply(dy, dy, out=dy)
-    np.multiply(dx, dx, out=dx)
-    dy += dx
-    return np.sqrt(dy, dtype=np.float32)
-
-
-def _gap_from_distances(d1: np.ndarray, d2: np.ndarray, w0: float, sigma: float) -> np.ndarray:
-    """``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` in the distances' dtype; infinity gives 0.
-
-    Overwrites ``d1``.
-    """
-    total = np.add(d1, d2, out=d1)
-    np.multiply(total, total, out=total)
-    total *= total.dtype.type(-1.0 / (2.0 * sigma * sigma))
-    np.exp(total, out=total)
-    total *= total.dtype.type(w0)
-    return total
-
-
-def _object_slices(labels: np.ndarray) -> list[tuple[int, tuple[slice, ...]]]:
-    """(id, bounding box) of every object in ``labels`` (non-negative integers, any shape)."""
-    if labels.size == 0:
-        return []
-    top = int(labels.max())
-    if top == 0:
-        return []
-    if top > 4 * labels.size + 1024:
-        # sparse huge ids: find_objects would allocate one entry per id up to the largest
-        ids = np.unique(labels)
-        ids = ids[ids != 0]
-        seq = np.searchsorted(ids, labels) + 1
-        seq[labels == 0] = 0
-        boxes = ndi.find_objects(seq)
-        return [(int(ids[i]), box) for i, box in enumerate(boxes) if box is not None]
-    boxes = ndi.find_objects(labels)
-    return [(i + 1, box) for i, box in enumerate(boxes) if box is not None]
-
-
-def gap_term(
-    labels: np.ndarray, w0: float = 10.0, sigma: float = 5.0, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """The border term ``w0 * exp(-(d1 + d2)**2 / (2 sigma**2))`` at every pixel, fast.
-
-    Distances to each object are computed only inside its bounding box plus
-    :attr:`TargetConfig.margin`; the result is within ``GAP_TOLERANCE`` of the exact term.
-
-    Args:
-        labels: (H, W) non-negative integer instance ids.
-        w0, sigma: height and width of the term.
-        mask: optional (H, W) bool; objects farther than the margin from every True pixel are
-            skipped (the result is then within the tolerance only inside the mask).
-
-    Returns:
-        float32 (H, W); a pixel's distance to its own object is 0.
-    """
-    labels = np.asarray(labels)
-    objects = _object_slices(labels)
-    if w0 <= 0 or len(objects) < 2:
-        return np.zeros(labels.shape, np.float32)
-    margin = TargetConfig(w0=w0, sigma=sigma).margin
-    d1 = np.full(labels.shape, np.inf, np.float32)
-    d2 = np.full(labels.shape, np.inf, np.float32)
-    for obj_id, box in objects:
-        padded = tuple(
-            slice(max(s.start - margin, 0), min(s.stop + margin, n))
-            for s, n in zip(box, labels.shape, strict=True)
-        )
-        if mask is not None and not mask[padded].any():
-            continue
-        _update_two_smallest(d1[padded], d2[padded], _distance_to(labels[padded], obj_id))
-    return _gap_from_distances(d1, d2, w0, sigma)
-
-
-def _exact_gap_term(
-    labels: np.ndarray, w0: float, sigma: float, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Reference for :func:`gap_term`: one distance transform per object over the whole image.
-
-    ``mask`` is accepted for the same signature and ignored: every object counts.
-    """
-    objects = _object_slices(labels)
-    if w0 <= 0 or len(objects) < 2:
-        return np.zeros(labels.shape, np.float32)
-    d1 = np.full(labels.shape, np.inf)
-    d2 = np.full(labels.shape, np.inf)
-    for obj_id, _ in objects:
-        _update_two_smallest(d1, d2, ndi.distance_transform_edt(labels != obj_id))
-    return _gap_from_distances(d1, d2, w0, sigma).astype(np.float32)
-
-
 def _assemble(
     labels: np.ndarray, mask: np.ndarray, config: TargetConfig, gap_fn: Callable[..., np.ndarray]
 ) -> Targets:
     """Classes, class weights plus the border term from ``gap_fn``, and the mask."""
     classes = instance_classes(labels, config.boundary_width)
-    weights = _class_weights(classes, mask, N_INSTANCE_CLASSES, config)
+    weights = class_weights(
+        classes, mask, N_INSTANCE_CLASSES, config.class_balance, config.max_class_ratio
+    )
     if config.w0 > 0 and mask.any():
         gap = gap_fn(labels, config.w0, config.sigma, None if mask.all() else mask)
         gets_gap = classes == BACKGROUND
@@ -433,7 +272,7 @@ def exact_weight_map(
         float32 (H, W).
     """
     config, labels, mask_arr = _checked_2d(labels, mask, config, "an (H, W) image")
-    return _assemble(labels, mask_arr, config, _exact_gap_term).weights
+    return _assemble(labels, mask_arr, config, exact_gap_term).weights
 
 
 def _plane_masks(labels: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -536,10 +375,15 @@ def semantic_targets(
     if labels.ndim == 2:
         if mask_arr is None:
             mask_arr = np.ones(labels.shape, bool)
-        weights = _class_weights(classes, mask_arr, n_classes, config)
+        weights = class_weights(
+            classes, mask_arr, n_classes, config.class_balance, config.max_class_ratio
+        )
         return Targets(classes=classes, weights=weights, mask=mask_arr)
     masks = _plane_masks(labels, mask_arr)
     weights = np.stack(
-        [_class_weights(c, m, n_classes, config) for c, m in zip(classes, masks, strict=True)]
+        [
+            class_weights(c, m, n_classes, config.class_balance, config.max_class_ratio)
+            for c, m in zip(classes, masks, strict=True)
+        ]
     )
     return Targets(classes=classes, weights=weights, mask=masks)
