@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from ..network.weights import LoadedModel
     from .postprocess import PostprocessConfig
 
+
 def predict_probabilities(
     image: np.ndarray,
     axes: str,

@@ -348,8 +348,8 @@ def predict_stack(
         the leading axes in ``axes``' order. With ``"link"``/``"ortho"`` an instance id is one
         object across the planes of a volume; ids are unique over T.
     """
-    from .postprocess import postprocess
     from .engine import model_source
+    from .postprocess import postprocess
     from .predict import predict_probabilities
 
     if mode not in STACK_MODES:

@@ -289,8 +289,8 @@ def predict_tiled(
         out: optional preallocated float32 (K, H, W) to write into (may be a view).
 
     Yields:
-        One :class:`Progress` per tile batch (payload: :class:`~.events.TileBatchDone`). Closing the generator
-        between batches stops the work.
+        One :class:`Progress` per tile batch (payload: :class:`~.events.TileBatchDone`).
+        Closing the generator between batches stops the work.
 
     Returns:
         float32 (K, H, W): ``out`` when given.
