@@ -19,9 +19,9 @@ from napari_unet._napari.files.reader import get_reader, opens_lazily
 from napari_unet._napari.segment.blockwise import NO_RETHRESHOLD
 from napari_unet._napari.segment.widget import SegmentWidget
 from napari_unet.core.analysis.metrics import match
+from napari_unet.core.inference.events import BlockDone
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.large.block_io import create_label_zarr
-from napari_unet.core.inference.events import BlockDone
 from napari_unet.core.network.device import Predictor
 from napari_unet.core.progress import drain
 

@@ -1,9 +1,10 @@
 """The Segment widget's background work, as core progress generators (no Qt, no viewer).
 
 :func:`segment_job` predicts an image (a plane or a whole stack) and turns each plane into labels
-as soon as the network has finished it (the engine's ``PlaneDone`` event), so that a stack's labels can be shown plane by plane
-while the rest is still running. :func:`rethreshold_job` makes labels again from kept
-probabilities. :class:`ProbabilityStore` keeps the probabilities of the last few runs.
+as soon as the network has finished it (the engine's ``PlaneDone`` event), so that a stack's
+labels can be shown plane by plane while the rest is still running. :func:`rethreshold_job` makes
+labels again from kept probabilities. :class:`ProbabilityStore` keeps the probabilities of the
+last few runs.
 """
 
 from __future__ import annotations
