@@ -62,6 +62,7 @@ class BlockSettings:
         postprocess: the thresholds.
         work: the scratch zarr array of block-local ids (planes, Y, X).
         probabilities: the probabilities' zarr array, or ``None``.
+        class_axis: position of the class axis in ``probabilities``.
     """
 
     grid: BlockGrid
