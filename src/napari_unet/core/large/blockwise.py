@@ -5,12 +5,11 @@ after the other here, or on a dask cluster when given a client (:mod:`~.distribu
 
 1. the intensity bounds are taken once for the whole image, from the same evenly strided sample
    a whole-image pass uses, so every block is scaled alike;
-2. each block is read with its context (only that part of the file is read), predicted with the
+2. each block is read with its context (only that part of the file is read), predicted by the
    run's inference engine (:class:`~.engine.InferenceEngine`, built once: one predictor for all
-   blocks), post-processed on its core plus
-   a margin (:func:`~.postprocess.labels_from_probabilities`), and its core written with
-   block-local ids to a scratch zarr array; probabilities, when asked for, go straight to their
-   own zarr array;
+   the blocks), post-processed on its core plus a margin
+   (:func:`~.postprocess.labels_from_probabilities`), and its core written with block-local ids
+   to a scratch zarr array; probabilities, when asked for, go straight to their own zarr array;
 3. the blocks are stitched (:mod:`~.stitch`): two neighbours both label the strip along their
    border, objects that coincide there (IoU > 0.5) are one object, and ids are made consecutive
    and unique across the whole image (and across the planes of a stack);
