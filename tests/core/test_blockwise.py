@@ -19,7 +19,7 @@ from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.io.lazy import lazy_from_array, open_lazy
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.large.blocks import chunk_side, default_block_size, make_grid, relative
-from napari_unet.core.large.blockwise import BlockRegion, predict_blockwise
+from napari_unet.core.large.blockwise import BlockDone, predict_blockwise
 from napari_unet.core.large.stitch import BlockLabels, Stitcher, matching_pairs
 from napari_unet.core.progress import Progress, drain
 
@@ -153,7 +153,7 @@ def test_writes_into_a_given_zarr_array_with_progress(model, image, in_memory):
     covered = np.zeros(image.shape, bool)
     for event in events:
         assert 0 <= event.done <= event.total
-        if isinstance(event.payload, BlockRegion) and event.payload.final:
+        if isinstance(event.payload, BlockDone) and event.payload.final:
             covered[event.payload.rows, event.payload.cols] = True
     assert covered.all()
 

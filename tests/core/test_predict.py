@@ -13,6 +13,7 @@ import torch
 
 from napari_unet.core.config import ModelConfig, NormalizeConfig, TilingConfig
 from napari_unet.core.errors import InputMismatchError
+from napari_unet.core.inference.events import PlaneDone, TileBatchDone
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
 from napari_unet.core.network.model import UNet, build_model
 from napari_unet.core.network.normalize import percentile_normalize
@@ -162,11 +163,16 @@ def test_progress_counts_over_all_planes():
         predict_probabilities(data, "ZYX", known_net(), SMALL_TILES, "cpu", precision="fp32"),
         events.append,
     )
-    assert len(events) == 9  # 3 planes x (9 tiles in batches of 4)
-    assert [e.done for e in events] == list(range(1, 10))
+    batches = [e for e in events if isinstance(e.payload, TileBatchDone)]
+    assert len(batches) == 9  # 3 planes x (9 tiles in batches of 4)
+    assert [e.done for e in batches] == list(range(1, 10))
     assert {e.total for e in events} == {9} and {e.stage for e in events} == {"predict"}
-    assert events[4].message == "plane 2/3, tile batch 2/3"
-    assert [e.payload[0] for e in events] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert batches[4].message == "plane 2/3, tile batch 2/3"
+    assert [e.payload.plane for e in batches] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    # each plane's PlaneDone comes right after its last tile batch
+    planes = [(i, e.payload) for i, e in enumerate(events) if isinstance(e.payload, PlaneDone)]
+    assert [(i, p.index, p.n_planes) for i, p in planes] == [(3, 0, 3), (7, 1, 3), (11, 2, 3)]
+    assert [events[i].done for i, _ in planes] == [3, 6, 9]
 
 
 def test_closing_the_generator_stops_the_prediction():
@@ -194,7 +200,8 @@ def test_loaded_model_normalisation_and_tiling_are_used():
         predict_probabilities(image, "YX", loaded, device="cpu", precision="fp32"), events.append
     )
     np.testing.assert_allclose(probs[0], expected_foreground(image), atol=ATOL)
-    assert len(events) == 4  # 2 x 2 tiles of 20 px, one per batch
+    # 2 x 2 tiles of 20 px, one per batch, then the plane
+    assert [type(e.payload) for e in events] == [TileBatchDone] * 4 + [PlaneDone]
 
 
 def test_predict_labels_semantic_gives_class_ids():

@@ -11,8 +11,8 @@ import torch
 
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import UserError
+from napari_unet.core.inference.events import TileBatchDone
 from napari_unet.core.inference.tiling import (
-    TileBatch,
     default_halo,
     mirror_indices,
     predict_tiled,
@@ -140,7 +140,7 @@ def test_one_progress_event_per_batch_covering_the_image():
     assert events[1].message == "tile batch 2/7"
     covered = np.zeros((50, 50), dtype=int)
     for e in events:
-        assert isinstance(e.payload, TileBatch)
+        assert isinstance(e.payload, TileBatchDone)
         for region in e.payload.regions:
             covered[region] += 1
     assert (covered == 1).all()

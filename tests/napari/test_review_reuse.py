@@ -15,7 +15,8 @@ import napari_unet
 from napari_unet._napari.review.widget import ReviewWidget, rank_job
 from napari_unet.core.io.reading import read_image
 from napari_unet.core.network.model import UNet
-from napari_unet.core.network.registry import get_model, save_model
+from napari_unet.core.network.registry import get_model
+from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 
 SAMPLES = Path(napari_unet.__file__).parent / "samples"

@@ -19,9 +19,9 @@ from napari_unet._napari.files.reader import get_reader, opens_lazily
 from napari_unet._napari.segment.blockwise import NO_RETHRESHOLD
 from napari_unet._napari.segment.widget import SegmentWidget
 from napari_unet.core.analysis.metrics import match
+from napari_unet.core.inference.events import BlockDone
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.large.block_io import create_label_zarr
-from napari_unet.core.large.blockwise import BlockRegion
 from napari_unet.core.network.device import Predictor
 from napari_unet.core.progress import drain
 
@@ -92,7 +92,7 @@ def test_lazy_stack_is_segmented_blockwise_into_a_zarr_layer(segment, qtbot, sta
         0.5,
         0.5,
     ]
-    final = [e.payload for e in events if isinstance(e.payload, BlockRegion) and e.payload.final]
+    final = [e.payload for e in events if isinstance(e.payload, BlockDone) and e.payload.final]
     assert len(final) == 2 * 25
     assert {r.index for r in final} == {(0,), (1,)}
     labels = np.asarray(layer.data[...])

@@ -36,6 +36,7 @@ from napari_unet._napari.segment.models import ModelList, model_summary, model_t
 from napari_unet.core.axes import Layout
 from napari_unet.core.config import ModelConfig, TilingConfig
 from napari_unet.core.errors import Hint, InputMismatchError, ModelFileError, UserError
+from napari_unet.core.inference.events import PlaneDone, TileBatchDone
 from napari_unet.core.inference.postprocess import PostprocessConfig, labels_from_probabilities
 from napari_unet.core.inference.predict import predict_probabilities
 from napari_unet.core.io import reading
@@ -196,9 +197,11 @@ def test_segment_job_gives_planes_in_order_then_what_core_gives():
     result = drain(gen, events.append)
     planes = [e.payload for e in events if isinstance(e.payload, PlaneLabels)]
     assert [p.index for p in planes] == [0, 1, 2]
-    for plane in planes:  # each plane comes right after that plane's last tile batch
+    for plane in planes:  # each plane comes right after the engine finished that plane
         position = next(i for i, e in enumerate(events) if e.payload is plane)
-        assert events[position - 1].payload[0] == plane.index
+        assert events[position - 1].payload == PlaneDone(plane.index, 3)
+        assert isinstance(events[position - 2].payload, TileBatchDone)
+        assert events[position - 2].payload.plane == plane.index
     probs = drain(predict_probabilities(image, "TYX", starter, device="cpu"))
     np.testing.assert_array_equal(result.probabilities, probs)
     expected = labels_from_probabilities(probs, "instances")

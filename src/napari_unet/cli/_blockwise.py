@@ -198,19 +198,6 @@ def _check_inputs(inputs: list[Path], outputs: list[Path], probs: list[Path]) ->
 # commands
 
 
-def _setup(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
-    """(device, model, tiling, post-processing) from the arguments."""
-    from napari_unet.cli._common import chosen_device
-    from napari_unet.cli._predict import _postprocess_config, _tiling
-    from napari_unet.core.network.device import resolve_precision
-    from napari_unet.core.network.registry import get_model
-
-    device = chosen_device(args.device)
-    resolve_precision(args.precision, device)
-    loaded = get_model(args.model)
-    return device, loaded, _tiling(args, loaded, device.type), _postprocess_config(args)
-
-
 def cmd_predict_blockwise(args: argparse.Namespace) -> int:
     """``predict`` block by block; returns the exit code."""
     from napari_unet.core.large.distributed import connect
@@ -230,7 +217,9 @@ def cmd_predict_blockwise(args: argparse.Namespace) -> int:
             )
         )
     _check_inputs(inputs, outputs, [p for p in probs if p is not None])
-    device, loaded, tiling, post = _setup(args)
+    from napari_unet.cli._inference_options import inference_settings
+
+    device, loaded, tiling, post = inference_settings(args)
     client = connect(args.scheduler)
     try:
         for index, (source, target, prob) in enumerate(
@@ -320,7 +309,9 @@ def cmd_predict_cluster(args: argparse.Namespace) -> int:
             )
         )
     check_inputs(inputs, outputs + [p for p in probs if p is not None])
-    device, loaded, tiling, post = _setup(args)
+    from napari_unet.cli._inference_options import inference_settings
+
+    device, loaded, tiling, post = inference_settings(args)
     jobs = [
         FileJob(s.resolve(), t.resolve(), p.resolve() if p else None)
         for s, t, p in zip(inputs, outputs, probs, strict=True)

@@ -9,17 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from napari_unet.cli._blockwise import add_blockwise_options, route
-from napari_unet.cli._common import (
-    PROG,
-    add_command,
-    add_device_option,
-    add_model_option,
-    chosen_device,
-    fraction,
-    given,
-    logger,
-    non_negative_int,
-    positive_int,
+from napari_unet.cli._common import PROG, add_command, add_model_option, logger
+from napari_unet.cli._inference_options import (
+    add_postprocess_options,
+    add_tiling_options,
+    inference_settings,
 )
 from napari_unet.cli._objects import add_objects_option, check_objects, write_objects
 from napari_unet.cli._paths import (
@@ -36,7 +30,6 @@ from napari_unet.cli._stacks import (
     predict_image,
     warn_blockwise_stacks,
 )
-from napari_unet.core.config import PRECISIONS
 
 _DESCRIPTION = (
     "Segment images with a U-Net and write labels as TIFF (uint16, or uint32 beyond "
@@ -68,43 +61,7 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
         "NAME|PATH",
         "a model name (see 'napari-unet models') or a .safetensors file (default: starter)",
     )
-    p.add_argument(
-        "--tile-size",
-        type=positive_int,
-        metavar="PX",
-        help="side of a tile in pixels, without the overlap (default: 1024)",
-    )
-    p.add_argument(
-        "--overlap",
-        type=non_negative_int,
-        metavar="PX",
-        help=(
-            "context margin added on each side of a tile (default: the network's receptive-"
-            "field reach, which makes tiles exact; smaller is faster but approximate)"
-        ),
-    )
-    p.add_argument(
-        "--exact",
-        action="store_true",
-        help="never use less than the receptive-field reach as overlap, whatever --overlap says",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=positive_int,
-        metavar="N",
-        help="tiles per forward pass (default: 1 on the CPU, 4 on a GPU)",
-    )
-    add_device_option(p, "the network")
-    p.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default="auto",
-        help=(
-            "arithmetic of the network (default auto: bf16/fp16 on CUDA, bf16 on CPUs with "
-            "native bfloat16 instructions, where it is about twice as fast as fp32 with the "
-            "same accuracy; fp32 elsewhere)"
-        ),
-    )
+    add_tiling_options(p)
     p.add_argument(
         "--probabilities",
         metavar="PATH",
@@ -113,59 +70,12 @@ def add_predict(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentP
             f"(NAME{PROBABILITIES_SUFFIX}) or, with one INPUT, a .tif file name"
         ),
     )
-    p.add_argument(
-        "--min-size",
-        type=non_negative_int,
-        metavar="PX",
-        help="remove objects smaller than this many pixels (instance models; default 16)",
-    )
-    p.add_argument(
-        "--interior-threshold",
-        type=fraction,
-        metavar="P",
-        help="probability of 'interior' that seeds an object (default 0.5)",
-    )
-    p.add_argument(
-        "--foreground-threshold",
-        type=fraction,
-        metavar="P",
-        help="probability of foreground within which objects grow (default 0.5)",
-    )
+    add_postprocess_options(p)
     add_rescale_options(p)
     add_stack_options(p)
     add_objects_option(p)
     add_blockwise_options(p)
     return p
-
-
-def _tiling(args: argparse.Namespace, loaded: Any, device_type: str) -> Any:
-    """Tile settings: the options given, else the model file's tile defaults, else the
-    device's defaults."""
-    from dataclasses import replace
-
-    from napari_unet.core.inference.tiling import default_tiling
-
-    tiling = loaded.tiling or default_tiling(loaded.config, device_type)
-    options = {
-        "exact": True if args.exact else None,
-        "tile_size": args.tile_size,
-        "halo": args.overlap,
-        "batch_size": args.batch_size,
-    }
-    from napari_unet.core.network.limits import check_tiling
-
-    return check_tiling(replace(tiling, **given(options)))
-
-
-def _postprocess_config(args: argparse.Namespace) -> Any:
-    from napari_unet.core.inference.postprocess import PostprocessConfig
-
-    options = {
-        "min_size": args.min_size,
-        "interior_threshold": args.interior_threshold,
-        "foreground_threshold": args.foreground_threshold,
-    }
-    return PostprocessConfig(**given(options))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -192,14 +102,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     check_inputs(inputs, outputs + [p for p in prob_outputs if p is not None])
 
-    from napari_unet.core.network.device import describe_device, resolve_precision
-    from napari_unet.core.network.registry import get_model
+    from napari_unet.core.network.device import describe_device
 
-    device = chosen_device(args.device)
-    resolve_precision(args.precision, device)  # an unsupported precision is a user error
-    loaded = get_model(args.model)
-    tiling = _tiling(args, loaded, device.type)
-    post = _postprocess_config(args)
+    device, loaded, tiling, post = inference_settings(args)
     logger.info(
         "model %s (%s) on %s; tile %d px, overlap %s, batch %d",
         loaded.name,

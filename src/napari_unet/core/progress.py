@@ -12,6 +12,22 @@ returns its result::
 
 :func:`drain` does exactly that. Stopping early is done by closing the generator (or, in napari,
 by quitting the worker) at a yield.
+
+Events count units (``done`` of ``total``) for a progress bar, and may carry a typed
+``payload`` for consumers that act on what was just finished: a viewer that shows a stack's
+labels plane by plane, or redraws the blocks of a blockwise run as they are written, a command
+line that prints each epoch's validation scores. The payload types are declared where the events
+are made:
+
+- inference (:mod:`napari_unet.core.inference.events`): ``TileBatchDone`` (tiles written),
+  ``PlaneDone`` (a plane's probabilities complete), ``BlockDone`` (a block labelled, or its
+  final labels written);
+- training (:mod:`napari_unet.core.training.train`): ``TrainStatus`` after each step,
+  validation and save;
+- the Segment widget's job: ``PlaneLabels`` (a plane's labels, ready to show).
+
+A consumer tests the payload's type (``isinstance(event.payload, PlaneDone)``) and ignores the
+types it does not know; ``Progress[P]`` names the payload type a generator yields.
 """
 
 from __future__ import annotations
@@ -19,15 +35,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
-class Progress:
+class Progress(Generic[P]):
     """One step of a long job.
 
     Attributes:
@@ -35,15 +52,15 @@ class Progress:
         done: units finished so far (tiles, planes, steps).
         total: units in all (0 when unknown).
         message: a short human-readable line.
-        payload: extra data for consumers that need it (e.g. the plane or block just finished, so
-            a viewer can redraw it); ``None`` when there is none.
+        payload: the typed event of this step (see the module docstring), e.g. the plane or
+            block just finished, so that a viewer can show it; ``None`` when there is none.
     """
 
     stage: str
     done: int
     total: int
     message: str = ""
-    payload: object | None = None
+    payload: P | None = None
 
     @property
     def fraction(self) -> float:

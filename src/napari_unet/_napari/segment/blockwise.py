@@ -106,7 +106,7 @@ def blockwise_job(request: BlockwiseRequest) -> Generator[Progress, None, Blockw
 
     Yields:
         The events of :func:`~napari_unet.core.large.blockwise.predict_blockwise` (payload
-        :class:`~napari_unet.core.large.blockwise.BlockRegion` after each block).
+        :class:`~napari_unet.core.inference.events.BlockDone` after each block).
     """
     from napari_unet.core.large.blockwise import predict_blockwise
     from napari_unet.core.network.registry import load_model
@@ -199,8 +199,9 @@ class BlockwiseRun:
     def on_progress(self, event: Progress) -> None:
         """Redraw the layer when blocks of final labels were written (at most every
         :data:`REFRESH_INTERVAL` seconds, and after the last one)."""
-        payload = event.payload
-        if not getattr(payload, "final", False):
+        from napari_unet.core.inference.events import BlockDone
+
+        if not (isinstance(event.payload, BlockDone) and event.payload.final):
             return
         now = time.monotonic()
         last = event.total and event.done >= event.total

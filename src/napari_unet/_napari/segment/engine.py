@@ -1,4 +1,5 @@
-"""PyTorch and the model registry, loaded in the background the first time Segment opens.
+"""PyTorch, the model registry and the inference engine, loaded in the background the first time
+Segment opens.
 
 Importing torch takes seconds (about 3 s on a small laptop); done in the widget's constructor,
 it froze the viewer. :func:`load_engine` imports it in a thread worker instead and calls back on
@@ -12,7 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 #: What Segment needs before it can list models and run.
-ENGINE_MODULES = ("torch", "napari_unet.core.network.registry", "napari_unet.core.network.device")
+ENGINE_MODULES = (
+    "torch",
+    "napari_unet.core.network.registry",
+    "napari_unet.core.network.device",
+    "napari_unet.core.inference.engine",
+)
 
 
 def engine_loaded() -> bool:
@@ -22,8 +28,11 @@ def engine_loaded() -> bool:
 
 def describe_device() -> tuple[str, str]:
     """``(device type, text)`` of the device Segment runs on, e.g. ``("cpu", "CPU (2
-    threads)")``, with a hint when a GPU is present but PyTorch cannot use it. Imports torch."""
+    threads)")``, with a hint when a GPU is present but PyTorch cannot use it. Imports torch and
+    the modules of :data:`ENGINE_MODULES`."""
+    from napari_unet.core.inference import engine  # noqa: F401  (imported here, not at Run)
     from napari_unet.core.network import device as devices
+    from napari_unet.core.network import weights  # noqa: F401
 
     device = devices.resolve_device("auto")
     hint = devices.gpu_hint()

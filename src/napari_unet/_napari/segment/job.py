@@ -1,9 +1,10 @@
 """The Segment widget's background work, as core progress generators (no Qt, no viewer).
 
 :func:`segment_job` predicts an image (a plane or a whole stack) and turns each plane into labels
-as soon as the network has finished it, so that a stack's labels can be shown plane by plane
-while the rest is still running. :func:`rethreshold_job` makes labels again from kept
-probabilities. :class:`ProbabilityStore` keeps the probabilities of the last few runs.
+as soon as the network has finished it (the engine's ``PlaneDone`` event), so that a stack's
+labels can be shown plane by plane while the rest is still running. :func:`rethreshold_job` makes
+labels again from kept probabilities. :class:`ProbabilityStore` keeps the probabilities of the
+last few runs.
 """
 
 from __future__ import annotations
@@ -101,10 +102,10 @@ class _Planes:
         self.task = task
         self.config = config
         self.ids = IdOffsets()
-        self.done = 0
 
-    def add(self, probs: np.ndarray) -> np.ndarray:
-        """Post-process the next plane's probabilities (K, 1, Y, X); returns its labels."""
+    def add(self, index: int, probs: np.ndarray) -> np.ndarray:
+        """Post-process plane ``index``'s probabilities (K, 1, Y, X), the planes in order;
+        returns its labels."""
         from napari_unet.core.inference.postprocess import postprocess
         from napari_unet.core.progress import drain
 
@@ -116,8 +117,7 @@ class _Planes:
             plane = self.ids.add(plane)
         if plane.dtype != self.labels.dtype:
             self.labels = self.labels.astype(np.promote_types(plane.dtype, self.labels.dtype))
-        self.labels[self.done] = plane
-        self.done += 1
+        self.labels[index] = plane
         return plane
 
 
@@ -125,8 +125,9 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     """Predict ``request.image`` and make labels, plane by plane.
 
     Yields:
-        The prediction's events (stage ``"predict"``) and, after the last tile of each plane,
-        one event of the same stage whose payload is a :class:`PlaneLabels`.
+        The prediction's events (stage ``"predict"``) and, after each plane's
+        :class:`~napari_unet.core.inference.events.PlaneDone` event, one event of the same stage
+        whose payload is a :class:`PlaneLabels`.
 
     Returns:
         A :class:`SegmentResult`.
@@ -134,7 +135,8 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     Raises:
         UserError: the model file cannot be read, the channels do not fit, the device fails.
     """
-    from napari_unet.core.inference.predict import predict_probabilities
+    from napari_unet.core.inference.engine import InferenceEngine
+    from napari_unet.core.inference.events import PlaneDone
     from napari_unet.core.network.registry import load_model
 
     start = time.perf_counter()
@@ -151,23 +153,15 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     n_planes = layout.n_planes
     probs = np.empty((model.config.out_classes, n_planes, height, width), dtype=np.float32)
     planes = _Planes(n_planes, height, width, model.task, request.postprocess)
-    gen = predict_probabilities(
-        image, request.axes, model, request.tiling, request.device, request.precision,
-        out=probs,
-    )  # fmt: skip
-    last = Progress("predict", 0, 0)
+    engine = InferenceEngine(model, request.tiling, request.device, request.precision)
+    gen = engine.predict_image(image, request.axes, out=probs)
     try:
         for event in gen:
             yield event
-            last = event
-            plane = event.payload[0] if isinstance(event.payload, tuple) else 0
-            complete = plane + 1 if event.done * n_planes >= (plane + 1) * event.total else plane
-            while planes.done < complete:
-                yield _plane_event(planes, probs, event, n_planes)
+            if isinstance(event.payload, PlaneDone):
+                yield _plane_event(planes, probs, event, event.payload.index, n_planes)
     finally:
         gen.close()
-    while planes.done < n_planes:
-        yield _plane_event(planes, probs, last, n_planes)
     labels = planes.labels if planes.labels is not None else np.zeros((0, height, width), np.uint16)
     return SegmentResult(
         probs.reshape(probs.shape[0], *leading, height, width),
@@ -177,9 +171,11 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     )
 
 
-def _plane_event(planes: _Planes, probs: np.ndarray, event: Progress, n_planes: int) -> Progress:
-    index = planes.done
-    labels = planes.add(probs[:, index : index + 1])
+def _plane_event(
+    planes: _Planes, probs: np.ndarray, event: Progress, index: int, n_planes: int
+) -> Progress[PlaneLabels]:
+    """The event with the labels of plane ``index`` of ``probs``, just predicted."""
+    labels = planes.add(index, probs[:, index : index + 1])
     message = f"plane {index + 1}/{n_planes} labelled" if n_planes > 1 else "labelled"
     return Progress(event.stage, event.done, event.total, message, PlaneLabels(index, labels))
 

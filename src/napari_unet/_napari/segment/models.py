@@ -101,19 +101,21 @@ def model_summary(choice: ModelChoice | None) -> str:
 
 
 def model_tiling(choice: ModelChoice, device_type: str) -> TilingConfig:
-    """The model's default tiling (from its file) or the device's defaults."""
+    """The tiling a run with no tile settings gets: the model's default tiling (from its file's
+    metadata, read without loading the network), else the device's defaults."""
     from napari_unet.core.config import ModelConfig, TilingConfig, from_dict
-    from napari_unet.core.inference.tiling import default_tiling
+    from napari_unet.core.inference.engine import choose_tiling
 
     meta = choice.metadata or {}
     raw = meta.get("tiling")
+    model_default = None
     if isinstance(raw, dict):
         try:
-            return from_dict(TilingConfig, raw)
+            model_default = from_dict(TilingConfig, raw)
         except (TypeError, ValueError):
             pass
     config = from_dict(ModelConfig, meta.get("config") or {})
-    return default_tiling(config, device_type)
+    return choose_tiling(None, model_default, config, device_type)
 
 
 class ModelList:

@@ -253,17 +253,18 @@ def tta_agreement(
     Returns:
         float64 (N,): agreement per object, in ascending id order (as ``object_features``).
     """
+    from ..inference.engine import InferenceEngine
     from ..inference.postprocess import labels_from_probabilities
-    from ..inference.predict import predict_probabilities
     from .metrics import overlaps
 
     ids = np.unique(labels)
     ids = ids[ids > 0]
     total = np.zeros(len(ids))
     y, x = axes.upper().index("Y"), axes.upper().index("X")
+    engine = InferenceEngine(model, **predict_kwargs)  # one predictor for all the copies
     for i, t in enumerate(transforms):
         copy = _transform(np.asarray(image), y, x, t, inverse=False)
-        gen = predict_probabilities(copy, axes, model, **predict_kwargs)
+        gen = engine.predict_image(copy, axes)
         try:
             while True:
                 event = next(gen)

@@ -345,13 +345,14 @@ def predict_stack(
         the leading axes in ``axes``' order. With ``"link"``/``"ortho"`` an instance id is one
         object across the planes of a volume; ids are unique over T.
     """
+    from .engine import model_source
     from .postprocess import postprocess
-    from .predict import _source, predict_probabilities
+    from .predict import predict_probabilities
 
     if mode not in STACK_MODES:
         raise ValueError(f"unknown stack mode {mode!r}; expected one of {STACK_MODES}")
     config = config or Stack3DConfig()
-    task = _source(model).task
+    task = model_source(model).task
     if mode == "ortho":
         probs = yield from ortho_probabilities(
             image, axes, model, voxel_size, tiling, device, precision

@@ -31,6 +31,7 @@ from ..errors import Hint, UserError
 from ..network.device import is_out_of_memory
 from ..network.model import receptive_radius
 from ..progress import Progress
+from .events import TileBatchDone
 
 logger = logging.getLogger(__name__)
 
@@ -66,17 +67,6 @@ class Tile:
     width: int
     core: tuple[slice, slice]
     inner: tuple[slice, slice]
-
-
-@dataclass(frozen=True)
-class TileBatch:
-    """Payload of a tiling progress event: the image regions just written.
-
-    Attributes:
-        regions: (rows, cols) slices of the output that now hold final values.
-    """
-
-    regions: tuple[tuple[slice, slice], ...]
 
 
 def _round_up(value: int, multiple: int) -> int:
@@ -239,7 +229,7 @@ def _run_grid(
     tiles: list[Tile],
     batch_size: int,
     count: _Count,
-) -> Generator[Progress, None, None]:
+) -> Generator[Progress[TileBatchDone], None, None]:
     """Run ``tiles`` in batches, writing cores into ``out``; one event per batch.
 
     Raises :class:`_OutOfMemory` (from the original error) when the device runs out of memory.
@@ -273,7 +263,7 @@ def _run_grid(
             count.batches,
             total,
             f"tile batch {count.batches}/{total}",
-            payload=TileBatch(tuple(tile.core for tile in batch)),
+            payload=TileBatchDone(tuple(tile.core for tile in batch)),
         )
 
 
@@ -285,7 +275,7 @@ def predict_tiled(
     halo: int,
     stride: int = 1,
     out: np.ndarray | None = None,
-) -> Generator[Progress, None, np.ndarray]:
+) -> Generator[Progress[TileBatchDone], None, np.ndarray]:
     """Overlap-tile prediction of one plane.
 
     Args:
@@ -299,8 +289,8 @@ def predict_tiled(
         out: optional preallocated float32 (K, H, W) to write into (may be a view).
 
     Yields:
-        One :class:`Progress` per tile batch (payload: :class:`TileBatch`). Closing the generator
-        between batches stops the work.
+        One :class:`Progress` per tile batch (payload: :class:`~.events.TileBatchDone`).
+        Closing the generator between batches stops the work.
 
     Returns:
         float32 (K, H, W): ``out`` when given.

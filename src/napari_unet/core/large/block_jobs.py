@@ -1,9 +1,10 @@
 """The jobs of blockwise prediction (see :mod:`~.blockwise`): the whole-image intensity bounds,
 one block predicted and labelled, one block's final labels written, and what they share.
 
-The job functions take only picklable arguments (a :class:`~.blocks.Block`, the model, a reader
-from :mod:`~.block_io` and :class:`BlockSettings` holding zarr arrays on disk), so the same
-functions run in this process or on a dask worker.
+The job functions take only picklable arguments (a :class:`~.blocks.Block`, the run's
+:class:`~napari_unet.core.inference.engine.InferenceEngine`, a reader from :mod:`~.block_io` and
+:class:`BlockSettings` holding zarr arrays on disk), so the same functions run in this process or
+on a dask worker (which builds the engine's predictor once, when it receives the engine).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,12 +24,7 @@ import numpy as np
 from ..axes import Layout
 from ..errors import InputMismatchError, UserError
 from ..io.lazy import LazyImage, lazy_from_array
-from ..network.normalize import (
-    PERCENTILE_SAMPLE_LIMIT,
-    as_planes,
-    normalize_plane,
-    percentile_bounds,
-)
+from ..network.normalize import PERCENTILE_SAMPLE_LIMIT, as_planes, percentile_bounds
 from ..progress import Progress
 from .block_io import create_work_zarr, store_exists
 from .block_read import ArrayReader, PathReader, compute_pixels
@@ -36,8 +32,7 @@ from .blocks import Block, BlockGrid, chunk_side, default_block_size, make_grid,
 from .stitch import BlockLabels
 
 if TYPE_CHECKING:
-    from ..config import TilingConfig
-    from ..network.weights import LoadedModel
+    from ..inference.engine import InferenceEngine
 
 logger = logging.getLogger(__name__)
 
@@ -50,34 +45,24 @@ BLOCKWISE_PIXELS = 8192 * 8192
 
 
 @dataclass(frozen=True)
-class BlockRegion:
-    """Payload of a blockwise progress event: a region whose values are now written.
+class BlockSettings:
+    """Everything a block needs besides the engine, the reader and the block (picklable).
 
     Attributes:
-        index: leading index of the plane (``()`` for a single 2D image).
-        rows, cols: the region within the plane.
-        final: True for the final labels (stage ``"stitch"``), False for probabilities and
-            provisional labels (stage ``"predict"``).
+        grid: the blocks.
+        arrangement: how the image's axes make planes.
+        bounds: the whole image's intensity bounds (C, 2), ``None`` without normalisation.
+        semantic: class ids (no stitching) rather than instance ids.
+        postprocess: the thresholds.
+        work: the scratch zarr array of block-local ids (planes, Y, X).
+        probabilities: the probabilities' zarr array, or ``None``.
+        class_axis: position of the class axis in ``probabilities``.
     """
-
-    index: tuple[int, ...]
-    rows: slice
-    cols: slice
-    final: bool
-
-
-@dataclass(frozen=True)
-class BlockSettings:
-    """Everything a block needs besides the model, the reader and the block (picklable)."""
 
     grid: BlockGrid
     arrangement: Layout
     bounds: np.ndarray | None
-    in_channels: int
     semantic: bool
-    tiling: Any
-    device: str
-    precision: str
     postprocess: Any
     work: Any
     probabilities: Any = None
@@ -136,12 +121,11 @@ def global_bounds(
 
 
 def run_block_job(
-    block: Block, model: LoadedModel, reader: Any, settings: BlockSettings
+    block: Block, engine: InferenceEngine, reader: Any, settings: BlockSettings
 ) -> Generator[Progress, None, BlockLabels]:
     """Predict and label one block; write its core to ``settings.work`` (block-local ids).
 
-    ``model`` must carry normalisation ``"none"``: the block is scaled here with the whole
-    image's bounds.
+    The block is scaled with the whole image's bounds (``settings.bounds``).
 
     Yields:
         The tile events of the block's prediction.
@@ -150,16 +134,11 @@ def run_block_job(
         The block's :class:`~.stitch.BlockLabels` (ids in its core, labels of its face strips).
     """
     from ..inference.postprocess import labels_from_probabilities
-    from ..inference.predict import predict_probabilities
 
     raw = reader.read(block.plane, block.read)
-    planes, _, _ = as_planes(raw, settings.arrangement.plane_axes, settings.in_channels)
-    scaled = normalize_plane(planes[0], settings.bounds)
-    del raw, planes
-    probs = yield from predict_probabilities(
-        scaled, "CYX", model, settings.tiling, settings.device, settings.precision
-    )
-    del scaled
+    gen = engine.predict_block(raw, settings.arrangement.plane_axes, settings.bounds)
+    del raw
+    probs = yield from gen
     index = settings.arrangement.leading_index(block.plane)
     if settings.probabilities is not None and store_exists(settings.probabilities):
         core = relative(block.core, block.read)
@@ -186,10 +165,10 @@ def run_block_job(
 
 
 def run_block(
-    block: Block, model: LoadedModel, reader: Any, settings: BlockSettings
+    block: Block, engine: InferenceEngine, reader: Any, settings: BlockSettings
 ) -> BlockLabels:
     """:func:`run_block_job` run to the end (what a dask worker runs)."""
-    gen = run_block_job(block, model, reader, settings)
+    gen = run_block_job(block, engine, reader, settings)
     while True:
         try:
             next(gen)
@@ -249,20 +228,6 @@ def write_final_block(
 # settings
 
 
-def inference_model(model: Any) -> LoadedModel:
-    """``model`` (a LoadedModel or a bare UNet) as a LoadedModel whose normalisation is "none"
-    (blocks come already scaled with the whole image's bounds)."""
-    from ..network.metadata import new_metadata
-    from ..network.model import UNet
-    from ..network.weights import LoadedModel
-
-    if isinstance(model, UNet):
-        task = "instances" if model.config.out_classes == 3 else "semantic"
-        model = LoadedModel(model.eval(), model.config, new_metadata(model.config, task=task))
-    metadata = {**model.metadata, "normalize": {"method": "none"}}
-    return replace(model, metadata=metadata)
-
-
 def as_lazy_image(image: Any, axes: str | None) -> LazyImage:
     """``image`` as a :class:`~.lazy.LazyImage` (arrays need their ``axes``)."""
     if isinstance(image, LazyImage):
@@ -272,24 +237,11 @@ def as_lazy_image(image: Any, axes: str | None) -> LazyImage:
     return lazy_from_array(image, axes)
 
 
-def resolve_tiling(tiling: Any, model: LoadedModel, device: str) -> TilingConfig:
-    """The tiling given, else the model file's, else the device's defaults."""
-    from ..inference.tiling import default_tiling
-    from ..network.device import resolve_device
-
-    return tiling or model.tiling or default_tiling(model.config, resolve_device(device).type)
-
-
 def plan_blocks(
-    image: LazyImage,
-    model: LoadedModel,
-    tiling: TilingConfig,
-    block_size: int | None,
-    overlap: int,
+    image: LazyImage, engine: InferenceEngine, block_size: int | None, overlap: int
 ) -> tuple[Layout, BlockGrid]:
-    """The arrangement of ``image`` into planes and the grid of blocks over them."""
-    from ..inference.tiling import resolve_halo
-
+    """The arrangement of ``image`` into planes and the grid of blocks over them (each block's
+    context is the engine's halo, its default size a whole number of the engine's tiles)."""
     if overlap < 0:
         raise UserError(f"The block overlap must be zero or positive, got {overlap}.")
     if block_size is not None and block_size < 1:
@@ -299,14 +251,13 @@ def plan_blocks(
     width = image.data.shape[image.axes.index("X")]
     if arrangement.n_planes == 0 or height == 0 or width == 0:
         raise InputMismatchError(f"The image has no pixels (shape {tuple(image.data.shape)}).")
-    config = model.config
-    _check_channels(image, arrangement, config.in_channels)
-    halo = resolve_halo(tiling, config)
+    stride, halo = engine.config.stride, engine.halo
+    _check_channels(image, arrangement, engine.in_channels)
     if block_size is None:
         block_size = default_block_size(
-            tiling.tile_size, overlap, halo, config.stride, (height, width)
+            engine.tiling.tile_size, overlap, halo, stride, (height, width)
         )
-    grid = make_grid(arrangement.n_planes, height, width, block_size, overlap, halo, config.stride)
+    grid = make_grid(arrangement.n_planes, height, width, block_size, overlap, halo, stride)
     return arrangement, grid
 
 

@@ -10,8 +10,10 @@ scheduler address (``tcp://host:8786``), or from dask's own configuration (the
 cluster dask can start works the same way: a ``LocalCluster`` on one machine, a
 ``dask_jobqueue.SLURMCluster`` on an HPC system (see docs/large-images.md).
 
-The model is sent to every worker once (``scatter``), each task gets small arguments (a block,
-zarr arrays on a file system the workers share, the image's path) and returns a small result.
+The run's :class:`~napari_unet.core.inference.engine.InferenceEngine` is sent to every worker
+once (``scatter``), and each worker builds its predictor once, when it receives it. Each task
+gets small arguments (a block, zarr arrays on a file system the workers share, the image's path)
+and returns a small result.
 Tasks are submitted all at once and their results taken as they finish; closing the generator
 cancels the tasks not yet run. A worker runs as many blocks at once as it has threads, each with
 torch's threads as the worker process has them (dask starts workers with ``OMP_NUM_THREADS=1``:
@@ -24,9 +26,12 @@ import logging
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..inference.engine import InferenceEngine
 
 logger = logging.getLogger(__name__)
 
@@ -126,14 +131,7 @@ class FileJob:
     probabilities: Path | None = None
 
 
-def predict_file(
-    job: FileJob,
-    model: Any,
-    tiling: Any,
-    device: str,
-    precision: str,
-    postprocess: Any,
-) -> int | None:
+def predict_file(job: FileJob, engine: InferenceEngine, postprocess: Any) -> int | None:
     """Read, predict, post-process and write one file in memory (what a worker runs).
 
     Returns:
@@ -141,20 +139,21 @@ def predict_file(
     """
     from ..axes import Layout
     from ..inference.postprocess import labels_from_probabilities
-    from ..inference.predict import predict_probabilities
     from ..io import reading, writing
     from ..progress import drain
 
     image = reading.read_image(job.source)
-    probs = drain(predict_probabilities(image.data, image.axes, model, tiling, device, precision))
-    labels = labels_from_probabilities(probs, model.task, postprocess)
+    probs = drain(engine.predict_image(image.data, image.axes))
+    labels = labels_from_probabilities(probs, engine.task, postprocess)
     axes = Layout(image.axes, image.shape).label_axes
     if job.probabilities is not None:
         writing.write_probabilities(
             job.probabilities, probs, "C" + axes, image.pixel_size, image.z_spacing
         )
     writing.write_labels(job.target, labels, axes, image.pixel_size, image.z_spacing)
-    semantic = model.task == "semantic" or getattr(postprocess, "mode", "") == "semantic"
+    semantic = engine.task == "semantic" or (
+        postprocess is not None and postprocess.mode == "semantic"
+    )
     return None if semantic or not labels.size else int(labels.max())
 
 
@@ -170,15 +169,11 @@ def predict_files(
     """Predict every file of ``jobs`` on the cluster, one task per file; yield
     ``(job, number of objects)`` as files are done.
 
-    Every worker must see the files at the same paths (a shared file system).
+    Every worker must see the files at the same paths (a shared file system). One
+    :class:`~napari_unet.core.inference.engine.InferenceEngine` (``model``, ``tiling``,
+    ``device``, ``precision``) runs every file; each worker builds its predictor once.
     """
-    yield from run_on_cluster(
-        client,
-        predict_file,
-        list(jobs),
-        tiling,
-        str(device),
-        precision,
-        postprocess,
-        broadcast=[model],
-    )
+    from ..inference.engine import InferenceEngine
+
+    engine = InferenceEngine(model, tiling, device, precision)
+    yield from run_on_cluster(client, predict_file, list(jobs), postprocess, broadcast=[engine])

@@ -3,14 +3,15 @@
 ``resolve_device("auto")`` picks CUDA, then Apple's MPS, then the CPU; an explicit name that is
 unknown or not available here is a :class:`~.errors.UserError`. :class:`Predictor` wraps a U-Net
 for inference on one device: BatchNorm folded into the convolutions, channels-last memory layout,
-``torch.inference_mode`` and, on CUDA, autocast (bfloat16 where the card supports it, else
-float16) with cuDNN autotuning.
+``torch.inference_mode``, autocast at a reduced precision, and on CUDA cuDNN autotuning. The
+inference engine (:mod:`napari_unet.core.inference.engine`) builds one predictor per run.
 
-Precision ``"auto"`` on the CPU is bfloat16 autocast on CPUs with native bfloat16 instructions
-(AMX/AVX-512-BF16), where it runs about twice as fast as float32 with the same AP on the shipped
-sample and synthetic images, and float32 on every other CPU. Its class probabilities differ from
-float32 by up to about 0.01, so tests and comparisons that need exact values ask for
-``precision="fp32"``. See ``docs/benchmarks.md`` (precision).
+Precision ``"auto"`` (:func:`resolve_precision`) is not float32 everywhere: it is bfloat16
+autocast on CUDA cards that support it (else float16), bfloat16 autocast on CPUs with native
+bfloat16 instructions (AMX/AVX-512-BF16), where it runs about twice as fast as float32 with the
+same AP on the shipped sample and synthetic images, and float32 only on other CPUs and on MPS.
+Its class probabilities differ from float32 by up to about 0.01, so tests and comparisons that
+need exact values ask for ``precision="fp32"``. See ``docs/benchmarks.md`` (precision).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from ..errors import Hint, UserError
 from .model import UNet, fuse_for_inference
 
 logger = logging.getLogger(__name__)
-
-#: Precisions a :class:`Predictor` accepts.
 
 _DEVICE_NAME = re.compile(r"^(auto|cpu|mps|cuda)(?::(\d+))?$")
 _DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"

@@ -13,9 +13,8 @@ import torch
 
 from ..analysis.metrics import evaluate
 from ..config import TilingConfig
+from ..inference.engine import InferenceEngine
 from ..inference.postprocess import PostprocessConfig, labels_from_probabilities
-from ..inference.tiling import default_halo, predict_tiled
-from ..network.device import Predictor
 from ..network.model import UNet
 from ..progress import drain
 from .data import ValidationCrop
@@ -36,22 +35,19 @@ def validate(
 ) -> dict[str, float]:
     """Score ``model`` on held-out crops through tiled inference and post-processing.
 
+    One :class:`~napari_unet.core.inference.engine.InferenceEngine` (tiles of 256 px in batches of
+    4, the default halo and precision) predicts every crop; the crops are normalised already.
+
     Returns:
         ``{"ap_50", "pixel_iou", "score"}``: AP at IoU 0.5 over all crops' objects (instances),
         foreground IoU, and the score used to keep the best model (their mean for instances, the
         pixel IoU for semantic models).
     """
-    predictor = Predictor(model, device)
-    tiling = TilingConfig(tile_size=256, batch_size=4)
-    halo = default_halo(model.config)
+    engine = InferenceEngine(model, TilingConfig(tile_size=256, batch_size=4), device)
     tp = fp = fn = 0
     ious = []
     for crop in crops:
-        probs = drain(
-            predict_tiled(
-                predictor, crop.image, model.config.out_classes, tiling, halo, model.config.stride
-            )
-        )
+        probs = drain(engine.predict_plane(crop.image))
         labels = labels_from_probabilities(probs, task, postprocess)
         ious.append(_foreground_iou(labels, crop.labels, crop.mask))
         if task == "instances":
