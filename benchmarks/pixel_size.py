@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import command_line, machine_description, markdown_table, update_section
 from napari_unet.core.analysis.metrics import evaluate
+from napari_unet.core.inference.calibrate import choose_scale
 from napari_unet.core.inference.predict import predict_labels
-from napari_unet.core.inference.rescale import RescaleConfig, choose_scale
+from napari_unet.core.inference.rescale import RescaleConfig
 from napari_unet.core.io import reading, writing
 from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain

@@ -8,11 +8,11 @@ import torch
 
 from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.errors import UserError
+from napari_unet.core.inference.calibrate import choose_scale
 from napari_unet.core.inference.postprocess import PostprocessConfig
 from napari_unet.core.inference.predict import predict_labels, predict_probabilities
 from napari_unet.core.inference.rescale import (
     RescaleConfig,
-    choose_scale,
     diameter_scale,
     object_diameter,
     pixel_size_scale,

@@ -102,9 +102,10 @@ def predict_planes(
     plane, each plane resized to the model's scale first
     (:func:`~napari_unet.core.inference.rescale.
     choose_scale`) and mapped back."""
+    from napari_unet.core.inference.calibrate import choose_scale
     from napari_unet.core.inference.postprocess import postprocess
     from napari_unet.core.inference.predict import predict_probabilities
-    from napari_unet.core.inference.rescale import choose_scale, scaled_postprocess
+    from napari_unet.core.inference.rescale import scaled_postprocess
     from napari_unet.core.progress import drain
 
     scale = drain(

@@ -147,7 +147,9 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
     if request.stack != "planes":  # a volume: 3D labels (no plane-by-plane display)
         from .stack import volume_job
 
-        return (yield from volume_job(request, model, image, start))
+        probs, labels = yield from volume_job(request, model, image)
+        return SegmentResult(probs, labels, model, time.perf_counter() - start, request.stack,
+                             request.voxel_size)  # fmt: skip
     layout = Layout(request.axes, image.shape)
     leading, (height, width) = layout.leading_shape, layout.plane_shape
     n_planes = layout.n_planes

@@ -8,7 +8,6 @@ job for a volume; :func:`volume_rethreshold` makes 3D labels again from kept pro
 
 from __future__ import annotations
 
-import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
@@ -46,19 +45,16 @@ def stack_settings(image_layer: Any, axes: str) -> tuple[str, tuple[float, float
 
 
 def volume_job(
-    request: Any, model: LoadedModel, image: np.ndarray, start: float
-) -> Generator[Progress, None, Any]:
-    """Probabilities and 3D labels of a stack (``request`` is a ``SegmentRequest``)."""
+    request: Any, model: LoadedModel, image: np.ndarray
+) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+    """Probabilities (float32 (K, T?, Z, Y, X)) and 3D labels (T?, Z, Y, X) of a stack
+    (``request`` is a ``SegmentRequest``)."""
     from napari_unet.core.inference.stack3d import predict_stack
 
-    from .job import SegmentResult
-
-    probs, labels = yield from predict_stack(
+    return (yield from predict_stack(
         image, request.axes, model, request.stack, request.voxel_size or (1.0, 1.0, 1.0),
         request.tiling, request.device, request.precision, request.postprocess,
-    )  # fmt: skip
-    return SegmentResult(probs, labels, model, time.perf_counter() - start, request.stack,
-                         request.voxel_size)  # fmt: skip
+    ))  # fmt: skip
 
 
 def volume_rethreshold(
