@@ -20,6 +20,7 @@ count and ridge over the planes and sums areas for the solidity.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -63,14 +64,19 @@ def _count_peaks(values: np.ndarray, mask: np.ndarray, depth: float) -> int:
 
 
 def _hull_area(mask: np.ndarray) -> float:
-    """Pixels of the convex hull of ``mask`` (the mask's own area when the hull is degenerate)."""
+    """Pixels of the convex hull of ``mask`` (bool, cropped to the object): the mask's own area
+    when the object is flat (one pixel thick along an axis) or its hull is degenerate."""
     area = float(mask.sum())
-    if area < 3:
+    flat = np.squeeze(mask)
+    if area < 3 or flat.ndim < 2:
         return area
-    try:
-        return max(float(convex_hull_image(mask).sum()), area)
-    except (QhullError, ValueError):  # flat or collinear: its hull is itself
-        return area
+    with warnings.catch_warnings():
+        # collinear or coplanar pixels: scikit-image warns and returns an empty hull
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return max(float(convex_hull_image(flat).sum()), area)
+        except (QhullError, ValueError):
+            return area
 
 
 def _plane_features(
