@@ -14,20 +14,19 @@ describe *how sure* the network was do not see the error. What gives a merge awa
 :func:`shape_features` measures the first four per object. It works object by object on the
 object's bounding box, plane by plane along the leading axes when ``spatial_ndim`` is smaller than
 the number of axes (a stack labelled plane by plane); a plane-by-plane measure takes the largest
-count and ridge over the planes and sums areas for the solidity.
+count and ridge over the planes and sums areas for the solidity. It costs about a millisecond of
+CPU per object of a few hundred pixels (a Python loop over the objects), which dominates
+:func:`.objects.object_features`.
 """
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial import QhullError
 from skimage.morphology import convex_hull_image, reconstruction
-
-logger = logging.getLogger(__name__)
 
 #: The columns of :func:`shape_features`.
 SHAPE_FEATURES: tuple[str, ...] = ("interior_peaks", "shape_peaks", "solidity", "interior_ridge")
