@@ -4,7 +4,8 @@ For instance labels and the class probabilities they were made from (background,
 boundary), :func:`object_features` measures, for every object, the evidence behind it: how strongly
 the network saw an interior (seed strength), how sure it was of the pixels (entropy), how clearly
 the object is separated from its surroundings (interior/boundary margins on its rim and just
-outside it), how much of its outline touches another object, and its size. :mod:`.quality` turns
+outside it), how much of its outline touches another object, its size, and the signs that it is
+two objects merged into one (:mod:`.shape`). :mod:`.quality` turns
 these into the chance that the object is right.
 
 :func:`likely_misses` finds the opposite error: regions the network calls foreground that carry no
@@ -24,6 +25,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from ..errors import InputMismatchError
+from .shape import SHAPE_FEATURES, shape_features
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +41,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "rim_boundary",
     "outside_separation",
     "touching",
+    "size_excess",
+    *SHAPE_FEATURES,
 )
 
 _EPS = 1e-6
@@ -62,7 +66,11 @@ class ObjectFeatures:
             - ``entropy_mean``: mean class entropy, 0..1;
             - ``rim_boundary``: mean p(boundary) on the object's own edge pixels;
             - ``outside_separation``: mean 1 - p(interior) just outside the object;
-            - ``touching``: share of the outside ring that belongs to another object.
+            - ``touching``: share of the outside ring that belongs to another object;
+            - ``size_excess``: how far the area exceeds the median area, ``max(0, log ratio)``;
+            - ``interior_peaks``, ``shape_peaks``, ``solidity``, ``interior_ridge``: the merge
+              evidence of :func:`.shape.shape_features` (several interior-probability peaks or
+              distance maxima, a waist, a boundary ridge inside).
     """
 
     ids: np.ndarray
@@ -171,9 +179,13 @@ def object_features(probs: np.ndarray, labels: np.ndarray, spatial_ndim: int = 2
         touch += np.bincount(a_edge, weights=(b[edge] > 0).astype(np.float64), minlength=n + 1)
     ring_count = np.maximum(ring_count, 1.0)
 
+    smoothed_boundary = ndi.gaussian_filter(p_bd, sigma, mode="nearest")
+    log_ratio = np.log(inside) - np.median(np.log(inside[1:]))
     columns = {
         "log_area": np.log(inside),
-        "size_deviation": np.abs(np.log(inside) - np.median(np.log(inside[1:]))),
+        "size_deviation": np.abs(log_ratio),
+        "size_excess": np.maximum(log_ratio, 0.0),
+        **shape_features(codes, n, smoothed, smoothed_boundary, spatial_ndim),
         "seed_strength": seed,
         "interior_mean": _sums(codes, n, p_in) / inside,
         "interior_fraction": _sums(codes, n, (p_in > 0.5).astype(np.float32)) / inside,

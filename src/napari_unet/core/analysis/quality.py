@@ -61,7 +61,23 @@ class QualityModel:
 # docs/benchmarks.md, "Per-object quality"). Do not edit by hand: re-run the script.
 PLAIN = QualityModel(
     features=FEATURE_NAMES,
-    mean=(4.92159, 0.44243, 0.82576, 0.40715, 0.37313, 0.9105, 0.51245, 0.69597, 0.9546, 0.32032),
+    mean=(
+        4.92159,
+        0.44243,
+        0.82576,
+        0.40715,
+        0.37313,
+        0.9105,
+        0.51245,
+        0.69597,
+        0.9546,
+        0.32032,
+        0.18561,
+        1.1341,
+        1.04728,
+        0.92705,
+        0.53629,
+    ),
     scale=(
         0.98985,
         0.52202,
@@ -73,20 +89,30 @@ PLAIN = QualityModel(
         0.09875,
         0.04751,
         0.24231,
+        0.32296,
+        0.42394,
+        0.23283,
+        0.0437,
+        0.1583,
     ),
     coef=(
-        -0.599,
-        -1.03712,
-        -0.12393,
-        0.51158,
-        0.50193,
-        -0.02001,
-        -0.59745,
-        0.08656,
-        0.51968,
-        0.21972,
+        0.0448,
+        -0.91869,
+        -0.17595,
+        0.31575,
+        0.36225,
+        0.00551,
+        -0.60482,
+        0.07766,
+        0.49935,
+        0.20603,
+        -0.18871,
+        -0.29671,
+        -0.13538,
+        0.22034,
+        -0.19316,
     ),
-    intercept=1.78868,
+    intercept=1.90107,
 )
 WITH_TTA = QualityModel(
     features=(*FEATURE_NAMES, AGREEMENT),
@@ -101,6 +127,11 @@ WITH_TTA = QualityModel(
         0.69597,
         0.9546,
         0.32032,
+        0.18561,
+        1.1341,
+        1.04728,
+        0.92705,
+        0.53629,
         0.8193,
     ),
     scale=(
@@ -114,22 +145,32 @@ WITH_TTA = QualityModel(
         0.09875,
         0.04751,
         0.24231,
+        0.32296,
+        0.42394,
+        0.23283,
+        0.0437,
+        0.1583,
         0.1997,
     ),
     coef=(
-        -0.53939,
-        -1.01784,
-        -0.19747,
-        0.5297,
-        0.4656,
-        -0.10021,
-        -0.55371,
-        0.05051,
-        0.32765,
-        0.24268,
-        0.42315,
+        0.04683,
+        -0.91342,
+        -0.22323,
+        0.34121,
+        0.34348,
+        -0.04629,
+        -0.57249,
+        0.0507,
+        0.37116,
+        0.22742,
+        -0.17846,
+        -0.27215,
+        -0.12362,
+        0.19868,
+        -0.19274,
+        0.29184,
     ),
-    intercept=1.78835,
+    intercept=1.89288,
 )
 
 
@@ -302,6 +343,21 @@ def right_objects(pred: np.ndarray, truth: np.ndarray, ids: np.ndarray) -> np.nd
 
     matched = match(pred, truth, 0.5).pred_ids
     return np.isin(ids, matched)
+
+
+def merged_objects(
+    pred: np.ndarray, truth: np.ndarray, ids: np.ndarray, share: float = 0.5
+) -> np.ndarray:
+    """Which objects of ``pred`` are merges: each holds at least ``share`` of the area of two or
+    more true objects. ``pred`` and ``truth`` integer labels of one shape; bool (len(ids),)."""
+    pred, truth = np.asarray(pred).ravel(), np.asarray(truth).ravel()
+    true_area = np.bincount(truth)
+    both = (pred > 0) & (truth > 0)
+    pairs, counts = np.unique(np.stack([pred[both], truth[both]]), axis=1, return_counts=True)
+    held = counts >= share * true_area[pairs[1]]
+    held_ids, held_counts = np.unique(pairs[0][held], return_counts=True)
+    merged = held_ids[held_counts >= 2]
+    return np.isin(ids, merged)
 
 
 def auroc(scores: np.ndarray, right: np.ndarray) -> float:
