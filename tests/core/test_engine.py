@@ -133,3 +133,33 @@ def test_a_bad_precision_is_refused_before_any_work():
 
     with pytest.raises(UserError, match="fp16"):
         InferenceEngine(_batchnorm_net(), device="cpu", precision="fp16")
+
+
+@pytest.mark.parametrize("mode", ["ortho", "link"])
+def test_a_z_stack_in_3d_runs_every_view_on_one_predictor(mode):
+    from napari_unet.core.inference.stack3d import predict_stack
+
+    net = _batchnorm_net()
+    ran = _record_forwards(net)
+    stack = np.stack([_image(24, seed) for seed in range(6)])
+    probs, labels = drain(
+        predict_stack(stack, "ZYX", net, mode, (2.0, 1.0, 1.0), TilingConfig(tile_size=16),
+                      "cpu", "fp32")
+    )  # fmt: skip
+    assert probs.shape == (3, 6, 24, 24) and labels.shape == (6, 24, 24)
+    assert len(ran) >= 6  # planes (and, for ortho, side views) all went through the network
+    assert len({id(module) for module in ran}) == 1  # one predictor for the whole run
+
+
+def test_test_time_augmentation_runs_its_copies_on_the_engine_given():
+    from napari_unet.core.analysis.quality import tta_agreement
+
+    net = _batchnorm_net()
+    ran = _record_forwards(net)
+    engine = InferenceEngine(net, TilingConfig(tile_size=32), "cpu", "fp32")
+    image = _image(48)
+    probs = drain(engine.predict_image(image, "YX"))
+    labels = (probs[1] > np.median(probs[1])).astype(np.uint16)
+    agreement = drain(tta_agreement(image, "YX", engine, labels))
+    assert agreement.shape == (1,) and 0.0 <= agreement[0] <= 1.0
+    assert len({id(module) for module in ran}) == 1  # the image and its 3 copies: one predictor

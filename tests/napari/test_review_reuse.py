@@ -143,3 +143,20 @@ def test_test_time_augmentation_reuses_the_probabilities_and_runs_only_its_passe
     drain(rank_job(np.asarray(viewer.layers["nuclei"].data), "YX", "starter",
                    np.asarray(labels.data), True))  # fmt: skip
     assert 0 < with_reuse < forwards["n"]  # one pass fewer than predicting everything
+
+
+def test_ranking_with_augmentation_predicts_the_image_and_its_copies_on_one_predictor(crop):
+    labels = np.ascontiguousarray(read_image(SAMPLES / "nuclei_labels.tif").data[:128, :128])
+    networks = set()
+
+    def hook(module, args):
+        if isinstance(module, UNet):
+            networks.add(id(module))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        probs, agreement = drain(rank_job(crop, "YX", "starter", labels, True))
+    finally:
+        handle.remove()
+    assert probs.shape == (3, 128, 128) and agreement is not None
+    assert len(networks) == 1  # the image and its flipped copies: one predictor

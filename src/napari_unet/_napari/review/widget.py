@@ -78,22 +78,24 @@ def rank_job(
     ``probs``: probabilities already computed (by Segment) for this image and model: the network
     then runs only for the test-time augmentation."""
     from napari_unet.core.analysis.quality import tta_agreement
-    from napari_unet.core.inference.predict import predict_probabilities
+    from napari_unet.core.inference.engine import InferenceEngine
     from napari_unet.core.network.registry import get_model
 
     model = get_model(model_name or None)
     if model.task != "instances" or model.config.out_classes != 3:
         raise UserError(f"Review needs an instance model; '{model.name}' gives semantic classes.")
-    if probs is None:
-        probs = yield from predict_probabilities(np.asarray(image), axes, model)
+    # one engine (one predictor) for the image and its flipped copies; none when nothing runs
+    engine = InferenceEngine(model) if probs is None or tta else None
+    if probs is None and engine is not None:
+        probs = yield from engine.predict_image(np.asarray(image), axes)
     if probs.shape[1:] != labels.shape:
         raise UserError(
             f"The image gives probabilities of shape {probs.shape[1:]} but the labels "
             f"have shape {labels.shape}: choose the image they were made from."
         )
     agreement = None
-    if tta:
-        agreement = yield from tta_agreement(np.asarray(image), axes, model, labels)
+    if tta and engine is not None:
+        agreement = yield from tta_agreement(np.asarray(image), axes, engine, labels)
     return probs, agreement
 
 

@@ -26,6 +26,7 @@ from ..progress import Progress
 from .objects import FEATURE_NAMES, ObjectFeatures, object_features
 
 if TYPE_CHECKING:
+    from ..inference.engine import InferenceEngine
     from ..network.weights import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,7 @@ def _transform(a: np.ndarray, y: int, x: int, t: tuple[bool, bool, int], inverse
 def tta_agreement(
     image: np.ndarray,
     axes: str,
-    model: LoadedModel,
+    model: LoadedModel | InferenceEngine,
     labels: np.ndarray,
     transforms: Sequence[tuple[bool, bool, int]] = TTA_TRANSFORMS,
     postprocess_config: Any = None,
@@ -282,11 +283,13 @@ def tta_agreement(
     Args:
         image: the raw image, one axis per letter of ``axes`` (as for prediction).
         axes: its axes, ending in Y, X (or Y, X, S).
-        model: the model that made ``labels``.
+        model: the model that made ``labels``, or an inference engine already built for it (a
+            caller that has predicted the image itself runs the copies on the same engine).
         labels: integer instance labels (the image's shape without channel axes).
         transforms: the copies, as (flip Y, flip X, quarter turns).
         postprocess_config: thresholds for the copies (those used for ``labels``).
-        **predict_kwargs: ``tiling``, ``device``, ``precision`` for the prediction.
+        **predict_kwargs: ``tiling``, ``device``, ``precision`` for the prediction (not with an
+            engine, which has its own).
 
     Yields:
         The prediction's progress events, stage ``"tta"``.
@@ -302,7 +305,9 @@ def tta_agreement(
     ids = ids[ids > 0]
     total = np.zeros(len(ids))
     y, x = axes.upper().index("Y"), axes.upper().index("X")
-    engine = InferenceEngine(model, **predict_kwargs)  # one predictor for all the copies
+    engine = model  # one predictor for all the copies
+    if not isinstance(engine, InferenceEngine):
+        engine = InferenceEngine(model, **predict_kwargs)
     for i, t in enumerate(transforms):
         copy = _transform(np.asarray(image), y, x, t, inverse=False)
         gen = engine.predict_image(copy, axes)

@@ -12,8 +12,9 @@ Three ways to label a stack with axes ``ZYX`` (or ``TZYX``, one volume per time 
   plane, so about three times cheaper than ortho, for large stacks.
 - ``"planes"``: each plane labelled on its own (the behaviour for stacks of 2D frames, ``TYX``).
 
-Each view runs through the ordinary tiled inference (:func:`~.predict.predict_probabilities`),
-with the stack's axes renamed so that the wanted plane is the one it tiles.
+Each view runs through the ordinary tiled inference
+(:meth:`~.engine.InferenceEngine.predict_image`), with the stack's axes renamed so that the wanted
+plane is the one it tiles; one engine (one predictor) serves every view and plane of a run.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ..axes import Layout
 from ..errors import InputMismatchError
 from ..labels import labels_dtype, stack_ids
 from ..progress import Progress
+from .engine import InferenceEngine
 from .link3d import link_stack
 from .postprocess import PostprocessConfig
 
@@ -129,26 +131,15 @@ def _canonical(probs: np.ndarray, letters: str) -> np.ndarray:
 
 
 def _view_probabilities(
-    image: np.ndarray,
-    axes: str,
-    view: str,
-    model: LoadedModel | UNet,
-    n_iso: int,
-    tiling: TilingConfig | None,
-    device: str | torch.device,
-    precision: str,
+    image: np.ndarray, axes: str, view: str, engine: InferenceEngine, n_iso: int
 ) -> Generator[Progress, None, np.ndarray]:
     """Probabilities (K, T?, Z, Y, X) of one view, at the stack's own Z sampling."""
-    from .predict import predict_probabilities
-
     z_axis = axes.index("Z")
     n_z = image.shape[z_axis]
     data = image if view == "xy" else resample_axis(image, z_axis, n_iso)
     swap = _SWAP[view]
     renamed = "".join(swap.get(a, a) for a in axes)
-    probs = yield from _tagged(
-        predict_probabilities(data, renamed, model, tiling, device, precision), view
-    )
+    probs = yield from _tagged(engine.predict_image(data, renamed), view)
     out_letters = Layout(renamed, data.shape).label_axes  # in the renamed space
     letters = "".join(swap.get(a, a) for a in out_letters)  # the swap is its own inverse
     probs = _canonical(probs, letters)
@@ -205,6 +196,18 @@ def ortho_probabilities(
     Returns:
         float32 (K, T?, Z, Y, X), the mean of the three views, summing to 1 over K.
     """
+    engine = InferenceEngine(model, tiling, device, precision)
+    return (yield from fused_probabilities(engine, image, axes, voxel_size))
+
+
+def fused_probabilities(
+    engine: InferenceEngine, image: np.ndarray, axes: str, voxel_size: Sequence[float]
+) -> Generator[Progress, None, np.ndarray]:
+    """:func:`ortho_probabilities` with an engine already built: the three views run on it.
+
+    Returns:
+        float32 (K, T?, Z, Y, X), the mean of the three views, summing to 1 over K.
+    """
     axes = _check_axes(image, axes)
     n_z = image.shape[axes.index("Z")]
     anisotropy = float(voxel_size[0]) / float(voxel_size[1])
@@ -215,14 +218,10 @@ def ortho_probabilities(
         n_iso,
         anisotropy,
     )
-    fused = yield from _view_probabilities(
-        image, axes, _VIEWS[0], model, n_iso, tiling, device, precision
-    )
+    fused = yield from _view_probabilities(image, axes, _VIEWS[0], engine, n_iso)
     fused = np.array(fused, dtype=np.float32)
     for view in _VIEWS[1:]:
-        probs = yield from _view_probabilities(
-            image, axes, view, model, n_iso, tiling, device, precision
-        )
+        probs = yield from _view_probabilities(image, axes, view, engine, n_iso)
         fused += probs
         del probs
     fused /= np.float32(len(_VIEWS))
@@ -345,18 +344,15 @@ def predict_stack(
         the leading axes in ``axes``' order. With ``"link"``/``"ortho"`` an instance id is one
         object across the planes of a volume; ids are unique over T.
     """
-    from .engine import model_source
     from .postprocess import postprocess
-    from .predict import predict_probabilities
 
     if mode not in STACK_MODES:
         raise ValueError(f"unknown stack mode {mode!r}; expected one of {STACK_MODES}")
     config = config or Stack3DConfig()
-    task = model_source(model).task
+    engine = InferenceEngine(model, tiling, device, precision)  # one for every view and plane
+    task = engine.task
     if mode == "ortho":
-        probs = yield from ortho_probabilities(
-            image, axes, model, voxel_size, tiling, device, precision
-        )
+        probs = yield from fused_probabilities(engine, image, axes, voxel_size)
         if task != "instances":
             labels = yield from postprocess(probs, task, post)
             return probs, labels
@@ -365,7 +361,7 @@ def predict_stack(
         return probs, labels
     if mode == "link":
         _check_axes(image, axes)
-    probs = yield from predict_probabilities(image, axes, model, tiling, device, precision)
+    probs = yield from engine.predict_image(image, axes)
     labels = yield from postprocess(probs, task, post)
     if mode == "link" and task == "instances":
         labels = link_stack(labels, config.link_overlap)
