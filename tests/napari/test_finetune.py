@@ -208,12 +208,24 @@ def test_shapes_regions_are_the_only_annotated_pixels(finetune, qtbot, isolated_
     assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == 51 * 41
 
 
-def test_planes_with_labels_on_a_stack(make_napari_viewer, qtbot, tiny, sample, isolated_models):
+@pytest.mark.parametrize(
+    ("axes", "planes_pixels", "whole_pixels"),
+    [
+        # frames of a time series: 2D planes, the labelled one only
+        ("TYX", 96 * 96, 3 * 96 * 96),
+        # a Z-stack: a volume, also cut in XZ and YZ planes (48 of each, evenly spaced, of
+        # 3 rows at isotropic voxels), where the labelled Z slice is one row
+        ("ZYX", 96 * 96 + 2 * 48 * 96, 3 * 96 * 96 + 2 * 48 * 3 * 96),
+    ],
+)
+def test_planes_with_labels_on_a_stack(
+    make_napari_viewer, qtbot, tiny, sample, isolated_models, axes, planes_pixels, whole_pixels
+):
     viewer = make_napari_viewer()
     stack = np.stack([sample[0]] * 3)
     labels = np.zeros_like(stack)
     labels[1] = sample[1]
-    viewer.add_image(stack, name="stack")
+    viewer.add_image(stack, name="stack", metadata={"axes": axes})
     viewer.add_labels(labels, name="stack labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     widget.backend = "thread"
@@ -223,11 +235,11 @@ def test_planes_with_labels_on_a_stack(make_napari_viewer, qtbot, tiny, sample, 
     assert widget.pairs == [(viewer.layers["stack"], viewer.layers["stack labels"])]
     widget.rule.value = PLANES
     train(qtbot, widget)
-    assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == 96 * 96
+    assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == planes_pixels
     widget.rule.value = WHOLE
     widget.model_name.value = "whole"
     train(qtbot, widget)
-    assert settings(isolated_models / "whole.safetensors")["training_pixels"] == 3 * 96 * 96
+    assert settings(isolated_models / "whole.safetensors")["training_pixels"] == whole_pixels
 
 
 def test_two_pairs(finetune, qtbot, sample, isolated_models):

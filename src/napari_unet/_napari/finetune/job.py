@@ -182,9 +182,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
         model_config = None
         if base is None:
             model_config = ModelConfig(in_channels=scratch_channels(request.inputs[0]))
-        pairs = annotated_training_pairs(
-            request.inputs, base, model_config, request.config.targets
-        )
+        pairs = annotated_training_pairs(request.inputs, base, model_config, request.config.targets)
         started = time.perf_counter()
         gen = train(
             pairs,
