@@ -6,6 +6,9 @@ changed (a deleted object's area is reviewed background, a painted area is revie
 of background around them so that the network learns where objects end. The margin never takes in
 pixels of an object that was not reviewed: an untouched object is the model's own guess, and
 training on it would teach the model its own mistakes.
+
+In a Z-stack's 3D labels an id is one object across planes: :func:`reviewed_volume_mask` takes a
+corrected object in every plane it spans, with a 3D margin (in Z scaled by the voxel size).
 """
 
 from __future__ import annotations
