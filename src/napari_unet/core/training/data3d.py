@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -133,8 +133,9 @@ def volume_pairs(
         max_planes: at most this many annotated planes per orientation (evenly spaced).
 
     Returns:
-        Pairs named like ``"stack.tif, XZ plane 12"``: float32 (C, h, w) images, (h, w) labels
-        and targets, with only the annotated pixels in the loss.
+        Pairs named like ``"stack.tif, XZ, plane 12"`` (the plane's index in its
+        orientation): float32 (C, h, w) images, (h, w) labels and targets, with only the
+        annotated pixels in the loss.
 
     Raises:
         InputMismatchError: labels or mask that do not fit the image.
@@ -155,7 +156,10 @@ def volume_pairs(
             task=task, n_classes=n_classes, mask=np.ascontiguousarray(mask[chosen]),
             target_config=target_config, name=f"{item.name}, {view}",
         )  # fmt: skip
-        pairs += made
+        pairs += [  # named by the plane's index in the volume, not among the chosen ones
+            replace(pair, name=f"{item.name}, {view}, plane {int(k) + 1}")
+            for pair, k in zip(made, chosen, strict=True)
+        ]
     if not pairs:
         raise UserError(f"{item.name} has no annotated voxel.")
     logger.info("%s: %d training planes (XY, XZ, YZ)", item.name, len(pairs))
