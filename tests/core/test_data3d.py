@@ -105,3 +105,36 @@ def test_train_on_a_zstack_records_the_voxel_size(
     assert code == 0, err
     meta = read_metadata(out)
     assert meta["pixel_size_um"] == pytest.approx([1.0, 0.5, 0.5])
+
+
+def test_train_reads_each_image_once(capsys, tmp_path, volume, isolated_models, monkeypatch):
+    from collections import Counter
+
+    from napari_unet.core.io import reading
+
+    image, labels = volume
+    paths = {}
+    for name, data, axes in (
+        ("stack", image, "ZYX"), ("stack_labels", labels, "ZYX"),
+        ("plane", image[3], "YX"), ("plane_labels", labels[3], "YX"),
+    ):  # fmt: skip
+        paths[name] = tmp_path / f"{name}.tif"
+        tifffile.imwrite(paths[name], data, imagej=True, resolution=(2.0, 2.0),
+                         metadata={"axes": axes, "unit": "um", "spacing": 1.0})  # fmt: skip
+    reads: Counter = Counter()
+    original = reading.read_image
+
+    def counted(path, *args, **kwargs):
+        reads[str(path)] += 1
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(reading, "read_image", counted)
+    out = tmp_path / "m.safetensors"
+    code = main(["train", "--image", str(paths["stack"]), "--labels", str(paths["stack_labels"]),
+                 "--image", str(paths["plane"]), "--labels", str(paths["plane_labels"]),
+                 "-o", str(out), "--model", "scratch", "--depth", "2", "--base-channels", "4",
+                 "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "1",
+                 "--patch-size", "32", "--device", "cpu", "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert reads[str(paths["stack"])] == 1 and reads[str(paths["plane"])] == 1
+    assert read_metadata(out)["pixel_size_um"] == pytest.approx([1.0, 0.5, 0.5])

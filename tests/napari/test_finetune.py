@@ -11,7 +11,7 @@ from napari.layers import Labels
 from napari_unet._napari.finetune import results as _results
 from napari_unet._napari.finetune import training as _training
 from napari_unet._napari.finetune.plot import TrainingPlot
-from napari_unet._napari.finetune.training_data import PLANES, SHAPES, WHOLE
+from napari_unet._napari.finetune.training_data import PLANES, SHAPES, WHOLE, collect_inputs
 from napari_unet._napari.finetune.widget import FinetuneWidget
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.network.metadata import new_metadata
@@ -20,6 +20,7 @@ from napari_unet.core.network.registry import load_model
 from napari_unet.core.network.weights import read_metadata, save_model
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
+from napari_unet.core.training.data3d import annotated_training_pairs
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(96, 96), radius=(6.0, 10.0), debris=0.0)
@@ -208,12 +209,24 @@ def test_shapes_regions_are_the_only_annotated_pixels(finetune, qtbot, isolated_
     assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == 51 * 41
 
 
-def test_planes_with_labels_on_a_stack(make_napari_viewer, qtbot, tiny, sample, isolated_models):
+@pytest.mark.parametrize(
+    ("axes", "planes_pixels", "whole_pixels"),
+    [
+        # frames of a time series: 2D planes, the labelled one only
+        ("TYX", 96 * 96, 3 * 96 * 96),
+        # a Z-stack: a volume, also cut in XZ and YZ planes (48 of each, evenly spaced, of
+        # 3 rows at isotropic voxels), where the labelled Z slice is one row
+        ("ZYX", 96 * 96 + 2 * 48 * 96, 3 * 96 * 96 + 2 * 48 * 3 * 96),
+    ],
+)
+def test_planes_with_labels_on_a_stack(
+    make_napari_viewer, qtbot, tiny, sample, isolated_models, axes, planes_pixels, whole_pixels
+):
     viewer = make_napari_viewer()
     stack = np.stack([sample[0]] * 3)
     labels = np.zeros_like(stack)
     labels[1] = sample[1]
-    viewer.add_image(stack, name="stack")
+    viewer.add_image(stack, name="stack", metadata={"axes": axes})
     viewer.add_labels(labels, name="stack labels")
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "Fine-tune")
     widget.backend = "thread"
@@ -223,11 +236,16 @@ def test_planes_with_labels_on_a_stack(make_napari_viewer, qtbot, tiny, sample, 
     assert widget.pairs == [(viewer.layers["stack"], viewer.layers["stack labels"])]
     widget.rule.value = PLANES
     train(qtbot, widget)
-    assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == 96 * 96
-    widget.rule.value = WHOLE
-    widget.model_name.value = "whole"
-    train(qtbot, widget)
-    assert settings(isolated_models / "whole.safetensors")["training_pixels"] == 3 * 96 * 96
+    assert settings(isolated_models / "tiny-tuned.safetensors")["training_pixels"] == planes_pixels
+    inputs, _ = collect_inputs(widget.pairs, WHOLE)  # what Train would use
+    pairs = annotated_training_pairs(inputs, load_model(widget.base_model.value))
+    assert sum(p.annotated_pixels for p in pairs) == whole_pixels
+    if axes == "TYX":  # (a volume's whole layer is enough to hold crops out, and a model
+        # trained for one step then rightly does not beat its base: nothing would be saved)
+        widget.rule.value = WHOLE
+        widget.model_name.value = "whole"
+        train(qtbot, widget)
+        assert settings(isolated_models / "whole.safetensors")["training_pixels"] == whole_pixels
 
 
 def test_two_pairs(finetune, qtbot, sample, isolated_models):

@@ -41,6 +41,7 @@ from napari_unet.core.progress import Progress, drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training.data import training_pairs
+from napari_unet.core.training.data3d import annotated_training_pairs
 from napari_unet.core.training.settings import TrainConfig
 
 TINY = ModelConfig(depth=2, base_channels=4)
@@ -118,12 +119,14 @@ def test_planes_with_labels_rule_on_a_stack(sample):
     stack_labels = np.zeros_like(stack)
     stack_labels[1], stack_labels[3] = labels, labels
     inputs, _ = collect_inputs([(Image(stack), Labels(stack_labels))], PLANES)
-    assert inputs[0].mask is None and inputs[0].axes == "ZYX"
-    pairs = training_pairs(inputs, None, TINY)
-    assert [p.name.split(", ")[-1] for p in pairs] == ["plane 2", "plane 4"]
+    assert inputs[0].mask is None and inputs[0].axes == "ZYX"  # a volume (Z slices)
+    pairs = annotated_training_pairs(inputs, None, TINY)
+    names = [p.name.split(", ", 1)[-1] for p in pairs]
+    assert [n for n in names if n.startswith("XY")] == ["XY, plane 2", "XY, plane 4"]
     # "whole layer": the unlabelled planes count as annotated background
     inputs, _ = collect_inputs([(Image(stack), Labels(stack_labels))], WHOLE)
-    assert inputs[0].mask.all() and len(training_pairs(inputs, None, TINY)) == 4
+    pairs = annotated_training_pairs(inputs, None, TINY)
+    assert inputs[0].mask.all() and sum(p.name.count("XY") for p in pairs) == 4
 
 
 def test_shapes_mask_2d_with_scale():

@@ -154,38 +154,45 @@ def add_voxel_size_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _is_volume(axes: str) -> bool:
-    return "Z" in axes and "T" not in axes
-
-
 def read_stack_training_data(
     args: argparse.Namespace,
     inputs: Any,
     base: Any,
     model_config: Any,
     target_config: Any,
-    read_planar: Any,
-) -> tuple[list, Any]:
-    """Training pairs for ``train``: Z-stacks (axes with Z, without T) as volumes cut in three
-    orientations (:mod:`napari_unet.core.training.data3d`), other images by ``read_planar(inputs,
-    base,
-    model_config, target_config)``. Returns the pairs and the voxel size (z, y, x) of the first
-    volume in µm, or None when no input is a volume."""
+) -> tuple[list, list, Any]:
+    """Training pairs for ``train``, each image file read once, in order: Z-stacks (axes with
+    Z, without T) as volumes cut in three orientations (:mod:`napari_unet.core.training.data3d`),
+    other images as their 2D planes.
+
+    Returns:
+        ``(pairs, pixel sizes, voxel size)``: the pairs; the (y, x) pixel size in µm (or None)
+        of each image that is not a volume; the voxel size (z, y, x) of the first volume in µm,
+        or None when no input is a volume with a known pixel size.
+    """
     from napari_unet.cli._readers import read_labels, read_mask
     from napari_unet.core.io import reading
     from napari_unet.core.io.voxels import resolve_voxel_size
-    from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
+    from napari_unet.core.training.data import AnnotatedImage
+    from napari_unet.core.training.data3d import (
+        AnnotatedVolume,
+        annotated_training_pairs,
+        is_volume,
+    )
 
-    planar = [item for item in inputs if not _is_volume(reading.read_image(item.image).axes)]
-    pairs = read_planar(planar, base, model_config, target_config) if planar else []
+    pixel_sizes: list = []
     first_voxel = None
 
-    def volumes() -> Any:
+    def annotated() -> Any:  # one file at a time, checked in order
         nonlocal first_voxel
         for item in inputs:
-            if item in planar:
-                continue
             image = reading.read_image(item.image)
+            labels = read_labels(item.labels, "labels")
+            mask = read_mask(item.mask) if item.mask is not None else None
+            if not is_volume(image.axes):
+                pixel_sizes.append(image.pixel_size)
+                yield AnnotatedImage(image.data, labels, image.axes, mask, str(item.image))
+                continue
             voxel = resolve_voxel_size(
                 image.pixel_size,
                 image.z_spacing,
@@ -197,14 +204,12 @@ def read_stack_training_data(
             if first_voxel is None and voxel.unit == "um":
                 first_voxel = voxel.size
             yield AnnotatedVolume(
-                image.data, read_labels(item.labels, "labels"), voxel.size,
-                read_mask(item.mask) if item.mask is not None else None,
-                channel_axis="C" in image.axes, name=str(item.image),
+                image.data, labels, voxel.size, mask, channel_axis="C" in image.axes,
+                name=str(item.image),
             )  # fmt: skip
 
-    if len(planar) < len(inputs):
-        pairs += volume_training_pairs(volumes(), base, model_config, target_config)
-    return pairs, first_voxel
+    pairs = annotated_training_pairs(annotated(), base, model_config, target_config)
+    return pairs, pixel_sizes, first_voxel
 
 
 def warn_blockwise_stacks(args: argparse.Namespace) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +18,9 @@ from napari_unet.cli._common import (
 )
 from napari_unet.cli._paths import check_not_an_input, model_output
 from napari_unet.cli._progress import TrainReporter
-from napari_unet.cli._readers import read_labels, read_mask
 from napari_unet.cli._rescale import training_pixel_size
 from napari_unet.cli._stacks import read_stack_training_data
-from napari_unet.cli._train_options import SCRATCH, TrainingInput, train_config, training_inputs
+from napari_unet.cli._train_options import SCRATCH, train_config, training_inputs
 
 
 def _scratch_channels(image: Any) -> int:
@@ -39,7 +37,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     takes its input channels from ``first_image``."""
     from napari_unet.core.config import ModelConfig
     from napari_unet.core.errors import UserError
-    from napari_unet.core.io.reading import read_image
+    from napari_unet.core.io.lazy import open_lazy
     from napari_unet.core.network.registry import get_model
 
     architecture = given({"depth": args.depth, "base_channels": args.base_channels})
@@ -54,7 +52,7 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
         raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
     from napari_unet.core.network.limits import check_architecture
 
-    channels = _scratch_channels(read_image(first_image))
+    channels = _scratch_channels(open_lazy(first_image))  # the header only: read once later
     try:
         check_architecture({"in_channels": channels, **architecture})
     except ValueError as exc:
@@ -71,27 +69,6 @@ def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> 
     architecture = base.config if base is not None else model_config
     available = available_memory() if device.type == "cpu" else None
     check_training(config.patch_size, config.batch_size, architecture.base_channels, available)
-
-
-def _read_training_data(
-    inputs: Sequence[TrainingInput], base: Any, model_config: Any, target_config: Any
-) -> tuple[list, Any]:
-    """Read every file and build the training pairs (all checks happen here); also the pixel
-    size of the images (see :func:`training_pixel_size`)."""
-    from napari_unet.core.io import reading
-    from napari_unet.core.training.data import AnnotatedImage, training_pairs
-
-    def annotated() -> Iterator[AnnotatedImage]:  # one file at a time, checked in order
-        for item in inputs:
-            image = reading.read_image(item.image)
-            pixel_sizes.append(image.pixel_size)
-            labels = read_labels(item.labels, "labels")
-            mask = read_mask(item.mask) if item.mask is not None else None
-            yield AnnotatedImage(image.data, labels, image.axes, mask, str(item.image))
-
-    pixel_sizes: list = []
-    pairs = training_pairs(annotated(), base, model_config, target_config)
-    return pairs, training_pixel_size(pixel_sizes)
 
 
 def _summary(result: Any, base: Any, seconds: float, last: Any) -> str:
@@ -143,18 +120,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
-    planar_sizes: list = []
-
-    def read_planar(*planar_args: Any) -> list:
-        planar_pairs, size = _read_training_data(*planar_args)
-        planar_sizes.append(size)
-        return planar_pairs
-
-    pairs, voxel_size = read_stack_training_data(
-        args, inputs, base, model_config, config.targets, read_planar
+    pairs, planar_sizes, voxel_size = read_stack_training_data(
+        args, inputs, base, model_config, config.targets
     )
     if planar_sizes:
-        pixel_size = planar_sizes[0]
+        pixel_size = training_pixel_size(planar_sizes)
     else:
         pixel_size = tuple(voxel_size[1:]) if voxel_size is not None else None
     logger.info(

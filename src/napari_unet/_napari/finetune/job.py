@@ -23,7 +23,8 @@ import numpy as np
 
 from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
-from napari_unet.core.training.data import AnnotatedImage, training_pairs
+from napari_unet.core.training.data import AnnotatedImage
+from napari_unet.core.training.data3d import AnnotatedVolume, annotated_training_pairs
 
 if TYPE_CHECKING:
     from napari_unet.core.training.augment import AugmentConfig
@@ -51,7 +52,8 @@ class TrainRequest:
     """Everything a training run needs (picklable).
 
     Attributes:
-        inputs: the annotated images.
+        inputs: the annotated images, and the Z-stacks with 3D labels (volumes, cut in XY, XZ
+            and YZ planes for training).
         output: the model file to write.
         base: the model file to fine-tune, or ``None`` to train a new network.
         config: a :class:`~napari_unet.core.training.settings.TrainConfig`.
@@ -60,7 +62,7 @@ class TrainRequest:
         threads: torch intra-op threads while training (``None``: leave torch's setting).
     """
 
-    inputs: tuple[TrainingInput, ...]
+    inputs: tuple[TrainingInput | AnnotatedVolume, ...]
     output: Path
     base: Path | None
     config: TrainConfig
@@ -133,7 +135,7 @@ def free_name(stem: str, taken: Sequence[str]) -> str:
     return f"{stem}-{n}"
 
 
-def scratch_channels(item: TrainingInput) -> int:
+def scratch_channels(item: TrainingInput | AnnotatedVolume) -> int:
     """Input channels of a new network for ``item``: its channel axis, 3 for RGB, else 1."""
     axes = item.axes.upper()
     if "C" in axes:
@@ -180,7 +182,7 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
         model_config = None
         if base is None:
             model_config = ModelConfig(in_channels=scratch_channels(request.inputs[0]))
-        pairs = training_pairs(request.inputs, base, model_config, request.config.targets)
+        pairs = annotated_training_pairs(request.inputs, base, model_config, request.config.targets)
         started = time.perf_counter()
         gen = train(
             pairs,
@@ -221,7 +223,7 @@ def _crop_around(weights: np.ndarray, size: int) -> tuple[slice, slice]:
 
 
 def preview_samples(
-    item: TrainingInput,
+    item: TrainingInput | AnnotatedVolume,
     in_channels: int,
     config: AugmentConfig,
     plane: int | None = None,

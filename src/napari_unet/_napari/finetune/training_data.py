@@ -1,11 +1,19 @@
 """From viewer layers to training inputs, without Qt.
 
-Reads (image layer, labels layer) pairs into :class:`._training_job.TrainingInput` values: the
-image, a copy of the labels taken at that moment (the user may keep painting while training runs),
-the image's axes, and the mask of annotated pixels chosen by one of :data:`ANNOTATED_RULES`.
-Checks what can be checked at once (shapes, empty labels, empty regions) with messages for the
-user. Layers are used through their public attributes (``data``, ``metadata``, ``rgb``,
-``multiscale``, ``ndim``, coordinate transforms), so napari layers made without a viewer work.
+Reads (image layer, labels layer) pairs into :class:`.job.TrainingInput` values: the image, a copy
+of the labels taken at that moment (the user may keep painting while training runs), the image's
+axes, and the mask of annotated pixels chosen by one of :data:`ANNOTATED_RULES`. Checks what can
+be checked at once (shapes, empty labels, empty regions) with messages for the user. Layers are
+used through their public attributes (``data``, ``metadata``, ``rgb``, ``multiscale``, ``ndim``,
+``scale``, coordinate transforms), so napari layers made without a viewer work.
+
+A Z-stack (an image whose axes have Z and no T, such as a 3D layer without metadata) with 3D
+labels is read as one volume (:class:`~napari_unet.core.training.data3d.AnnotatedVolume`), with
+its voxel size from the image layer's scale or metadata (a missing Z step: isotropic voxels are
+assumed, and a notification says so): training cuts it in XY, XZ and YZ planes as the CLI does.
+The rules then read in 3D: a reviewed object counts in every plane it spans, with a 3D margin;
+a "plane" with labels is a Z slice; a shape drawn on a Z slice (a Shapes layer with the labels'
+dimensions) covers that slice only, one of a 2D Shapes layer covers every slice.
 """
 
 from __future__ import annotations
@@ -17,8 +25,9 @@ from typing import Any
 import numpy as np
 
 from napari_unet.core.errors import InputMismatchError, UserError
+from napari_unet.core.training.data3d import AnnotatedVolume, is_volume
 
-from ..files.layer_info import layer_layout
+from ..files.layer_info import layer_layout, physical_sizes
 from .job import TrainingInput
 
 logger = logging.getLogger(__name__)
@@ -58,6 +67,40 @@ def shown_plane_number(image_layer: Any, world_point: Sequence[float]) -> int | 
         return 0
     index = layout.leading_at(image_layer.world_to_data(world_point))
     return None if index is None else layout.plane_number(index)
+
+
+def layer_anisotropy(
+    image_layer: Any, voxel_size: Sequence[float] | None = None
+) -> tuple[float, bool] | None:
+    """``(Z step over XY pixel, whether the Z step is known)`` of an image layer trained as a
+    volume (:func:`~napari_unet.core.training.data3d.is_volume`), or ``None`` for one trained as
+    2D planes. ``voxel_size`` (z, y, x), when given, wins over the layer's scale and metadata;
+    without a known Z step (or XY pixel) the voxels are taken as isotropic."""
+    layout = layer_layout(image_layer)
+    if not is_volume(layout.axes):
+        return None
+    if voxel_size is not None:
+        return float(voxel_size[0]) / float(voxel_size[1]), True
+    pixel_size, z_spacing = physical_sizes(layout.axes, image_layer.scale, image_layer.metadata)
+    if pixel_size is None or z_spacing is None:
+        return 1.0, False
+    return float(z_spacing) / float(pixel_size[0]), True
+
+
+def _volume_voxel_size(image_layer: Any, voxel_size: Sequence[float] | None) -> tuple:
+    """The (z, y, x) voxel size of a volume's image layer; notifies when isotropy is assumed."""
+    from napari.utils.notifications import show_info
+
+    from napari_unet.core.io.voxels import resolve_voxel_size
+
+    layout = layer_layout(image_layer)
+    pixel_size, z_spacing = physical_sizes(layout.axes, image_layer.scale, image_layer.metadata)
+    voxel = resolve_voxel_size(pixel_size, z_spacing, voxel_size, f"'{image_layer.name}'")
+    if voxel.note:
+        where = "set the image layer's scale (Z, Y, X)"
+        show_info(voxel.note.replace("give --voxel-size Z,Y,X", where).replace(
+            "Give --voxel-size Z,Y,X", where[0].upper() + where[1:]))  # fmt: skip
+    return voxel.size
 
 
 def _vertices_in(labels_layer: Any, shapes_layer: Any, vertices: np.ndarray) -> np.ndarray:
@@ -139,9 +182,14 @@ def _unreviewed(labels_layer: Any, review: Any) -> NotAnnotated:
 
 
 def _rule_mask(
-    labels_layer: Any, labels: np.ndarray, rule: str, shapes_layer: Any | None
+    labels_layer: Any,
+    labels: np.ndarray,
+    rule: str,
+    shapes_layer: Any | None,
+    anisotropy: float | None = None,
 ) -> np.ndarray | None:
-    """The annotated mask of a pair under ``rule`` (``None``: the core's default rule).
+    """The annotated mask of a pair under ``rule`` (``None``: the core's default rule);
+    ``anisotropy`` (Z step over XY pixel) for the 3D labels of a volume, else ``None``.
 
     Raises:
         NotAnnotated: nothing to learn from (nothing reviewed, only accepted objects, unedited
@@ -156,7 +204,7 @@ def _rule_mask(
             raise NotAnnotated(f"No region covers {labels_layer.name!r}.")
         return mask
     if rule == REVIEWED:
-        review = review_mask(labels_layer, labels)
+        review = review_mask(labels_layer, labels, anisotropy=anisotropy)
         extra = shapes_mask(shapes_layer, labels_layer) if shapes_layer is not None else None
         if not review.corrected and (extra is None or not extra.any()):
             raise _unreviewed(labels_layer, review)
@@ -183,9 +231,11 @@ def _pair_input(
     rule: str,
     shapes_layer: Any | None,
     second: Any | None = None,
-) -> TrainingInput:
+    voxel_size: Sequence[float] | None = None,
+) -> TrainingInput | AnnotatedVolume:
     """One pair read and checked; with ``second``, the image and its second channel stacked
-    as channels (:func:`..files.channels.stack_channels`).
+    as channels (:func:`..files.channels.stack_channels`). A Z-stack is read as a volume with
+    the voxel size ``voxel_size`` (z, y, x), or else the image layer's.
 
     Raises:
         NotAnnotated: see :func:`_rule_mask`.
@@ -200,7 +250,9 @@ def _pair_input(
         )
     labels = np.array(layer_array(labels_layer), copy=True)
     name = f"{image_layer.name!r} with {labels_layer.name!r}"
-    mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
+    volume = layer_anisotropy(image_layer, voxel_size)
+    anisotropy = volume[0] if volume is not None else None
+    mask = _rule_mask(labels_layer, labels, rule, shapes_layer, anisotropy)
     if second is None:
         image = np.asarray(layer_array(image_layer))
     else:
@@ -208,18 +260,29 @@ def _pair_input(
 
         image, axes = stack_channels([image_layer, second])
         name = f"{channels_name([image_layer, second])!r} with {labels_layer.name!r}"
-    return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
+    if volume is None:
+        return TrainingInput(image=image, labels=labels, axes=axes, mask=mask, name=name)
+    order = [axes.index(a) for a in "ZCYX" if a in axes]  # the volume's (Z, C?, Y, X)
+    return AnnotatedVolume(
+        np.transpose(image, order), labels, _volume_voxel_size(image_layer, voxel_size), mask,
+        channel_axis="C" in axes, name=name,
+    )  # fmt: skip
 
 
 def describe_annotation(
-    pairs: Sequence[tuple[Any, Any]], rule: str, shapes_layer: Any | None = None
+    pairs: Sequence[tuple[Any, Any]],
+    rule: str,
+    shapes_layer: Any | None = None,
+    voxel_size: Sequence[float] | None = None,
 ) -> str:
-    """One line for the user: how much of the listed labels counts as annotated."""
+    """One line for the user: how much of the listed labels counts as annotated (objects in 3D
+    and the share of the volume for Z-stacks)."""
     from napari_unet.core.training.annotated import reviewed_objects
 
     if rule == SHAPES and shapes_layer is None:
         return "annotated: choose the Shapes layer of the reviewed regions"
     objects = pixels = total = 0
+    kinds, isotropy_assumed = set(), False
     for image_layer, labels_layer in pairs:
         if image_layer is None or labels_layer is None:
             continue
@@ -227,7 +290,15 @@ def describe_annotation(
         if labels.size > 50_000_000:
             return "annotated: counted when training starts (large layer)"
         try:
-            mask = _rule_mask(labels_layer, labels, rule, shapes_layer)
+            volume = layer_anisotropy(image_layer, voxel_size)
+        except UserError:
+            volume = None
+        kinds.add(volume is not None)
+        isotropy_assumed |= volume is not None and not volume[1]
+        try:
+            mask = _rule_mask(
+                labels_layer, labels, rule, shapes_layer, volume[0] if volume else None
+            )
         except UserError:
             mask = np.zeros(labels.shape, bool)
         if mask is None:
@@ -242,10 +313,14 @@ def describe_annotation(
         total += labels.size
     if not pixels:
         return "annotated: nothing yet (correct some objects, or choose another rule)"
-    return (
-        f"annotated: {objects} object{'s' if objects != 1 else ''}, "
-        f"{100 * pixels / total:.1f}% of the image"
+    where = "the volume" if kinds == {True} else "the image" if kinds == {False} else "the data"
+    text = (
+        f"annotated: {objects} object{'s' if objects != 1 else ''}"
+        f"{' (3D)' if True in kinds else ''}, {100 * pixels / total:.1f}% of {where}"
     )
+    if isotropy_assumed:
+        text += "; Z step unknown: isotropic voxels assumed (set the image layer's scale)"
+    return text
 
 
 def collect_inputs(
@@ -253,7 +328,8 @@ def collect_inputs(
     rule: str,
     shapes_layer: Any | None = None,
     seconds: Sequence[Any] | None = None,
-) -> tuple[list[TrainingInput], list[str]]:
+    voxel_size: Sequence[float] | None = None,
+) -> tuple[list[TrainingInput | AnnotatedVolume], list[str]]:
     """Read (image layer, labels layer) pairs as training inputs.
 
     Args:
@@ -267,10 +343,12 @@ def collect_inputs(
         shapes_layer: a napari Shapes layer (for :data:`SHAPES`).
         seconds: for each pair, the Image layer of the image's second channel, or ``None``
             (all ``None`` when not given): the two are stacked as the channels of one input.
+        voxel_size: (z, y, x) of the Z-stacks, instead of their layers' scale or metadata.
 
     Returns:
-        ``(inputs, skipped)``: the inputs (labels copied), and the names of pairs with nothing
-        to learn from under the rule (not used).
+        ``(inputs, skipped)``: the inputs (labels copied; a Z-stack with 3D labels as an
+        :class:`~napari_unet.core.training.data3d.AnnotatedVolume`), and the names of pairs
+        with nothing to learn from under the rule (not used).
 
     Raises:
         UserError: no pair, labels that do not fit their image, all-zero labels, no Shapes layer
@@ -296,7 +374,9 @@ def collect_inputs(
     inputs, skipped, reasons = [], [], []
     for image_layer, labels_layer, second in unique:
         try:
-            inputs.append(_pair_input(image_layer, labels_layer, rule, shapes_layer, second))
+            inputs.append(
+                _pair_input(image_layer, labels_layer, rule, shapes_layer, second, voxel_size)
+            )
         except NotAnnotated as exc:
             skipped.append(f"{image_layer.name!r} with {labels_layer.name!r}")
             reasons.append(str(exc))

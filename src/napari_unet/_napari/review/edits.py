@@ -32,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_unet.core.training.annotated import REVIEW_MARGIN, reviewed_mask, reviewed_objects
+from napari_unet.core.training.annotated import (
+    REVIEW_MARGIN,
+    reviewed_mask,
+    reviewed_objects,
+    reviewed_volume_mask,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -228,7 +233,10 @@ def _changed_since_segment(layer: Any, labels: np.ndarray) -> bool:
 
 
 def review_mask(
-    layer: Any, labels: np.ndarray | None = None, margin: int = REVIEW_MARGIN
+    layer: Any,
+    labels: np.ndarray | None = None,
+    margin: int = REVIEW_MARGIN,
+    anisotropy: float | None = None,
 ) -> Review:
     """What the user reviewed in ``layer``.
 
@@ -236,6 +244,10 @@ def review_mask(
         layer: a Labels layer.
         labels: its data (a copy taken for training), default the layer's data.
         margin: background margin around reviewed objects and changed pixels, in pixels.
+        anisotropy: for (Z, Y, X) labels of a volume (one id per object across planes), its Z
+            step over its XY pixel: a reviewed object then counts in every plane it spans and
+            the margin is 3D (:func:`~napari_unet.core.training.annotated.reviewed_volume_mask`);
+            ``None``: plane by plane.
     """
     labels = np.asarray(layer.data if labels is None else labels)
     state = review_state(layer) or {}
@@ -246,7 +258,11 @@ def review_mask(
     }
     accepted = _ids(state.get("accepted"))
     present = accepted & {int(v) for v in np.unique(labels)} if accepted else set()
-    mask = reviewed_mask(labels, edited, _ids(state.get("touched")), present, margin)
+    touched = _ids(state.get("touched"))
+    if anisotropy is not None and labels.ndim == 3:
+        mask = reviewed_volume_mask(labels, edited, touched, present, margin, anisotropy)
+    else:
+        mask = reviewed_mask(labels, edited, touched, present, margin)
     edited_pixels = int(sum(int(np.count_nonzero(v)) for v in edited.values()))
     untracked = bool(state.get("untracked")) or (
         edited_pixels == 0 and _changed_since_segment(layer, labels)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +24,7 @@ from ..config import NormalizeConfig
 from ..errors import InputMismatchError, UserError
 from ..inference.stack3d import resample_axis
 from ..io.voxels import PIXEL_SIZE_KEY
-from .data import TrainingPair, make_pairs, model_expectations
+from .data import AnnotatedImage, TrainingPair, make_pairs, model_expectations
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -56,6 +56,18 @@ class AnnotatedVolume:
     mask: np.ndarray | None = None
     channel_axis: bool = False
     name: str = "volume"
+
+    @property
+    def axes(self) -> str:
+        """The image's axes: ``"ZCYX"`` with a channel axis, else ``"ZYX"``."""
+        return "ZCYX" if self.channel_axis else "ZYX"
+
+
+def is_volume(axes: str) -> bool:
+    """Whether an image with ``axes`` is trained as one volume (a Z axis, no T axis, no RGB
+    samples) rather than as a series of 2D planes."""
+    axes = axes.upper()
+    return "Z" in axes and "T" not in axes and "S" not in axes
 
 
 def _nearest_z(a: np.ndarray, n_out: int) -> np.ndarray:
@@ -121,8 +133,9 @@ def volume_pairs(
         max_planes: at most this many annotated planes per orientation (evenly spaced).
 
     Returns:
-        Pairs named like ``"stack.tif, XZ plane 12"``: float32 (C, h, w) images, (h, w) labels
-        and targets, with only the annotated pixels in the loss.
+        Pairs named like ``"stack.tif, XZ, plane 12"`` (the plane's index in its
+        orientation): float32 (C, h, w) images, (h, w) labels and targets, with only the
+        annotated pixels in the loss.
 
     Raises:
         InputMismatchError: labels or mask that do not fit the image.
@@ -143,27 +156,45 @@ def volume_pairs(
             task=task, n_classes=n_classes, mask=np.ascontiguousarray(mask[chosen]),
             target_config=target_config, name=f"{item.name}, {view}",
         )  # fmt: skip
-        pairs += made
+        pairs += [  # named by the plane's index in the volume, not among the chosen ones
+            replace(pair, name=f"{item.name}, {view}, plane {int(k) + 1}")
+            for pair, k in zip(made, chosen, strict=True)
+        ]
     if not pairs:
         raise UserError(f"{item.name} has no annotated voxel.")
     logger.info("%s: %d training planes (XY, XZ, YZ)", item.name, len(pairs))
     return pairs
 
 
-def volume_training_pairs(
-    volumes: Iterable[AnnotatedVolume],
+def annotated_training_pairs(
+    items: Iterable[AnnotatedImage | AnnotatedVolume],
     base: LoadedModel | None,
     model_config: ModelConfig | None = None,
     target_config: TargetConfig | None = None,
 ) -> list[TrainingPair]:
-    """Training pairs of every annotated volume, made the way the model to train expects them
-    (the 3D counterpart of :func:`~.data.training_pairs`)."""
+    """Training pairs of 2D images (their planes, :func:`~.data.make_pairs`) and volumes (cut in
+    three orientations, :func:`volume_pairs`) together, made the way the model to train expects
+    them; ``items`` may be a generator (each item is made into pairs before the next is taken).
+
+    Raises:
+        UserError: see :func:`~.data.make_pairs` and :func:`volume_pairs`; also when, for
+            instances, no annotated pixel belongs to an object.
+    """
     in_channels, task, n_classes, normalize = model_expectations(base, model_config)
     pairs: list[TrainingPair] = []
-    for item in volumes:
-        pairs += volume_pairs(item, in_channels, normalize, task, n_classes, target_config)
+    for item in items:
+        if isinstance(item, AnnotatedVolume):
+            pairs += volume_pairs(item, in_channels, normalize, task, n_classes, target_config)
+            continue
+        pairs += make_pairs(
+            item.image, item.labels, item.axes, in_channels, normalize, task=task,
+            n_classes=n_classes, mask=item.mask, target_config=target_config, name=item.name,
+        )  # fmt: skip
     if task == "instances" and not any(p.labels[p.targets.mask].any() for p in pairs):
-        raise UserError("None of the annotated voxels belongs to an object: paint some nuclei.")
+        raise UserError(
+            "None of the annotated pixels belongs to an object (the labels are 0 wherever the "
+            "annotated regions are): paint some objects."
+        )
     return pairs
 
 
