@@ -216,3 +216,39 @@ def test_a_diverging_training_never_writes_a_nan_model(
     one_error(code, err, "diverged")
     loaded = load_model(out)  # whatever is there loads: the last good model
     assert all(torch.isfinite(t).all() for t in loaded.model.state_dict().values())
+
+
+_YAML_ANCHORS = "".join(
+    f"{name}: &{name} [{','.join(['*' + prev] * 9 if prev else ['x'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("rdf", "words"),
+    [
+        (": : :\n\t- [", ["not valid YAML"]),
+        ("!!python/object/apply:os.system ['touch pwned']\n", ["not valid YAML"]),
+        ("[" * 100000 + "]" * 100000, ["nested too deeply"]),
+        (_YAML_ANCHORS + "type: model\n", ["format_version"]),
+        ("type: model\nformat_version: 0.5.3\nname: x\n", ["Invalid model description: name"]),
+    ],
+)
+def test_a_hostile_rdf_yaml_is_one_clear_line(capsys, tmp_path, rdf, words):
+    import zipfile
+
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("rdf.yaml", rdf)
+    code, err = run(capsys, "import-model", package, "--name", "imported")
+    one_error(code, err, "not a valid bioimage.io model package", *words)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_package_that_is_not_a_zip_is_one_clear_line(capsys, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "pkg.zip"
+    package.write_bytes(b"PK\x03\x04garbage")
+    code, err = run(capsys, "import-model", package)
+    one_error(code, err, "not a valid bioimage.io model package")
