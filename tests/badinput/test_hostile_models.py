@@ -252,3 +252,56 @@ def test_a_package_that_is_not_a_zip_is_one_clear_line(capsys, tmp_path):
     package.write_bytes(b"PK\x03\x04garbage")
     code, err = run(capsys, "import-model", package)
     one_error(code, err, "not a valid bioimage.io model package")
+
+
+def test_an_integer_of_5000_digits_in_the_metadata_is_one_clear_line(
+    capsys, tmp_path, isolated_models, model_file, image_file
+):
+    text = '{"format": "napari-unet", "format_version": 1' + "0" * 5000 + "}"
+    bad = rewrite(model_file, tmp_path / "bad.safetensors", lambda m: text)
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
+    one_error(code, err, "the model metadata cannot be read")
+    rewrite(model_file, isolated_models / "huge.safetensors", lambda m: text)
+    code, err = run(capsys, "models")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("provenance", "words"),
+    [
+        ({"metrics": [1, 2]}, ["'provenance.metrics' must be a JSON object"]),
+        ({"settings": "x"}, ["'provenance.settings' must be a JSON object"]),
+        ({"metrics": {"rounds": "x"}}, ["'provenance.metrics.rounds' must be a list"]),
+        ({"data_hashes": "x"}, ["'provenance.data_hashes' must be a list"]),
+    ],
+)
+def test_provenance_of_the_wrong_type_is_refused_before_training(
+    capsys, tmp_path, training_files, model_file, provenance, words
+):
+    """It broke the fine-tune only when saving, after the training: exit 1."""
+    bad = rewrite(
+        model_file, tmp_path / "bad.safetensors", lambda m: {**m, "provenance": provenance}
+    )
+    image, labels = training_files
+    out = tmp_path / "out.safetensors"
+    code, err = run(capsys, *train_argv(image, labels, out, bad, "--epochs", "1"))
+    one_error(code, err, *words)
+    assert not out.exists()
+
+
+def test_class_names_of_a_megabyte_are_not_printed_whole(capsys, tmp_path, model_file, image_file):
+    bad = rewrite(
+        model_file, tmp_path / "bad.safetensors", lambda m: {**m, "class_names": "x" * 10**6}
+    )
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
+    one_error(code, err, "'class_names' must be a list of 3 strings")
+    assert len(err) < 1000
+
+
+def test_a_model_that_is_a_fifo_is_named_as_such(capsys, tmp_path, image_file):
+    import os
+
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    code, err = predict_cpu(capsys, image_file, tmp_path, fifo)
+    one_error(code, err, "not a regular file")

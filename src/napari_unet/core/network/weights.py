@@ -242,6 +242,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: the model metadata is not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise ModelFileError(f"{path}: the model metadata is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ModelFileError(f"{path}: the model metadata cannot be read ({exc})") from exc
     validate_metadata(metadata, path)
     return metadata
 
