@@ -53,6 +53,8 @@ def _describe(path: Path) -> Any:
                         f"{EXTRA_HINT}") from exc  # fmt: skip
     if not path.exists():
         raise ModelNotFoundError(f"model package {path} does not exist")
+    if not path.is_file() and not path.is_dir():  # a FIFO would block, /dev/zero fill memory
+        raise ModelFileError(f"{path} is not a regular file (a FIFO or a device)")
     try:
         descr = load_model_description(path, format_version="latest", perform_io_checks=False)
     except RecursionError as exc:
