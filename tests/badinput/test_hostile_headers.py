@@ -258,3 +258,43 @@ def test_an_implausible_imagej_spacing_is_ignored(tmp_path):
         metadata={"axes": "ZYX", "spacing": 1e300, "unit": "um"},
     )
     assert read_image(source).z_spacing is None
+
+
+def test_one_bit_pngs_are_read(capsys, tmp_path, model_file):
+    from PIL import Image
+
+    mask = np.zeros((64, 64), bool)
+    mask[8:40, 8:40] = True
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    assert Image.open(tmp_path / "mask.png").mode == "1"
+    image = read_image(tmp_path / "mask.png")
+    assert image.data.dtype == np.uint8 and image.data.sum() == mask.sum()
+    code, err = predict_cpu(capsys, tmp_path / "mask.png", tmp_path / "l.tif", model_file, "-q")
+    assert code == 0, err
+
+
+_OME = (
+    '<?xml version="1.0"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06">'
+    '<Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYCZT" SizeX="999999" '
+    'SizeY="999999" SizeC="1" SizeZ="1" SizeT="1" Type="uint16"><TiffData/></Pixels></Image></OME>'
+)
+
+
+def test_ome_xml_claiming_a_terapixel_allocates_nothing(capsys, tmp_path, model_file):
+    """tifffile built a list of 244 million planes (3.9 GB) for an 8 kB file."""
+    import resource
+
+    source = tmp_path / "x.ome.tif"
+    image = nuclei_image(64, seed=2)
+    tifffile.imwrite(source, image, description=_OME, metadata=None)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert np.array_equal(read_image(source).data, image)
+    assert np.array_equal(open_lazy(source).data.compute(), image)
+    code, err = predict_cpu(capsys, source, tmp_path / "l.tif", model_file)
+    assert code == 0, err
+    assert "OME metadata claims 244140136 planes but the file holds 1" in err
+    from napari_unet._napari.files.reader import get_reader
+
+    assert get_reader(str(source)) is not None
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 512 * 1024

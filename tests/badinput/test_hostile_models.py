@@ -216,3 +216,92 @@ def test_a_diverging_training_never_writes_a_nan_model(
     one_error(code, err, "diverged")
     loaded = load_model(out)  # whatever is there loads: the last good model
     assert all(torch.isfinite(t).all() for t in loaded.model.state_dict().values())
+
+
+_YAML_ANCHORS = "".join(
+    f"{name}: &{name} [{','.join(['*' + prev] * 9 if prev else ['x'] * 9)}]\n"
+    for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)
+)
+
+
+@pytest.mark.parametrize(
+    ("rdf", "words"),
+    [
+        (": : :\n\t- [", ["not valid YAML"]),
+        ("!!python/object/apply:os.system ['touch pwned']\n", ["not valid YAML"]),
+        ("[" * 100000 + "]" * 100000, ["nested too deeply"]),
+        (_YAML_ANCHORS + "type: model\n", ["format_version"]),
+        ("type: model\nformat_version: 0.5.3\nname: x\n", ["Invalid model description: name"]),
+    ],
+)
+def test_a_hostile_rdf_yaml_is_one_clear_line(capsys, tmp_path, rdf, words):
+    import zipfile
+
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "pkg.zip"
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("rdf.yaml", rdf)
+    code, err = run(capsys, "import-model", package, "--name", "imported")
+    one_error(code, err, "not a valid bioimage.io model package", *words)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_a_package_that_is_not_a_zip_is_one_clear_line(capsys, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "pkg.zip"
+    package.write_bytes(b"PK\x03\x04garbage")
+    code, err = run(capsys, "import-model", package)
+    one_error(code, err, "not a valid bioimage.io model package")
+
+
+def test_an_integer_of_5000_digits_in_the_metadata_is_one_clear_line(
+    capsys, tmp_path, isolated_models, model_file, image_file
+):
+    text = '{"format": "napari-unet", "format_version": 1' + "0" * 5000 + "}"
+    bad = rewrite(model_file, tmp_path / "bad.safetensors", lambda m: text)
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
+    one_error(code, err, "the model metadata cannot be read")
+    rewrite(model_file, isolated_models / "huge.safetensors", lambda m: text)
+    code, err = run(capsys, "models")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    ("provenance", "words"),
+    [
+        ({"metrics": [1, 2]}, ["'provenance.metrics' must be a JSON object"]),
+        ({"settings": "x"}, ["'provenance.settings' must be a JSON object"]),
+        ({"metrics": {"rounds": "x"}}, ["'provenance.metrics.rounds' must be a list"]),
+        ({"data_hashes": "x"}, ["'provenance.data_hashes' must be a list"]),
+    ],
+)
+def test_provenance_of_the_wrong_type_is_refused_before_training(
+    capsys, tmp_path, training_files, model_file, provenance, words
+):
+    """It broke the fine-tune only when saving, after the training: exit 1."""
+    bad = rewrite(
+        model_file, tmp_path / "bad.safetensors", lambda m: {**m, "provenance": provenance}
+    )
+    image, labels = training_files
+    out = tmp_path / "out.safetensors"
+    code, err = run(capsys, *train_argv(image, labels, out, bad, "--epochs", "1"))
+    one_error(code, err, *words)
+    assert not out.exists()
+
+
+def test_class_names_of_a_megabyte_are_not_printed_whole(capsys, tmp_path, model_file, image_file):
+    bad = rewrite(
+        model_file, tmp_path / "bad.safetensors", lambda m: {**m, "class_names": "x" * 10**6}
+    )
+    code, err = predict_cpu(capsys, image_file, tmp_path, bad)
+    one_error(code, err, "'class_names' must be a list of 3 strings")
+    assert len(err) < 1000
+
+
+def test_a_model_that_is_a_fifo_is_named_as_such(capsys, tmp_path, image_file):
+    import os
+
+    fifo = tmp_path / "m.safetensors"
+    os.mkfifo(fifo)
+    code, err = predict_cpu(capsys, image_file, tmp_path, fifo)
+    one_error(code, err, "not a regular file")

@@ -221,3 +221,28 @@ def test_a_zarr_output_that_is_a_link_to_a_folder_is_refused(capsys, tmp_path, m
     assert code == 2, err
     assert (theirs / "data.txt").read_text() == "keep"
     assert (tmp_path / "out.zarr").is_symlink()
+
+
+@pytest.mark.timeout(60)
+def test_an_output_store_whose_metadata_is_a_fifo_is_refused_without_blocking(
+    capsys, tmp_path, model_file, image
+):
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    (tmp_path / "o.zarr").mkdir()
+    os.mkfifo(tmp_path / "o.zarr" / "zarr.json")
+    code, err = predict(capsys, model_file, tmp_path / "in.tif", "-o", tmp_path / "o.zarr")
+    assert code == 2 and "not a zarr store written by napari-unet" in err, err
+    assert (tmp_path / "o.zarr" / "zarr.json").is_fifo()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_package_that_is_a_fifo_or_a_device_is_never_read(capsys, tmp_path, kind):
+    pytest.importorskip("bioimageio.spec")
+    package = tmp_path / "p.zip"
+    if kind == "fifo":
+        os.mkfifo(package)
+    else:
+        package.symlink_to("/dev/zero")
+    code, err = run(capsys, "import-model", package)
+    assert code == 2 and "not a regular file" in err, err

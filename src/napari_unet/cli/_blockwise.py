@@ -82,12 +82,13 @@ def _large(path: Path) -> bool:
     import tifffile
 
     from napari_unet.core.axes import CHANNEL_AXES
+    from napari_unet.core.io.reading import open_tiff
     from napari_unet.core.large.block_jobs import BLOCKWISE_PIXELS
 
     if not path.is_file() or path.suffix.lower() not in _TIFF:
         return False
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = tif.series[0]
             shape, axes = series.shape, series.axes.upper()
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError, TypeError):

@@ -254,4 +254,6 @@ def system_error_line(exc: BaseException) -> str | None:
         return f"permission denied{where}"
     if found.errno == errno.EROFS:
         return f"the file system is read-only{where}"
+    if found.errno == errno.ENAMETOOLONG:
+        return f"a file name is too long for the file system{where}: choose a shorter name"
     return None

@@ -39,7 +39,7 @@ import tifffile
 from napari_unet._napari.files.layer_info import LABEL_WORDS, LayerData, display_name, layer_data
 from napari_unet._napari.review.edits import attach_review, watch_current_viewer
 from napari_unet.core.io.lazy import is_zarr_path, open_lazy
-from napari_unet.core.io.reading import ImageData, read_image
+from napari_unet.core.io.reading import ImageData, open_tiff, read_image
 from napari_unet.core.io.safe_paths import require_regular_file
 from napari_unet.core.io.storage import available_memory
 from napari_unet.core.io.writing import LABELS_SOFTWARE
@@ -132,7 +132,7 @@ def opens_lazily(path: PathLike, available: int | None = None) -> bool:
         available: bytes of available memory (default: what the system reports).
     """
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = tif.series[0]
             nbytes = int(np.prod(series.shape, dtype=np.int64)) * np.dtype(series.dtype).itemsize
             mappable = series.dataoffset is not None

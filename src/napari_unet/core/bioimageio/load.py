@@ -53,14 +53,47 @@ def _describe(path: Path) -> Any:
                         f"{EXTRA_HINT}") from exc  # fmt: skip
     if not path.exists():
         raise ModelNotFoundError(f"model package {path} does not exist")
+    if not path.is_file() and not path.is_dir():  # a FIFO would block, /dev/zero fill memory
+        raise ModelFileError(f"{path} is not a regular file (a FIFO or a device)")
     try:
         descr = load_model_description(path, format_version="latest", perform_io_checks=False)
+    except RecursionError as exc:
+        raise ModelFileError(
+            f"{path}: not a valid bioimage.io model package (its rdf.yaml is nested too deeply)"
+        ) from exc
     except (ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelFileError(f"{path}: not a valid bioimage.io model package ({first})") from exc
+        raise ModelFileError(
+            f"{path}: not a valid bioimage.io model package ({_first_reason(exc)})"
+        ) from exc
+    except Exception as exc:
+        if not _is_yaml_error(exc):
+            raise
+        raise ModelFileError(
+            f"{path}: not a valid bioimage.io model package (its rdf.yaml is not valid YAML: "
+            f"{_first_reason(exc)})"
+        ) from exc
     if isinstance(descr, InvalidDescr):
         raise ModelFileError(f"{path}: not a valid bioimage.io model package")
     return descr
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The first line of ``exc`` that says something, with the line after a heading ending in
+    ':' (``Invalid model description:`` then ``name: ...``)."""
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    if not lines:
+        return type(exc).__name__
+    if lines[0].endswith(":") and len(lines) > 1:
+        return f"{lines[0]} {lines[1]}"
+    return lines[0]
+
+
+def _is_yaml_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a YAML parser's error (ruyaml's or PyYAML's), by its class names."""
+    return any(
+        cls.__name__ == "YAMLError" and cls.__module__.split(".")[0] in ("ruyaml", "yaml")
+        for cls in type(exc).__mro__
+    )
 
 
 def _read(entry: Any) -> bytes:

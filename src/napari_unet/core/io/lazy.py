@@ -23,6 +23,7 @@ are dropped and Y, X (and S) come last.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -45,6 +46,7 @@ from .reading import (
     _normalize_axes,
     check_pixel_dtype,
     describe_read_error,
+    open_tiff,
     read_image,
 )
 from .sizes import PixelSize, _physical_sizes, _unit_scale, plausible_sizes, positive_number
@@ -168,7 +170,7 @@ def _open_tiff(path: Path) -> LazyImage:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             if not tif.series:
                 raise ImageReadError(f"Cannot read image '{path}': the TIFF file holds no image.")
             series = tif.series[0]
@@ -207,12 +209,78 @@ def _zarr_open(store: Any, **kwargs: Any) -> Any:
     return zarr.open(store, mode="r", **kwargs)
 
 
+def regular_store(path: Path) -> Any:
+    """A read-only zarr store of the folder ``path`` that reads regular files only.
+
+    zarr's own ``LocalStore`` reads whatever a key names: a FIFO named ``zarr.json`` or a chunk
+    would block forever, a link to ``/dev/zero`` would fill the memory. This store refuses them
+    with an ``OSError`` (which reads of pixels report as a corrupt file).
+    """
+    return _regular_store_class()(path, read_only=True)
+
+
+def require_regular_key(path: Path) -> None:
+    """Raise ``OSError`` when ``path`` (a key of a zarr store) exists but is not a regular file."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # missing (a chunk of fill values) or unreadable: zarr says which
+    if not stat.S_ISREG(mode) and not stat.S_ISDIR(mode):
+        raise OSError(f"the store's file '{path}' is not a regular file (a FIFO or a device)")
+
+
+_REGULAR_STORE: list[Any] = []
+
+
+def _regular_store_class() -> Any:
+    if _REGULAR_STORE:
+        return _REGULAR_STORE[0]
+    from zarr.storage import LocalStore
+
+    class RegularLocalStore(LocalStore):
+        """``LocalStore`` that checks each file is a regular one before reading it."""
+
+        def get_sync(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            require_regular_key(self.root / key)
+            return super().get_sync(key, *args, **kwargs)
+
+        async def get(self, key: str, *args: Any, **kwargs: Any) -> Any:
+            require_regular_key(self.root / key)
+            return await super().get(key, *args, **kwargs)
+
+        async def get_partial_values(self, prototype: Any, key_ranges: Any) -> Any:
+            key_ranges = list(key_ranges)
+            for key, _ in key_ranges:
+                require_regular_key(self.root / key)
+            return await super().get_partial_values(prototype, key_ranges)
+
+    _REGULAR_STORE.append(RegularLocalStore)
+    return RegularLocalStore
+
+
 def _open_zarr(path: Path) -> LazyImage:
     try:
-        node = _zarr_open(str(path))
+        node = _zarr_open(regular_store(path))
         return _from_zarr_node(path, node, "")
-    except ImageReadError:
-        raise
+    except ImageReadError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ImageReadError(f"Cannot read zarr image '{path}': {exc}.") from exc
+    except FileNotFoundError as exc:  # zarr: "No group found in store ..."
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': the folder holds no zarr metadata (zarr.json, "
+            ".zarray or .zgroup)."
+        ) from exc
+    except json.JSONDecodeError as exc:
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': its metadata is not valid JSON ({exc})."
+        ) from exc
+    except RecursionError as exc:
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': its metadata is nested too deeply."
+        ) from exc
     except (ValueError, OSError, KeyError, TypeError, IndexError, AttributeError) as exc:
         text = str(exc).strip().rstrip(".") or type(exc).__name__
         raise ImageReadError(f"Cannot read zarr image '{path}': {text}.") from exc
@@ -227,6 +295,11 @@ def _from_zarr_node(path: Path, node: Any, prefix: str) -> LazyImage:
     ome = attrs.get("ome") if isinstance(attrs.get("ome"), dict) else attrs
     multiscales = ome.get("multiscales")
     if multiscales:
+        if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+            raise ImageReadError(
+                f"Cannot read zarr image '{path}': its OME-Zarr 'multiscales' metadata is not a "
+                "list of objects (the store is corrupt or not OME-Zarr)."
+            )
         return _multiscale(path, node, multiscales[0], prefix)
     if "bioformats2raw.layout" in ome and "0" in node:
         return _from_zarr_node(path, node["0"], f"{prefix}0/")
@@ -241,10 +314,20 @@ def _from_zarr_node(path: Path, node: Any, prefix: str) -> LazyImage:
 
 def _multiscale(path: Path, group: Any, meta: dict[str, Any], prefix: str) -> LazyImage:
     datasets = meta.get("datasets") or []
-    if not datasets or "path" not in datasets[0]:
-        raise ImageReadError(f"Cannot read zarr image '{path}': 'multiscales' lists no dataset.")
-    arrays = [group[d["path"]] for d in datasets if "path" in d]
+    if not isinstance(datasets, list):
+        datasets = []
+    datasets = [d for d in datasets if isinstance(d, dict) and isinstance(d.get("path"), str)]
+    if not datasets:
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': 'multiscales' lists no dataset with a path."
+        )
+    arrays = [_dataset(path, group, d["path"]) for d in datasets]
     ndim = arrays[0].ndim
+    if any(a.ndim != ndim for a in arrays):
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': its resolution levels have different numbers of "
+            f"dimensions ({', '.join(str(a.ndim) for a in arrays)})."
+        )
     names, units = _ngff_axes(meta.get("axes"), ndim)
     letters = _letters(names, meta.get("axes"))
     scale = _scale(datasets[0].get("coordinateTransformations"), ndim)
@@ -260,6 +343,22 @@ def _multiscale(path: Path, group: Any, meta: dict[str, Any], prefix: str) -> La
     dataset = prefix + datasets[0]["path"]
     logger.debug("opened %s/%s lazily: %s %s %s", path, dataset, data.shape, axes, data.dtype)
     return LazyImage(data, axes, pixel_size, z_spacing, unit, path, [d for d, _ in levels], dataset)
+
+
+def _dataset(path: Path, group: Any, name: str) -> Any:
+    """The array ``name`` of ``group``, which a multiscale lists as one of its datasets."""
+    import zarr
+
+    try:
+        node = group[name]
+    except KeyError:
+        node = None
+    if not isinstance(node, zarr.Array):
+        raise ImageReadError(
+            f"Cannot read zarr image '{path}': its 'multiscales' metadata lists a dataset "
+            f"'{name}' that is not an array of the store."
+        )
+    return node
 
 
 def _plain_array(path: Path, array: Any, dataset: str) -> LazyImage:

@@ -165,8 +165,60 @@ def describe_read_error(exc: BaseException) -> str:
     return f"the file is corrupt or not a supported image ({text or type(exc).__name__})"
 
 
+#: An OME-XML that claims more planes than this (and far more than the file's pages) lies: it is
+#: ignored, because tifffile would build a list of every claimed plane (16 bytes each).
+_OME_MAX_PLANES = 100_000
+
+
+def open_tiff(path: str | os.PathLike[str]) -> tifffile.TiffFile:
+    """``tifffile.TiffFile(path)``, without its OME-XML when that claims far more planes than
+    the file holds (a header claiming 10^12 pixels made tifffile allocate gigabytes).
+
+    Raises:
+        tifffile.TiffFileError, OSError, ValueError: as ``tifffile.TiffFile``.
+    """
+    tif = tifffile.TiffFile(path)
+    try:
+        claimed = _ome_planes(tif) if tif.is_ome else 0
+        if claimed > max(_OME_MAX_PLANES, 100 * len(tif.pages)):
+            logger.warning(
+                "%s: its OME metadata claims %d planes but the file holds %d; the OME metadata "
+                "is ignored",
+                path,
+                claimed,
+                len(tif.pages),
+            )
+            tif.close()
+            tif = tifffile.TiffFile(path, is_ome=False)
+    except BaseException:
+        tif.close()
+        raise
+    return tif
+
+
+def _ome_planes(tif: tifffile.TiffFile) -> int:
+    """How many planes of the first page's size the OME-XML of ``tif`` claims (0: unreadable)."""
+    import xml.etree.ElementTree as ElementTree
+
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata or "")
+    except (ElementTree.ParseError, ValueError, TypeError):
+        return 0  # tifffile falls back to the plain pages by itself
+    pixels = 0
+    for element in root.iter():
+        if element.tag.rsplit("}", 1)[-1] == "Pixels":
+            claimed = 1
+            for axis in "XYZCT":
+                try:
+                    claimed *= max(1, int(element.get(f"Size{axis}", "1")))
+                except ValueError:
+                    continue
+            pixels += claimed
+    return pixels // max(1, int(tif.pages.first.size))
+
+
 def _read_tiff(path: Path, memmap: bool) -> ImageData:
-    with tifffile.TiffFile(path) as tif:
+    with open_tiff(path) as tif:
         if not tif.series:
             raise ImageReadError(f"Cannot read image '{path}': the TIFF file holds no image.")
         series = tif.series[0]
@@ -179,8 +231,10 @@ def _read_tiff(path: Path, memmap: bool) -> ImageData:
         can_map = memmap and series.dataoffset is not None and tif.byteorder == _NATIVE_BYTEORDER
         _check_size(path, series, in_memory=not can_map)
         data = None if can_map else series.asarray()
+        offset = series.dataoffset
     if data is None:
-        data = tifffile.memmap(path, series=0, mode="r")
+        # what tifffile.memmap does, without opening the file (and its OME-XML) a second time
+        data = np.memmap(path, dtype=series.dtype, mode="r", offset=offset, shape=shape)
         logger.debug("memory-mapped %s", path)
     data = data.reshape(shape) if data.shape != shape else data
     if data.dtype == bool:  # a 1-bit (bilevel) TIFF: 0 and 1
@@ -258,6 +312,8 @@ def _read_plain_image(path: Path) -> ImageData:
         raise ImageReadError(f"Cannot read image '{path}': {describe_read_error(exc)}.") from exc
     if data.ndim == 3 and data.shape[-1] in (1, 2):  # gray (+ alpha): keep the gray plane
         data = data[..., 0]
+    if data.dtype == bool:  # a 1-bit PNG: 0 and 1, as for 1-bit TIFFs
+        data = data.astype(np.uint8)
     if data.ndim not in (2, 3):
         raise ImageReadError(f"Cannot read image '{path}': unsupported shape {data.shape}.")
     return ImageData(data, "YX" if data.ndim == 2 else "YXS", None, None, "pixel", path)

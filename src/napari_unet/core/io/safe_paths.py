@@ -122,8 +122,9 @@ def check_outputs_apart(inputs: Iterable[Path | None], outputs: Iterable[Path]) 
 
 def _read_json(path: Path) -> Any:
     try:
-        if path.stat().st_size > _ATTRS_LIMIT:
-            return None
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode) or info.st_size > _ATTRS_LIMIT:
+            return None  # a FIFO would block the read below forever
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, RecursionError):
         return None

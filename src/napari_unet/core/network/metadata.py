@@ -22,6 +22,7 @@ file (every problem is a :class:`~.errors.ModelFileError` that names the file an
 from __future__ import annotations
 
 import datetime as _dt
+import reprlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,10 +170,19 @@ def validate_metadata(metadata: Any, source: str | Path = "model") -> ModelConfi
         or not all(isinstance(n, str) for n in names)
         or len(names) != config.out_classes
     ):
-        raise fail(f"'class_names' must be a list of {config.out_classes} strings, got {names!r}")
+        got = reprlib.repr(names)
+        raise fail(f"'class_names' must be a list of {config.out_classes} strings, got {got}")
     for key in ("normalize", "tiling", "provenance"):
         if metadata.get(key) is not None and not isinstance(metadata[key], dict):
             raise fail(f"'{key}' must be a JSON object")
+    provenance = metadata.get("provenance") or {}
+    for key, kind, what in (("settings", dict, "a JSON object"), ("metrics", dict, "a JSON object"),
+                            ("data_hashes", list, "a list")):  # fmt: skip
+        if provenance.get(key) is not None and not isinstance(provenance[key], kind):
+            raise fail(f"'provenance.{key}' must be {what}")
+    rounds = (provenance.get("metrics") or {}).get("rounds")
+    if rounds is not None and not isinstance(rounds, list):
+        raise fail("'provenance.metrics.rounds' must be a list")
     problem = normalize_problem(metadata.get("normalize"))
     tiling = metadata.get("tiling")
     if problem is None and tiling:

@@ -186,6 +186,8 @@ def resolve_model(name_or_path: str | Path | None) -> Path:
     if isinstance(name_or_path, Path) or _looks_like_path(text):
         if candidate.is_dir():
             raise ModelNotFoundError(f"{candidate} is a folder, not a model file")
+        if candidate.exists():  # a FIFO, a socket or a device: never opened
+            raise ModelFileError(f"{candidate} is not a regular file (a FIFO or a device)")
         raise ModelNotFoundError(f"model file {candidate} does not exist")
     for folder in (builtin_models_dir(), user_models_dir()):
         for suffix in (SUFFIX, PACKAGE_SUFFIX):  # a model file, else an imported package

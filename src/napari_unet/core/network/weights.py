@@ -204,9 +204,25 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     validate_metadata(meta, path)
     text = json.dumps(_strict_json(meta), default=_json_default, allow_nan=False)
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={METADATA_KEY: text})
+        try:
+            save_file(tensors, str(tmp), metadata={METADATA_KEY: text})
+        except SafetensorError as exc:
+            raise _as_os_error(exc, Path(path)) from exc
     logger.info("saved model %r to %s", meta.get("name"), path)
     return path
+
+
+def _as_os_error(exc: SafetensorError, path: Path) -> Exception:
+    """safetensors reports a failed write as ``... I/O error: No space left on device (os error
+    28)``: the ``OSError`` it stands for (a full disk is then reported as such), else ``exc``."""
+    import os
+    import re
+
+    found = re.search(r"\(os error (\d+)\)", str(exc))
+    if found is None:
+        return exc
+    number = int(found.group(1))
+    return OSError(number, os.strerror(number), str(path))
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -242,6 +258,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
         raise ModelFileError(f"{path}: the model metadata is not valid JSON ({exc})") from exc
     except RecursionError as exc:
         raise ModelFileError(f"{path}: the model metadata is nested too deeply") from exc
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise ModelFileError(f"{path}: the model metadata cannot be read ({exc})") from exc
     validate_metadata(metadata, path)
     return metadata
 
