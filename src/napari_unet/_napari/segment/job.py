@@ -12,8 +12,10 @@ tile by tile, so no float32 array of the whole image is ever held, and the label
 made from the same float16 values, so re-thresholding with unchanged settings gives exactly the
 labels of the run. Against labels from float32 probabilities, only pixels whose probability lies
 within float16's rounding (below 2**-11 relative) of a threshold, or of a step of the watershed's
-256 elevation levels, can change (on the shipped sample: no object lost or gained, see
-``tests/napari/test_segment_memory.py``).
+256 elevation levels, can change. The tolerance, tested on the shipped sample for interior and
+foreground thresholds of 0.3, 0.5 and 0.7: the same objects (every one matched at IoU 0.5), at
+most 0.01% of the pixels labelled differently (0 to 3 of 262144 were), mean matched IoU at least
+0.999.
 """
 
 from __future__ import annotations
