@@ -16,7 +16,8 @@ a child process of its own, and its peak resident memory is the child's high-wat
 
 ``--before-src DIR`` measures the same with the package from another source tree (e.g. an
 earlier commit unpacked with ``git archive COMMIT src | tar -x -C DIR``) for a before/after
-table. Prints the table and rewrites the ``memory`` section of docs/benchmarks.md.
+table (``--before-name`` says what it is, in the docs). Prints the table and rewrites the
+``memory`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--before-src", type=Path, help="the package of an earlier source tree")
+    parser.add_argument(
+        "--before-name", default="an earlier source tree", help="what --before-src is, for the docs"
+    )
     parser.add_argument("--no-update", action="store_true", help="do not touch the docs")
     parser.add_argument("--child", choices=("floor", "segment"), help=argparse.SUPPRESS)
     parser.add_argument("--image", help=argparse.SUPPRESS)
@@ -170,11 +174,7 @@ def main(argv: list[str] | None = None) -> int:
             "`napari-unet predict IMAGE -o LABELS.tif`; *Segment job*: the Segment widget's job "
             "(`segment_job`, without a viewer) and one re-thresholding from the probabilities "
             "it keeps."
-            + (
-                " *before*: the package as it was before the change (`--before-src`)."
-                if len(trees) > 1
-                else ""
-            )
+            + (f" *before*: {args.before_name} (`--before-src`)." if len(trees) > 1 else "")
             + f"\n\n{table}\n\n"
             f"Machine: {load}.  \nCommand: `{command_line()}`"
         )

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
 
     net, net_name = benchmark_network()
     config: ModelConfig = net.config
-    predictor = Predictor(net, torch.device("cpu"))
+    predictor = Predictor(net, torch.device("cpu"), "fp32")  # as the table says (auto: bf16)
     image = _image(args.size)
     k, stride = config.out_classes, config.stride
     whole = TilingConfig(tile_size=args.size, batch_size=1)

@@ -41,9 +41,11 @@ def _predict(capsys, *argv) -> tuple[int, str]:
 
 
 def _per_plane(image: np.ndarray, axes: str) -> np.ndarray:
+    """Per-plane labels as ``predict`` makes them without ``--probabilities``: from float16."""
     probs = drain(
-        predict_probabilities(image, axes, get_model(None), device="cpu", precision="fp32")
-    )
+        predict_probabilities(image, axes, get_model(None), device="cpu", precision="fp32",
+                              dtype=np.float16)
+    )  # fmt: skip
     return drain(postprocess(probs, "instances"))
 
 

@@ -163,3 +163,17 @@ def test_test_time_augmentation_runs_its_copies_on_the_engine_given():
     agreement = drain(tta_agreement(image, "YX", engine, labels))
     assert agreement.shape == (1,) and 0.0 <= agreement[0] <= 1.0
     assert len({id(module) for module in ran}) == 1  # the image and its 3 copies: one predictor
+
+
+def test_float16_probabilities_are_the_float32_ones_rounded_and_other_dtypes_are_refused():
+    engine = InferenceEngine(_batchnorm_net(), TilingConfig(tile_size=32), "cpu", "fp32")
+    image = _image(64)
+    full = drain(engine.predict_image(image, "YX"))
+    half = drain(engine.predict_image(image, "YX", dtype=np.float16))
+    assert full.dtype == np.float32 and half.dtype == np.float16
+    np.testing.assert_array_equal(half, full.astype(np.float16))
+    with pytest.raises(ValueError, match="float32 or float16"):
+        drain(engine.predict_image(image, "YX", dtype=np.float64))
+    with pytest.raises(ValueError, match="out must be"):
+        drain(engine.predict_image(image, "YX", out=np.empty((3, 1, 64, 64), np.float32),
+                                   dtype=np.float16))  # fmt: skip

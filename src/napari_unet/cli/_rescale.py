@@ -98,10 +98,15 @@ def predict_planes(
     post: Any,
     reporter: Any,
 ) -> tuple[Any, Any]:
-    """Probabilities (float32 (C, ...)) and labels of ``image`` (``io.ImageData``) plane by
-    plane, each plane resized to the model's scale first
-    (:func:`~napari_unet.core.inference.rescale.
-    choose_scale`) and mapped back."""
+    """Probabilities (C, ...) and labels of ``image`` (``io.ImageData``) plane by plane, each
+    plane resized to the model's scale first
+    (:func:`~napari_unet.core.inference.calibrate.choose_scale`) and mapped back.
+
+    The probabilities are float32 when ``--probabilities`` writes them, else float16: half the
+    memory, and enough for the labels and ``--objects`` (labels may differ from float32's only
+    at pixels within 2**-11 of a threshold)."""
+    import numpy as np
+
     from napari_unet.core.inference.calibrate import choose_scale
     from napari_unet.core.inference.postprocess import postprocess
     from napari_unet.core.inference.predict import predict_probabilities
@@ -113,9 +118,10 @@ def predict_planes(
                      tiling=tiling, device=device, precision=args.precision, postprocess=post),
         reporter,
     )  # fmt: skip
+    dtype = np.float32 if getattr(args, "probabilities", None) else np.float16
     probs = drain(
         predict_probabilities(image.data, image.axes, loaded, tiling, device, args.precision,
-                              scale=scale),
+                              scale=scale, dtype=dtype),
         reporter,
     )  # fmt: skip
     post = scaled_postprocess(post, scale)

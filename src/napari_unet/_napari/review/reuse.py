@@ -64,7 +64,7 @@ def _same_model(recorded: tuple[str, int], name: str) -> bool:
 
 
 def find(labels_layer: Any, image_layer: Any, model_name: str) -> np.ndarray | None:
-    """Segment's probabilities for ``labels_layer``, float32 (3, *labels shape), when they are
+    """Segment's probabilities for ``labels_layer``, float16 (3, *labels shape), when they are
     still right for ``image_layer`` and the model ``model_name`` (see the module docstring);
     else ``None``."""
     _prune()

@@ -73,7 +73,8 @@ def rank_job(
     probs: np.ndarray | None = None,
 ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray | None]]:
     """Probabilities of ``image`` by the model ``model_name`` (and the TTA agreement of the
-    objects of ``labels``): returns (float32 (3, *labels.shape), float64 (N,) or None).
+    objects of ``labels``): returns (float16 (3, *labels.shape), float64 (N,) or None); float16
+    as Segment keeps them, so that a fresh pass ranks exactly as Segment's probabilities do.
 
     ``probs``: probabilities already computed (by Segment) for this image and model: the network
     then runs only for the test-time augmentation."""
@@ -87,7 +88,7 @@ def rank_job(
     # one engine (one predictor) for the image and its flipped copies; none when nothing runs
     engine = InferenceEngine(model) if probs is None or tta else None
     if probs is None and engine is not None:
-        probs = yield from engine.predict_image(np.asarray(image), axes)
+        probs = yield from engine.predict_image(np.asarray(image), axes, dtype=np.float16)
     if probs.shape[1:] != labels.shape:
         raise UserError(
             f"The image gives probabilities of shape {probs.shape[1:]} but the labels "
@@ -227,8 +228,8 @@ class ReviewWidget(Container):
     def set_probabilities(
         self, layer: Labels, probs: np.ndarray, agreement: np.ndarray | None = None
     ) -> ReviewQueue:
-        """Rank the objects of ``layer`` from ``probs`` (float32 (3, *layer shape)) and go to the
-        worst one; returns the queue."""
+        """Rank the objects of ``layer`` from ``probs`` (float16 or float32 (3, *layer shape))
+        and go to the worst one; returns the queue."""
         from napari_unet.core.analysis.object_table import is_volume
         from napari_unet.core.analysis.objects import likely_misses
         from napari_unet.core.analysis.quality import object_quality

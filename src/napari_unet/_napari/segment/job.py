@@ -5,6 +5,17 @@ as soon as the network has finished it (the engine's ``PlaneDone`` event), so th
 labels can be shown plane by plane while the rest is still running. :func:`rethreshold_job` makes
 labels again from kept probabilities. :class:`ProbabilityStore` keeps the probabilities of the
 last few runs.
+
+The probabilities are kept as float16 (:data:`KEPT_DTYPE`): 2 bytes per class and pixel, 6 for the
+3 classes of an instance model, half of float32. The engine writes them into the float16 array
+tile by tile, so no float32 array of the whole image is ever held, and the labels of the run are
+made from the same float16 values, so re-thresholding with unchanged settings gives exactly the
+labels of the run. Against labels from float32 probabilities, only pixels whose probability lies
+within float16's rounding (below 2**-11 relative) of a threshold, or of a step of the watershed's
+256 elevation levels, can change. The tolerance, tested on the shipped sample for interior and
+foreground thresholds of 0.3, 0.5 and 0.7: the same objects (every one matched at IoU 0.5), at
+most 0.01% of the pixels labelled differently (0 to 3 of 262144 were), mean matched IoU at least
+0.999.
 """
 
 from __future__ import annotations
@@ -21,6 +32,9 @@ import numpy as np
 from napari_unet.core.axes import Layout
 from napari_unet.core.labels import IdOffsets
 from napari_unet.core.progress import Progress
+
+#: The dtype of the probabilities Segment keeps for re-thresholding and offers to Review.
+KEPT_DTYPE = np.dtype(np.float16)
 
 if TYPE_CHECKING:
     from napari_unet.core.config import TilingConfig
@@ -75,7 +89,7 @@ class SegmentResult:
     """What :func:`segment_job` returns.
 
     Attributes:
-        probabilities: float32 (K, *leading, Y, X).
+        probabilities: :data:`KEPT_DTYPE` (float16) (K, *leading, Y, X).
         labels: (*leading, Y, X), as
         :func:`~napari_unet.core.inference.postprocess.labels_from_probabilities`
             gives for these probabilities.
@@ -148,15 +162,16 @@ def segment_job(request: SegmentRequest) -> Generator[Progress, None, SegmentRes
         from .stack import volume_job
 
         probs, labels = yield from volume_job(request, model, image)
+        probs = probs.astype(KEPT_DTYPE)  # the fusion sums float32 views; keep half of that
         return SegmentResult(probs, labels, model, time.perf_counter() - start, request.stack,
                              request.voxel_size)  # fmt: skip
     layout = Layout(request.axes, image.shape)
     leading, (height, width) = layout.leading_shape, layout.plane_shape
     n_planes = layout.n_planes
-    probs = np.empty((model.config.out_classes, n_planes, height, width), dtype=np.float32)
+    probs = np.empty((model.config.out_classes, n_planes, height, width), dtype=KEPT_DTYPE)
     planes = _Planes(n_planes, height, width, model.task, request.postprocess)
     engine = InferenceEngine(model, request.tiling, request.device, request.precision)
-    gen = engine.predict_image(image, request.axes, out=probs)
+    gen = engine.predict_image(image, request.axes, out=probs, dtype=KEPT_DTYPE)
     try:
         for event in gen:
             yield event
@@ -208,7 +223,8 @@ class Kept:
     """Probabilities kept from a run, for re-thresholding without the network.
 
     Attributes:
-        probabilities: float32 (K, *leading, Y, X) (leading empty for one plane).
+        probabilities: :data:`KEPT_DTYPE` (float16) (K, *leading, Y, X) (leading empty for one
+            plane): 2 bytes per class and pixel.
         task: the model's task.
         labels_layer: ``unique_id`` of the Labels layer the run wrote into.
         region: where the labels went in that layer (``None``: the whole layer).
@@ -229,8 +245,9 @@ class Kept:
 class ProbabilityStore:
     """The probabilities of the last few runs, by (image, model, plane-or-stack) key.
 
-    Probabilities are large (K float32 values per pixel): at most ``capacity`` runs and
-    ``max_bytes`` bytes are kept (the last run always), the least recently used going first.
+    Probabilities are large (K float16 values, 2K bytes, per pixel: 6 for an instance model):
+    at most ``capacity`` runs and ``max_bytes`` bytes are kept (the last run always), the least
+    recently used going first.
     """
 
     def __init__(self, capacity: int = 3, max_bytes: int = 2 * 1024**3) -> None:

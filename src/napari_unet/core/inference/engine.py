@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from numpy.typing import DTypeLike
 
 from ..config import ModelConfig, NormalizeConfig, TilingConfig
 from ..errors import InputMismatchError
@@ -48,6 +49,9 @@ if TYPE_CHECKING:
     from ..network.weights import LoadedModel
 
 logger = logging.getLogger(__name__)
+
+#: The dtypes probabilities may be held in: float32, or float16 for half the memory.
+PROBABILITY_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 
 
 @dataclass(frozen=True)
@@ -179,8 +183,9 @@ class InferenceEngine:
 
         Args:
             plane: float32 (C, H, W), already normalised.
-            out: float32 (K, H, W) to write into (may be a view of a larger array, or a memmap
-                slice); a new array when ``None``.
+            out: float32 or float16 (K, H, W) to write into (may be a view of a larger array, or a
+                memmap slice); a new float32 array when ``None``. The network's float32 output
+                is rounded to ``out``'s dtype tile by tile.
             scale: (y, x) factors that resize the plane to the model's pixel size before the
                 network (see :mod:`~.rescale`); the probabilities are resized back.
             index: the plane's number, given to the events' :class:`~.events.TileBatchDone`.
@@ -190,7 +195,7 @@ class InferenceEngine:
             :class:`~.events.TileBatchDone`.
 
         Returns:
-            float32 (K, H, W): ``out`` when given. Values sum to 1 over K.
+            float32 (K, H, W), or ``out`` when given. Values sum to 1 over K.
         """
         if out is None:
             out = np.empty((self.out_classes, *plane.shape[-2:]), dtype=np.float32)
@@ -244,6 +249,7 @@ class InferenceEngine:
         axes: str,
         out: np.ndarray | None = None,
         scale: tuple[float, float] | None = None,
+        dtype: DTypeLike = np.float32,
     ) -> Generator[Progress[TileBatchDone | PlaneDone], None, np.ndarray]:
         """Class probabilities for every pixel of a whole image.
 
@@ -252,11 +258,14 @@ class InferenceEngine:
                 axis per letter of ``axes``.
             axes: letters from ``"TZCYXS"`` ending in Y, X (and S for RGB); see
                 :func:`~napari_unet.core.network.normalize.as_planes`.
-            out: optional float32 array (K, N, Y, X) to write into, N the number of planes (the
-                product of the non-channel axes before Y, X; 1 for a 2D image); plane ``n`` of
-                it is complete when the event with ``PlaneDone(n, N)`` is yielded.
+            out: optional array (K, N, Y, X) of ``dtype`` to write into, N the number of planes
+                (the product of the non-channel axes before Y, X; 1 for a 2D image); plane ``n``
+                of it is complete when the event with ``PlaneDone(n, N)`` is yielded.
             scale: (y, x) factors that resize each plane to the model's pixel size before the
                 network (see :mod:`~.rescale`); ``None`` runs the network on the image as it is.
+            dtype: the probabilities' dtype, float32 (4 bytes per class and pixel) or float16
+                (2 bytes; the network's float32 output rounded tile by tile, relative error
+                below 2**-11, so the float32 array is never held whole).
 
         Yields:
             Stage ``"predict"``, ``done``/``total`` counted in tile batches over all planes: per
@@ -265,12 +274,13 @@ class InferenceEngine:
             :class:`~.events.PlaneDone`).
 
         Returns:
-            float32 array (K, *leading, Y, X): K classes first, then the image's non-channel
+            ``dtype`` array (K, *leading, Y, X): K classes first, then the image's non-channel
             axes (e.g. (K, Z, Y, X) for a ZCYX stack). Values sum to 1 over K.
 
         Raises:
             InputMismatchError: the image's channels do not fit the model, or it has no pixels;
-                ``out`` of the wrong shape or dtype (ValueError).
+                ``out`` of the wrong shape or dtype, or a ``dtype`` other than float32 and
+                float16 (ValueError).
         """
         config = self.config
         planes, leading, _ = as_planes(image, axes, config.in_channels)
@@ -285,11 +295,14 @@ class InferenceEngine:
         )  # fmt: skip
         bounds = normalize_bounds(planes, self.normalize)
         expected = (config.out_classes, n_planes, height, width)
+        dtype = np.dtype(dtype)
+        if dtype not in PROBABILITY_DTYPES:
+            raise ValueError(f"probabilities are float32 or float16, not {dtype}")
         if out is None:
-            out = np.empty(expected, dtype=np.float32)
-        elif out.shape != expected or out.dtype != np.float32:
+            out = np.empty(expected, dtype=dtype)
+        elif out.shape != expected or out.dtype != dtype:
             raise ValueError(
-                f"out must be float32 of shape {expected}, got {out.dtype} {out.shape}"
+                f"out must be {dtype} of shape {expected}, got {out.dtype} {out.shape}"
             )
         for n in range(n_planes):
             plane = normalize_plane(planes[n], bounds)

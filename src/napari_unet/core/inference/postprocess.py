@@ -93,7 +93,8 @@ def instances_from_probabilities(
     """Instance labels from (background, interior, boundary) probabilities by seeded watershed.
 
     Args:
-        probs: probabilities, shape (3, H, W), float (float32 from the network).
+        probs: probabilities, shape (3, H, W), float32 from the network or float16 as Segment
+            keeps them (compared with the thresholds as float32).
         config: thresholds and sizes; the defaults when ``None``.
 
     Returns:
@@ -113,9 +114,11 @@ def instances_from_probabilities(
     interior = np.asarray(probs[1], dtype=np.float32)
     if config.seed_sigma > 0:
         interior = ndi.gaussian_filter(interior, config.seed_sigma, mode="nearest")
-    foreground = np.asarray(probs[0]) < 1.0 - config.foreground_threshold
+    # float16 probabilities are compared as float32, like the network's own output
+    foreground = np.asarray(probs[0], dtype=np.float32) < 1.0 - config.foreground_threshold
     seeds = (interior > config.interior_threshold) & foreground
     seed_labels, n_raw = _label(seeds)
+    del seeds  # each full-size temporary goes as soon as it is used: the peak is post-processing
     seed_ids = _seed_ids(seed_labels, n_raw, config.min_seed_size)
     labels = _grow(seed_labels, seed_ids, foreground, interior)
     return _drop_small_and_cast(labels, config.min_size)
@@ -263,6 +266,7 @@ def _grow(
     crowded = seeds_per_component >= 2
     if crowded.any():
         region = crowded[components]
+        del components
         box = _bounding_box(region)
         markers = np.where(region[box], seed_ids[seed_labels[box]], 0)
         labels[box] = _split(labels[box], region[box], markers, interior[box])
@@ -292,6 +296,7 @@ def _split(
     near[:, 1:] |= contested[:, :-1]
     near[:, :-1] |= contested[:, 1:]
     flood = near & region
+    del contested, near
     elevation = _quantised_elevation(interior)
     grown = watershed(elevation, np.where(flood, markers, 0), connectivity=1, mask=flood)
     grown = np.where(flood, grown, markers)

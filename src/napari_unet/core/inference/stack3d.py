@@ -261,7 +261,7 @@ def instances_3d(
     if config.seed_sigma > 0:
         sigma = (config.seed_sigma / max(anisotropy, 1e-6), config.seed_sigma, config.seed_sigma)
         interior = ndi.gaussian_filter(interior, sigma, mode="nearest")
-    foreground = np.asarray(probs[0]) < 1.0 - post.foreground_threshold
+    foreground = np.asarray(probs[0], dtype=np.float32) < 1.0 - post.foreground_threshold
     seeds, n_seeds = ndi.label((interior > post.interior_threshold) & foreground)
     if n_seeds and config.min_seed_size > 1:
         small = np.bincount(seeds.ravel()) < config.min_seed_size
