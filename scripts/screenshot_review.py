@@ -31,6 +31,7 @@ def main() -> int:
             viewer.layers["nuclei ground truth"].visible = False
         _, segment = viewer.window.add_plugin_dock_widget("napari-unet", "Segment")
         segment.select_image(viewer.layers["nuclei"])
+        wait(lambda: segment.ready, 120)  # PyTorch loads in the background
         segment.run()
         wait(lambda: not segment.busy, 600)
         labels = [layer for layer in viewer.layers if layer.name.startswith("nuclei labels")][-1]

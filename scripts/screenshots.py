@@ -78,15 +78,38 @@ def segment(viewer) -> None:
     labels.opacity = 0.45
 
 
+def correct_left_part(viewer, labels, fraction: float = 0.3) -> None:
+    """Correct the objects of the left ``fraction`` of ``labels`` as a user would with the brush:
+    the predicted objects there are erased and the ground truth's painted in their place, through
+    ``Labels.data_setitem`` (what napari's brush, eraser and fill write through)."""
+    import numpy as np
+
+    truth = np.asarray(viewer.layers["nuclei ground truth"].data)
+    predicted = np.asarray(labels.data)
+    width = int(predicted.shape[-1] * fraction)
+    columns = np.arange(predicted.shape[-1])[None, :]
+    inside = [
+        i
+        for i in np.unique(truth[:, :width])
+        if i and columns[0][np.any(truth == i, 0)].max() < width
+    ]
+    objects = np.isin(truth, inside)
+    erased = np.isin(predicted, np.unique(predicted[objects])) & (predicted > 0)
+    labels.data_setitem(np.nonzero(erased), 0)
+    fresh = np.where(objects, truth.astype(np.int64) + int(predicted.max()) + 1, 0)
+    where = np.nonzero(objects)
+    labels.data_setitem(where, fresh[where].astype(labels.data.dtype))
+
+
 def finetune(viewer) -> None:
-    """Fine-tune the starter on the predicted labels (as if corrected) for a minute; screenshot
-    while it trains, then Stop."""
+    """Correct the left part of the predicted labels, then fine-tune the starter on them (the
+    default: the objects you reviewed) for a minute; screenshot while it trains, then Stop."""
     widget = docked(viewer, "Fine-tune")
+    labels = [layer for layer in viewer.layers if layer.name.startswith("nuclei labels")][-1]
+    correct_left_part(viewer, labels)
     row = next(iter(widget.pair_rows))
     row.image.value = viewer.layers["nuclei"]
-    row.labels_layer.value = [
-        layer for layer in viewer.layers if layer.name.startswith("nuclei labels")
-    ][-1]
+    row.labels_layer.value = labels
     widget.model_name.value = "my nuclei"
     widget.budget.value = "minutes"
     widget.minutes.value = 5.0

@@ -67,9 +67,23 @@ def test_all_three_docks_fit_a_laptop_window(laptop, qtbot):
         assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
         for pinned in (getattr(widget, button), widget.status):
             assert pinned.native.isVisible() and not scroll.isAncestorOf(pinned.native)
+    # Fine-tune's controls (an image, labels and second-channel row per pair) fit its width too
+    scroll = dock(laptop, "Fine-tune")[1].native.findChild(QScrollArea)
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
+    assert not scroll.horizontalScrollBar().isVisible()
     # the docks share the height in proportion to their content: none squeezed to the minimum
     heights = sorted(d.height() for d in docks)
     assert heights[-1] < 3 * heights[0]
+
+
+def test_the_review_dock_leaves_half_the_window_to_the_canvas(laptop, qtbot):
+    item, widget = dock(laptop, "Review")
+    widget.status.value = "163 objects, 0 possible misses; worst first. " + LONG_PATH
+    settle(qtbot)
+    assert canvas_width(laptop) >= WIDTH // 2
+    assert item.geometry().width() <= WIDTH // 4 + 10
+    scroll = widget.native.findChild(QScrollArea)
+    assert scroll.widget().minimumSizeHint().width() <= scroll.viewport().width()
 
 
 def test_a_long_export_message_wraps_instead_of_widening_the_dock(laptop, qtbot, tmp_path):

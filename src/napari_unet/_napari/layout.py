@@ -35,13 +35,13 @@ from qtpy.QtWidgets import (
 )
 
 #: Width (px) a dock asks for: 1366 - napari's layer list (about 340) - half the window (683).
-DOCK_WIDTH = 320
+DOCK_WIDTH = 328
 #: Narrowest a dock can be made before a horizontal scroll bar appears.
 MIN_WIDTH = 220
 #: A dock keeps at least this much height (or its whole content, when that is less).
 MIN_HEIGHT = 150
 #: Characters of a layer or model name that a drop-down list shows.
-COMBO_CHARS = 6
+COMBO_CHARS = 5
 
 _ZWSP = "\u200b"  # zero-width space: a place where a long path may break
 _FITTED = "_napari_unet_fitted"
@@ -104,11 +104,16 @@ class _Scroll(QScrollArea):
         self.setWidget(content)
 
     def _bar(self) -> int:
-        return self.verticalScrollBar().sizeHint().width()
+        # the bar's size hint can be narrower than the bar as styled: take the wider, plus the
+        # frame, so that a horizontal bar never appears at the asked-for width
+        bar = self.verticalScrollBar()
+        return max(bar.sizeHint().width(), bar.width() if bar.isVisible() else 0, 16) + 2
 
     def sizeHint(self) -> QSize:
         hint = self.widget().sizeHint()
-        return QSize(min(hint.width() + self._bar(), self._width), hint.height())
+        # Qt can give the content a size hint narrower than its minimum: ask for the larger
+        content = max(hint.width(), self.widget().minimumSizeHint().width())
+        return QSize(min(content + self._bar(), self._width), hint.height())
 
     def minimumSizeHint(self) -> QSize:
         hint = self.widget().minimumSizeHint()
@@ -203,6 +208,8 @@ def fit_in_dock(
     outer.setProperty(_FITTED, True)
     content = QWidget()
     content.setLayout(outer.layout())  # Qt moves the layout and its widgets to `content`
+    margins = content.layout().contentsMargins()  # narrower sides: more room for the controls
+    content.layout().setContentsMargins(4, margins.top(), 4, margins.bottom())
     layout = QVBoxLayout()
     layout.setContentsMargins(0, 0, 0, 0)
     outer.setLayout(layout)

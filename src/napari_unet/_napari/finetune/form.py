@@ -36,8 +36,9 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
 class PairRow(Container):
-    """One (image layer, labels layer) pair of the list, with a button removing it, and below
-    them the image's second channel ("none" by default) for a two-channel model."""
+    """One (image layer, labels layer) pair of the list, one control per row: the image with a
+    button removing the pair, its labels, and the image's second channel ("none" by default) for
+    a two-channel model."""
 
     def __init__(self, owner: FinetuneForm) -> None:
         self.image = ComboBox(
@@ -49,24 +50,24 @@ class PairRow(Container):
             tooltip="Its corrected labels (same shape, no channels)",
         )
         self.remove_button = PushButton(text="x", tooltip="Remove this pair")
-        self.remove_button.max_width = 28
+        self.remove_button.max_width = 22
         self.second = ComboBox(
-            label="2nd channel",
+            label="channel 2",
             choices=owner._layer_choices(Image),
             nullable=True,
             tooltip="For a two-channel model (e.g. nucleus + cytoplasm): the image layer of the "
             "image's second channel, of its shape; empty (-----): the image alone",
         )
-        top = Container(
-            widgets=[self.image, self.labels_layer, self.remove_button],
-            layout="horizontal",
-            labels=False,
-        )
-        top.margins = (0, 0, 0, 0)
-        bottom = Container(widgets=[self.second], labels=True)
-        bottom.margins = (0, 0, 0, 0)
-        super().__init__(widgets=[top, bottom], labels=False)
+        # one control per row, so that the pair fits a dock of a laptop screen
+        image_row = Container(
+            widgets=[self.image, self.remove_button], layout="horizontal", labels=False,
+            label="image",
+        )  # fmt: skip
+        image_row.margins = (0, 0, 0, 0)
+        self.labels_layer.label = "labels"
+        super().__init__(widgets=[image_row, self.labels_layer, self.second], labels=True)
         self.margins = (0, 0, 0, 0)
+        self._unify_label_widths()  # magicgui aligns the rows only once initialised
         self.image.changed.connect(self.pick_labels)
         self.remove_button.changed.connect(lambda: owner.remove_pair(self))
 
@@ -99,7 +100,7 @@ class FinetuneForm(Container):
         self._build()
 
     def _build(self) -> None:
-        self.pair_rows = Container(labels=False, label="image, labels")
+        self.pair_rows = Container(labels=False, label="")
         self.pair_rows.margins = (0, 0, 0, 0)
         self.add_pair_button = PushButton(text="Add pair")
         self.rule = ComboBox(

@@ -32,6 +32,7 @@ from napari_unet.core.errors import UserError
 from napari_unet.core.progress import Progress
 
 from ..files.layer_info import layer_layout
+from ..layout import fit_in_dock
 from ..segment.logic import METADATA_KEY, full_resolution
 from . import reuse
 from .edits import accept_objects
@@ -160,6 +161,7 @@ class ReviewWidget(Container):
         viewer.layers.events.inserted.connect(self._refresh_choices)
         viewer.layers.events.removed.connect(self._refresh_choices)
         self._on_labels_changed(self.labels_layer.value)
+        fit_in_dock(self)  # beside the canvas on a laptop screen; messages wrap
 
     # --- choices -----------------------------------------------------------------------------
 
