@@ -183,8 +183,9 @@ step twice the XY pixel), scored on {len(TEST_SEEDS)} held-out volumes of {te[0]
 the volumes' XY, XZ and YZ planes; the native 3D U-Net (depth 3, 8 base channels, first level
 pooling Y and X only) is trained from scratch with 3D targets, patches (32 x 64 x 64 voxels)
 and augmentation. Speed in megavoxels per CPU second of inference and 3D watershed at fp32;
-peak memory is the rise of a child process's high-water mark while it labels one volume. The
-budget is short: it says which way is ahead after minutes on a laptop-class CPU, not where
+peak memory is the rise of a child process's high-water mark while it labels one
+volume (0: ortho fusion stayed below the mark that making the volume had set). The
+budget is short: it says which way is ahead after minutes on a small CPU, not where
 each ends up.
 
 {table}
