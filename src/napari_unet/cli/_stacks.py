@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-STACK_CHOICES = ("auto", "planes", "link", "ortho")
+STACK_CHOICES = ("auto", "planes", "link", "ortho", "native")
 
 
 def voxel_size_type(text: str) -> tuple[float, float, float]:
@@ -29,10 +29,12 @@ def add_stack_options(p: argparse.ArgumentParser) -> None:
         choices=STACK_CHOICES,
         default="auto",
         help=(
-            "how a Z-stack is labelled: ortho (3D ids from XY, XZ and YZ planes fused, then a 3D "
-            "watershed), link (per-plane labels linked across Z by overlap: about 3x cheaper), "
-            "planes (each plane on its own). auto (default): ortho for a Z axis, planes for "
-            "time series of 2D frames"
+            "how a Z-stack is labelled by a 2D model: ortho (3D ids from XY, XZ and YZ planes "
+            "fused, then a 3D watershed), link (per-plane labels linked across Z by overlap: "
+            "about 3x cheaper), planes (each plane on its own). auto (default): ortho for a Z "
+            "axis, planes for time series of 2D frames. The mode follows the model: a 3D model "
+            "file (trained with 'train --dims 3') always predicts natively (native: 3D tiles, "
+            "then the 3D watershed)"
         ),
     )
     p.add_argument(
@@ -68,11 +70,21 @@ def number_ids(args: argparse.Namespace, labels: Any, axes: str, task: str) -> A
     return ids_per_time_point(labels, axes)
 
 
-def stack_mode(args: argparse.Namespace, axes: str) -> str:
-    """The mode for an image with ``axes``: ``--stack``, or ortho with a Z axis, else planes."""
+def stack_mode(args: argparse.Namespace, axes: str, spatial_dims: int = 2) -> str:
+    """The mode for an image with ``axes``: native for a 3D model; else ``--stack``, or ortho
+    with a Z axis, else planes."""
+    from napari_unet.core.errors import UserError
     from napari_unet.core.inference.stack3d import default_mode
 
     mode = getattr(args, "stack", "auto") or "auto"
+    if spatial_dims == 3:
+        if "Z" not in axes:
+            raise UserError(f"a 3D model predicts Z-stacks; this image has axes {axes}")
+        if mode not in ("auto", "native"):
+            raise UserError(f"--stack {mode} is for 2D models; a 3D model predicts stacks natively")
+        return "native"
+    if mode == "native":
+        raise UserError("--stack native needs a 3D model (trained with 'train --dims 3')")
     if mode != "auto":
         if mode != "planes" and "Z" not in axes:
             from napari_unet.core.errors import UserError
@@ -98,7 +110,9 @@ def predict_image(
     from napari_unet.core.io.voxels import resolve_voxel_size
     from napari_unet.core.progress import drain
 
-    mode = stack_mode(args, image.axes)
+    mode = stack_mode(args, image.axes, loaded.config.spatial_dims)
+    if mode == "native":
+        _note_native(args, loaded)
     voxel = None
     pixel_size, z_spacing = image.pixel_size, image.z_spacing
     given = getattr(args, "voxel_size", None)
@@ -106,7 +120,7 @@ def predict_image(
         voxel = resolve_voxel_size(
             image.pixel_size, image.z_spacing, given, str(image.path or "the image")
         )
-        if voxel.note and mode == "ortho" and not args.quiet:
+        if voxel.note and mode in ("ortho", "native") and not args.quiet:
             sys.stderr.write(f"note: {voxel.note}\n")
         if given is not None:
             z_spacing, pixel_size = given[0], (given[1], given[2])
@@ -141,6 +155,18 @@ def predict_image(
     return probs, labels, pixel_size, z_spacing
 
 
+def _note_native(args: argparse.Namespace, loaded: Any) -> None:
+    """Say (log, and stderr unless quiet) that a 3D model predicts natively."""
+    from napari_unet.cli._common import logger
+
+    voxel = loaded.voxel_size
+    trained = f" (trained at voxel size {','.join(f'{v:g}' for v in voxel)} µm)" if voxel else ""
+    message = f"{loaded.name} is a 3D model{trained}: the stack is predicted natively in 3D tiles"
+    logger.info(message)
+    if not args.quiet:
+        sys.stderr.write(f"note: {message}\n")
+
+
 def add_voxel_size_option(p: argparse.ArgumentParser) -> None:
     """Add ``--voxel-size`` to the ``train`` parser."""
     p.add_argument(
@@ -160,10 +186,12 @@ def read_stack_training_data(
     base: Any,
     model_config: Any,
     target_config: Any,
+    volumes_3d: bool = False,
 ) -> tuple[list, list, Any]:
     """Training pairs for ``train``, each image file read once, in order: Z-stacks (axes with
     Z, without T) as volumes cut in three orientations (:mod:`napari_unet.core.training.data3d`),
-    other images as their 2D planes.
+    other images as their 2D planes; with ``volumes_3d`` (a 3D network), Z-stacks as whole
+    volumes with 3D targets (:mod:`napari_unet.core.training.patches3d`) and nothing else.
 
     Returns:
         ``(pairs, pixel sizes, voxel size)``: the pairs; the (y, x) pixel size in µm (or None)
@@ -171,6 +199,7 @@ def read_stack_training_data(
         or None when no input is a volume with a known pixel size.
     """
     from napari_unet.cli._readers import read_labels, read_mask
+    from napari_unet.core.errors import UserError
     from napari_unet.core.io import reading
     from napari_unet.core.io.voxels import resolve_voxel_size
     from napari_unet.core.training.data import AnnotatedImage
@@ -208,6 +237,18 @@ def read_stack_training_data(
                 name=str(item.image),
             )  # fmt: skip
 
+    if volumes_3d:
+        from napari_unet.core.training.patches3d import volume_training_pairs
+
+        def volumes() -> Any:
+            for item in annotated():
+                if not isinstance(item, AnnotatedVolume):
+                    raise UserError(f"a 3D model trains on Z-stacks; {item.name} is not one "
+                                    "(axes with Z and without T)")  # fmt: skip
+                yield item
+
+        pairs = volume_training_pairs(volumes(), base, model_config, target_config)
+        return pairs, pixel_sizes, first_voxel
     pairs = annotated_training_pairs(annotated(), base, model_config, target_config)
     return pairs, pixel_sizes, first_voxel
 

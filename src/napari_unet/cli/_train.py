@@ -22,6 +22,10 @@ from napari_unet.cli._rescale import training_pixel_size
 from napari_unet.cli._stacks import read_stack_training_data
 from napari_unet.cli._train_options import SCRATCH, train_config, training_inputs
 
+#: Defaults of a new native 3D network (``--dims 3``): depth, and patch side in Y and X.
+DEPTH_3D = 3
+PATCH_SIZE_3D = 64
+
 
 def _scratch_channels(image: Any) -> int:
     """Input channels of a new network for ``image`` (an ``ImageData``)."""
@@ -41,13 +45,22 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     from napari_unet.core.network.registry import get_model
 
     architecture = given({"depth": args.depth, "base_channels": args.base_channels})
+    dims = getattr(args, "dims", None)
     if (args.model or "").strip().lower() != SCRATCH:
         if architecture:
             raise UserError(
                 "--depth and --base-channels set the architecture of a new network; they need "
                 f"--model {SCRATCH} (a fine-tuned model keeps its architecture)"
             )
-        return get_model(args.model), None
+        base = get_model(args.model)
+        if dims is not None and dims != base.config.spatial_dims:
+            raise UserError(
+                f"--dims {dims}: {base.name} is a {base.config.spatial_dims}D model and a "
+                f"fine-tuned model keeps its architecture; use --model {SCRATCH} for a new one"
+            )
+        return base, None
+    if dims == 3:
+        architecture = {"depth": DEPTH_3D, **architecture, "spatial_dims": 3}
     if architecture.get("depth", 0) > 8:
         raise UserError(f"--depth must be at most 8, got {architecture['depth']}")
     from napari_unet.core.network.limits import check_architecture
@@ -58,6 +71,28 @@ def _base_model(args: argparse.Namespace, first_image: Path) -> tuple[Any, Any]:
     except ValueError as exc:
         raise UserError(f"--depth/--base-channels: {exc}") from None
     return None, ModelConfig(in_channels=channels, **architecture)
+
+
+def _settings_3d(
+    args: argparse.Namespace, pairs: list, model_config: Any, config: Any
+) -> tuple[Any, Any]:
+    """A new 3D network pools only Y and X while Z is coarser (from the volumes' median
+    anisotropy), and 3D patches are :data:`PATCH_SIZE_3D` px unless ``--patch-size`` says."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from napari_unet.core.config import xy_only_levels_for
+
+    if args.patch_size is None:
+        config = replace(config, patch_size=PATCH_SIZE_3D)
+    if model_config is not None:
+        anisotropy = float(np.median([p.anisotropy for p in pairs]))
+        levels = xy_only_levels_for(anisotropy, model_config.depth)
+        model_config = replace(model_config, xy_only_levels=levels)
+        logger.info("new 3D network: anisotropy %.2f, %d level(s) pool only Y and X",
+                    anisotropy, levels)  # fmt: skip
+    return model_config, config
 
 
 def _check_resources(config: Any, base: Any, model_config: Any, device: Any) -> None:
@@ -120,10 +155,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(
             f"-o {output} is the model being fine-tuned; write the new model to another file"
         )
+    dims = (base.config if base is not None else model_config).spatial_dims
     pairs, planar_sizes, voxel_size = read_stack_training_data(
-        args, inputs, base, model_config, config.targets
+        args, inputs, base, model_config, config.targets, volumes_3d=dims == 3
     )
-    if planar_sizes:
+    if dims == 3:
+        model_config, config = _settings_3d(args, pairs, model_config, config)
+        pixel_size = voxel_size
+    elif planar_sizes:
         pixel_size = training_pixel_size(planar_sizes)
     else:
         pixel_size = tuple(voxel_size[1:]) if voxel_size is not None else None
@@ -160,7 +199,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             sys.stderr.write(f"\n{PROG}: {how} before a model was saved\n")
         return 143 if isinstance(exc, Terminated) else 130
     reporter.close()
-    if voxel_size is not None:
+    if voxel_size is not None and dims == 2:
         from napari_unet.core.training.data3d import record_voxel_size
 
         result = record_voxel_size(result, voxel_size)

@@ -87,6 +87,18 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPar
     scratch.add_argument(
         "--base-channels", type=positive_int, metavar="N", help="channels at full resolution"
     )
+    scratch.add_argument(
+        "--dims",
+        type=int,
+        choices=(2, 3),
+        help=(
+            "2 (default): a 2D U-Net (Z-stacks are cut into XY, XZ and YZ planes); 3: a native "
+            "3D U-Net trained on whole Z-stacks (ZYX images and 3D labels) with 3D patches "
+            "(--patch-size px in Y and X, default 64, about as deep in µm), pooling Y and X "
+            "only while Z is coarser; its file records the voxel size, and 'predict' then "
+            "labels stacks with it natively (default depth 3)"
+        ),
+    )
     p.set_defaults(data_items=None)
     return p
 

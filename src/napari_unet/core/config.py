@@ -8,6 +8,7 @@ Settings are frozen dataclasses so they can be hashed, compared and serialised i
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -26,7 +27,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of a 2D U-Net.
+    """Architecture of a 2D or 3D U-Net.
 
     Attributes:
         in_channels: channels of the input image (1 for a grayscale fluorescence image).
@@ -39,6 +40,12 @@ class ModelConfig:
             statistics and make tiled and whole-image results differ.
         upsampling: ``"transpose"`` (learned 2x2 transposed convolution) or ``"bilinear"``.
         max_channels: upper bound on feature channels at any level.
+        spatial_dims: 2 (the default: (H, W) planes, 3x3 convolutions) or 3 (native 3D: (Z, Y, X)
+            volumes, 3x3x3 convolutions). Model files without this field are 2D.
+        xy_only_levels: 3D only: the first this many down-sampling steps pool Y and X but not Z
+            (anisotropic pooling, for stacks whose Z step is coarser than their XY pixel: with a
+            Z step twice the pixel, one such level makes the voxels of the next levels about
+            isotropic; see :func:`xy_only_levels_for`). Between 0 and ``depth``.
     """
 
     in_channels: int = 1
@@ -48,6 +55,8 @@ class ModelConfig:
     norm: Norm = "batch"
     upsampling: Upsampling = "transpose"
     max_channels: int = 512
+    spatial_dims: int = 2
+    xy_only_levels: int = 0
 
     def __post_init__(self) -> None:
         if self.in_channels < 1 or self.out_classes < 1:
@@ -60,15 +69,53 @@ class ModelConfig:
             raise ValueError(f"unknown norm {self.norm!r}")
         if self.upsampling not in ("transpose", "bilinear"):
             raise ValueError(f"unknown upsampling {self.upsampling!r}")
+        if isinstance(self.spatial_dims, bool) or self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims!r}")
+        levels = self.xy_only_levels
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 0:
+            raise ValueError(f"xy_only_levels must be a whole number >= 0, got {levels!r}")
+        if self.spatial_dims == 2 and levels:
+            raise ValueError("xy_only_levels (anisotropic pooling) needs spatial_dims=3")
+        if levels > self.depth:
+            raise ValueError(
+                f"xy_only_levels must be at most the depth ({self.depth}), got {levels}"
+            )
 
     @property
     def stride(self) -> int:
-        """Total down-sampling factor, ``2**depth``: tile offsets are aligned to it."""
+        """Down-sampling factor in Y and X, ``2**depth``: tile offsets are aligned to it."""
         return 2**self.depth
+
+    @property
+    def z_stride(self) -> int:
+        """Down-sampling factor in Z of a 3D network, ``2**(depth - xy_only_levels)``."""
+        return 2 ** (self.depth - self.xy_only_levels)
+
+    def pool_factors(self, axis: str = "x") -> tuple[int, ...]:
+        """Pooling factor per down-sampling step along ``axis`` (``"z"``, ``"y"`` or ``"x"``):
+        2 for every step in Y and X; in Z, 1 for the first ``xy_only_levels`` steps, then 2."""
+        if axis == "z":
+            return tuple(1 if level < self.xy_only_levels else 2 for level in range(self.depth))
+        return (2,) * self.depth
+
+    def pool_kernel(self, level: int) -> int | tuple[int, int, int]:
+        """The max-pooling kernel (= stride) after ``level``: 2 in 2D, (1 or 2, 2, 2) in 3D."""
+        if self.spatial_dims == 2:
+            return 2
+        return (self.pool_factors("z")[level], 2, 2)
 
     def channels(self, level: int) -> int:
         """Feature channels at ``level`` (0 = full resolution)."""
         return min(self.base_channels * 2**level, self.max_channels)
+
+
+def xy_only_levels_for(anisotropy: float, depth: int) -> int:
+    """Down-sampling steps that should pool only Y and X for voxels ``anisotropy`` times as
+    deep as wide (Z step over XY pixel): ``round(log2(anisotropy))``, between 0 and ``depth``,
+    so that Z is not pooled while it is coarser than XY."""
+    if not math.isfinite(anisotropy) or anisotropy <= 1.0:
+        return 0
+    return int(min(max(round(math.log2(anisotropy)), 0), depth))
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,11 @@ class InferenceEngine:
                 float16 (ValueError).
         """
         config = self.config
+        if config.spatial_dims == 3:
+            raise InputMismatchError(
+                "This is a 3D model: it predicts Z-stacks as volumes (predict_stack, or "
+                "napari-unet predict on a stack), not 2D planes."
+            )
         planes, leading, _ = as_planes(image, axes, config.in_channels)
         n_planes, _, height, width = planes.shape
         if n_planes == 0 or height == 0 or width == 0:

@@ -1,6 +1,6 @@
-"""Z-stacks as volumes: 3D instance labels from a 2D network.
+"""Z-stacks as volumes: 3D instance labels from a 2D network, or from a native 3D network.
 
-Three ways to label a stack with axes ``ZYX`` (or ``TZYX``, one volume per time point):
+Four ways to label a stack with axes ``ZYX`` (or ``TZYX``, one volume per time point):
 
 - ``"ortho"`` (the default for a Z axis): the 2D network predicts class probabilities on the XY
   planes, and, with Z resampled to the XY pixel size (isotropic voxels, from the voxel size), on
@@ -11,6 +11,9 @@ Three ways to label a stack with axes ``ZYX`` (or ``TZYX``, one volume per time 
 - ``"link"``: per-plane labels linked across Z by overlap (:mod:`.link3d`); one network pass per
   plane, so about three times cheaper than ortho, for large stacks.
 - ``"planes"``: each plane labelled on its own (the behaviour for stacks of 2D frames, ``TYX``).
+- ``"native"``: a 3D network (``ModelConfig.spatial_dims == 3``) predicts the volume in exact-halo
+  3D tiles (:mod:`.volume`), then the same seeded 3D watershed. The mode follows the model: a 3D
+  model always predicts natively, a 2D model never does.
 
 Each view runs through the ordinary tiled inference
 (:meth:`~.engine.InferenceEngine.predict_image`), with the stack's axes renamed so that the wanted
@@ -35,6 +38,7 @@ from ..progress import Progress
 from .engine import InferenceEngine
 from .link3d import link_stack
 from .postprocess import PostprocessConfig
+from .volume import native_probabilities
 
 if TYPE_CHECKING:
     import torch
@@ -45,8 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-StackMode = Literal["planes", "link", "ortho"]
-STACK_MODES: tuple[str, ...] = ("planes", "link", "ortho")
+StackMode = Literal["planes", "link", "ortho", "native"]
+STACK_MODES: tuple[str, ...] = ("planes", "link", "ortho", "native")
 _VIEWS = ("xy", "xz", "yz")
 _SWAP = {"xy": {}, "xz": {"Z": "Y", "Y": "Z"}, "yz": {"Z": "X", "X": "Z"}}
 _PER_VIEW = 1000  # progress units per view
@@ -228,6 +232,20 @@ def fused_probabilities(
     return fused
 
 
+def _mode_for_model(mode: str, spatial_dims: int) -> str:
+    """The stack mode that the model allows: ``"native"`` for a 3D model, ``mode`` otherwise."""
+    if spatial_dims == 3:
+        if mode != "native":
+            logger.info("a 3D model predicts Z-stacks natively (3D tiles), not by %r", mode)
+        return "native"
+    if mode == "native":
+        raise InputMismatchError(
+            "native 3D prediction needs a 3D model (spatial_dims 3); a 2D model labels stacks "
+            "by ortho, link or planes"
+        )
+    return mode
+
+
 def instances_3d(
     probs: np.ndarray,
     post: PostprocessConfig | None = None,
@@ -331,18 +349,20 @@ def predict_stack(
     Args:
         image: the raw image, one axis per letter of ``axes``.
         axes: letters from ``"TZCYX"``; ``"link"`` and ``"ortho"`` need a Z axis.
-        model: the 2D network.
+        model: the network (2D, or 3D for ``"native"``).
         mode: ``"planes"`` (each plane on its own), ``"link"`` (per-plane labels linked across
-            Z) or ``"ortho"`` (XY, XZ and YZ views fused, then a 3D watershed).
-        voxel_size: (z, y, x) for ``"ortho"``.
+            Z) or ``"ortho"`` (XY, XZ and YZ views fused, then a 3D watershed), for a 2D model;
+            a 3D model predicts natively (``"native"``) whatever ``mode`` says, with a note in
+            the log.
+        voxel_size: (z, y, x) for ``"ortho"`` and ``"native"`` (the watershed's smoothing).
         tiling, device, precision: as for :func:`~.predict.predict_probabilities`.
         post: thresholds (and, for ``"planes"``/``"link"``, the 2D sizes).
         config: 3D sizes and the link threshold.
 
     Returns:
         ``(probabilities, labels)``: float32 (K, *leading, Y, X) and labels (*leading, Y, X),
-        the leading axes in ``axes``' order. With ``"link"``/``"ortho"`` an instance id is one
-        object across the planes of a volume; ids are unique over T.
+        the leading axes in ``axes``' order. With ``"link"``, ``"ortho"`` and ``"native"`` an
+        instance id is one object across the planes of a volume; ids are unique over T.
     """
     from .postprocess import postprocess
 
@@ -351,8 +371,12 @@ def predict_stack(
     config = config or Stack3DConfig()
     engine = InferenceEngine(model, tiling, device, precision)  # one for every view and plane
     task = engine.task
-    if mode == "ortho":
-        probs = yield from fused_probabilities(engine, image, axes, voxel_size)
+    mode = _mode_for_model(mode, engine.config.spatial_dims)
+    if mode in ("ortho", "native"):
+        if mode == "ortho":
+            probs = yield from fused_probabilities(engine, image, axes, voxel_size)
+        else:
+            probs = yield from native_probabilities(engine, image, axes)
         if task != "instances":
             labels = yield from postprocess(probs, task, post)
             return probs, labels

@@ -45,6 +45,9 @@ CPU_BATCH_SIZE = 1
 #: Default tile side and batch on a GPU, where large tiles keep the device busy.
 GPU_TILE_SIZE = 1024
 GPU_BATCH_SIZE = 4
+#: Default tile core side (Z, Y and X) and batch of a native 3D network, on any device.
+TILE_SIZE_3D = 128
+BATCH_SIZE_3D = 1
 #: Smallest tile core the out-of-memory retry goes down to (at least the stride).
 MIN_TILE_SIZE = 64
 
@@ -184,7 +187,9 @@ def resolve_halo(tiling: TilingConfig, config: ModelConfig) -> int:
 
 def default_tiling(config: ModelConfig, device_type: str = "cpu") -> TilingConfig:
     """Default tiling for ``config`` on a device type (``"cpu"``, ``"cuda"``, ``"mps"``); the halo
-    is left to :func:`default_halo`."""
+    is left to :func:`default_halo` (to :func:`~.volume.volume_halo` for a 3D network)."""
+    if config.spatial_dims == 3:
+        return TilingConfig(tile_size=TILE_SIZE_3D, halo=None, batch_size=BATCH_SIZE_3D)
     if device_type == "cpu":
         return TilingConfig(tile_size=CPU_TILE_SIZE, halo=None, batch_size=CPU_BATCH_SIZE)
     return TilingConfig(tile_size=GPU_TILE_SIZE, halo=None, batch_size=GPU_BATCH_SIZE)

@@ -219,12 +219,13 @@ class Predictor:
     probabilities.
 
     ``predictor(batch)``: float32 (B, C, h, w) tensor on the CPU -> float32 (B, K, h, w)
-    probabilities (softmax over the K classes) on the CPU, contiguous.
+    probabilities (softmax over the K classes) on the CPU, contiguous; (B, C, d, h, w) ->
+    (B, K, d, h, w) for a 3D network.
 
     The model is copied (the caller's model is not changed), put in eval mode with BatchNorm
     folded into the convolutions, moved to ``device`` and, on the CPU and CUDA, stored
-    channels-last. On CUDA, cuDNN autotuning is switched on; reduced precision runs under
-    autocast and the softmax is always computed in float32.
+    channels-last (2D networks). On CUDA, cuDNN autotuning is switched on; reduced precision
+    runs under autocast and the softmax is always computed in float32.
 
     Args:
         model: the network (any mode, any device).
@@ -236,7 +237,8 @@ class Predictor:
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.out_channels = int(model.config.out_classes)
-        self.channels_last = self.device.type in ("cpu", "cuda")
+        self.spatial_dims = int(model.config.spatial_dims)
+        self.channels_last = self.device.type in ("cpu", "cuda") and self.spatial_dims == 2
         net = fuse_for_inference(model).to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
@@ -253,9 +255,11 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=_DTYPES[self.precision])
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities: float32 (B, C, h, w) -> float32 (B, K, h, w), CPU, contiguous."""
-        if batch.ndim != 4:
-            raise ValueError(f"expected a batch (B, C, H, W), got shape {tuple(batch.shape)}")
+        """Class probabilities: float32 (B, C, h, w) -> float32 (B, K, h, w), CPU, contiguous
+        ((B, C, d, h, w) -> (B, K, d, h, w) for a 3D network)."""
+        if batch.ndim != self.spatial_dims + 2:
+            expected = "(B, C, Z, Y, X)" if self.spatial_dims == 3 else "(B, C, H, W)"
+            raise ValueError(f"expected a batch {expected}, got shape {tuple(batch.shape)}")
         with torch.inference_mode():
             x = batch.to(self.device, dtype=torch.float32, non_blocking=True)
             if self.channels_last:

@@ -29,7 +29,10 @@ MAX_HALO = 4096
 MAX_BATCH = 1024
 MAX_PATCH = 4096
 
-_INT_FIELDS = ("in_channels", "out_classes", "depth", "base_channels", "max_channels")
+_INT_FIELDS = (
+    "in_channels", "out_classes", "depth", "base_channels", "max_channels", "spatial_dims",
+    "xy_only_levels",
+)  # fmt: skip
 
 
 def _whole(value: Any) -> bool:
@@ -57,7 +60,8 @@ def check_architecture(raw: Mapping[str, Any]) -> None:
         raise ValueError(f"base_channels and max_channels must be at most {MAX_CHANNELS}")
     if not 0 <= depth <= 8 or base < 1 or channels < 1:
         return  # ModelConfig gives its own message
-    count = parameter_count(int(raw.get("in_channels", 1)), base, depth, channels)
+    dims = 3 if raw.get("spatial_dims") == 3 else 2
+    count = parameter_count(int(raw.get("in_channels", 1)), base, depth, channels, dims)
     if count > MAX_PARAMETERS:
         raise ValueError(
             f"the network would have about {count / 1e6:,.0f} million weights "
@@ -66,8 +70,12 @@ def check_architecture(raw: Mapping[str, Any]) -> None:
         )
 
 
-def parameter_count(in_channels: int, base: int, depth: int, max_channels: int) -> int:
-    """About how many weights a U-Net of these sizes has (two 3x3 convolutions per level)."""
+def parameter_count(
+    in_channels: int, base: int, depth: int, max_channels: int, spatial_dims: int = 2
+) -> int:
+    """About how many weights a U-Net of these sizes has (two 3x3 convolutions per level; 3x3x3
+    for ``spatial_dims`` 3)."""
+    k, t = 3**spatial_dims, 2**spatial_dims
 
     def ch(level: int) -> int:
         return min(base * 2**level, max_channels)
@@ -75,11 +83,11 @@ def parameter_count(in_channels: int, base: int, depth: int, max_channels: int) 
     total, previous = 0, in_channels
     for level in range(depth + 1):
         c = ch(level)
-        total += 9 * (previous * c + c * c)
+        total += k * (previous * c + c * c)
         previous = c
     for level in range(depth - 1, -1, -1):
         c, below = ch(level), ch(level + 1)
-        total += 4 * below * c + 9 * (2 * c * c + c * c)
+        total += t * below * c + k * (2 * c * c + c * c)
     return total
 
 

@@ -10,6 +10,7 @@ A model file's safetensors metadata (a str -> str map) holds one key, ``"napari_
       "task": "instances", "class_names": ["background", "interior", "boundary"],
       "normalize": {"method": "percentile", "low": 1.0, "high": 99.8},
       "tiling": null,   (or {"tile_size": 256, "halo": 32, "batch_size": 4, "exact": false})
+      "pixel_size_um": [0.5, 0.5],   (optional; [z, y, x], the voxel size, for a 3D network)
       "weights_sha256": "...",
       "provenance": {"parent": null, "data_hashes": [], "settings": {}, "metrics": {},
                      "version": "0.1.0", "created": "2025-01-01T12:00:00+00:00"}
@@ -17,6 +18,12 @@ A model file's safetensors metadata (a str -> str map) holds one key, ``"napari_
 
 :func:`new_metadata` builds it for a new model, :func:`validate_metadata` checks one read from a
 file (every problem is a :class:`~.errors.ModelFileError` that names the file and the reason).
+
+A 3D network (``"config": {..., "spatial_dims": 3, "xy_only_levels": 1}``) is written with
+``"format_version": 2``, so that versions of napari-unet that know only 2D networks refuse it
+with "upgrade napari-unet" instead of misreading it; 2D models keep version 1, and a config
+without ``spatial_dims`` is 2D. A 3D model records its training voxel size as
+``"pixel_size_um": [z, y, x]``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,9 @@ from ..errors import ModelFileError
 from .limits import check_architecture, normalize_problem, tiling_problem
 
 FORMAT = "napari-unet"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: The format version written for a 2D network (readable by every version of napari-unet).
+FORMAT_VERSION_2D = 1
 METADATA_KEY = "napari_unet"
 TASKS = ("instances", "semantic")
 INSTANCE_CLASSES = ("background", "interior", "boundary")
@@ -43,6 +52,11 @@ def _package_version() -> str:
     from napari_unet import __version__
 
     return __version__
+
+
+def format_version_for(config: ModelConfig) -> int:
+    """The format version a model file of ``config`` is written with: 2 for a 3D network, else 1."""
+    return FORMAT_VERSION if config.spatial_dims == 3 else FORMAT_VERSION_2D
 
 
 def default_class_names(task: str, out_classes: int) -> list[str]:
@@ -98,7 +112,7 @@ def new_metadata(
     """
     metadata: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": format_version_for(config),
         "name": name,
         "config": to_dict(config),
         "in_channels": config.in_channels,
@@ -118,6 +132,8 @@ def new_metadata(
         },
     }
     if pixel_size is not None:
+        if config.spatial_dims == 3 and len(pixel_size) != 3:
+            raise ValueError(f"a 3D model records its voxel size (z, y, x), got {list(pixel_size)}")
         metadata["pixel_size_um"] = [float(v) for v in pixel_size]
     if object_diameter is not None:
         metadata["object_diameter_px"] = float(object_diameter)

@@ -30,9 +30,9 @@ from .limits import finite_problem
 from .metadata import (
     DEFAULT_NORMALIZE,
     FORMAT,
-    FORMAT_VERSION,
     METADATA_KEY,
     default_class_names,
+    format_version_for,
     new_metadata,
     validate_metadata,
 )
@@ -137,6 +137,19 @@ class LoadedModel:
         return values
 
     @property
+    def spatial_dims(self) -> int:
+        """2 for a network of planes, 3 for a native 3D network."""
+        return self.config.spatial_dims
+
+    @property
+    def voxel_size(self) -> tuple[float, float, float] | None:
+        """The training voxel size (z, y, x) in µm of a 3D model, else ``None``."""
+        size = self.pixel_size
+        if self.config.spatial_dims != 3 or size is None or len(size) != 3:
+            return None
+        return (size[0], size[1], size[2])
+
+    @property
     def object_diameter(self) -> float | None:
         """Median object diameter of the training data in its pixels, or ``None``."""
         raw = self.metadata.get("object_diameter_px")
@@ -195,7 +208,7 @@ def save_model(path: str | Path, model: UNet, metadata: Mapping[str, Any]) -> Pa
     meta["config"] = to_dict(model.config)
     meta["in_channels"] = model.config.in_channels
     meta.setdefault("format", FORMAT)
-    meta.setdefault("format_version", FORMAT_VERSION)
+    meta["format_version"] = format_version_for(model.config)
     tensors = _tensors_for_file(model)
     bad = finite_problem(tensors)
     if bad is not None:

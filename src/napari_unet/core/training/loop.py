@@ -110,10 +110,7 @@ class TrainingRun:
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.model = _start_model(base, model_config, config.seed).to(dev)
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else None
-        self.training, self.crops = split_validation(
-            pairs, config.val_fraction, rng, block=config.validation_block
-        )
-        self.sampler = PatchSampler(self.training, config.patch_size, rng)
+        self.training, self.crops, self.sampler = self._data(pairs, rng)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -136,6 +133,22 @@ class TrainingRun:
         self.stale = 0
         self.saved = False
         self.started = clock()
+
+    def _data(self, pairs: Sequence[Any], rng: np.random.Generator) -> tuple[list, list, Any]:
+        """(training pairs, validation crops, patch sampler) of the run."""
+        config = self.config
+        training, crops = split_validation(
+            pairs, config.val_fraction, rng, block=config.validation_block
+        )
+        return training, crops, PatchSampler(training, config.patch_size, rng)
+
+    def _augment(self, *batch: torch.Tensor) -> Any:
+        """The augmented batch (images, classes, weights, mask) of one step."""
+        return augment_batch(*batch, config=self.config.augment, generator=self.generator)
+
+    def _score(self, model: UNet, task: str) -> dict[str, float]:
+        """Validation metrics of ``model`` (in eval mode) on the held-out crops."""
+        return validate(model, self.crops, task, self.dev)
 
     # -- time ------------------------------------------------------------------------------
 
@@ -186,9 +199,7 @@ class TrainingRun:
         """One optimiser step; returns its loss."""
         config, dev = self.config, self.dev
         images, classes, weights, mask = _to_device(self.sampler.sample(config.batch_size), dev)
-        aug = augment_batch(
-            images, classes, weights, mask, config=config.augment, generator=self.generator
-        )
+        aug = self._augment(images, classes, weights, mask)
         loss_weights = aug.weights * aug.mask.float()
         for group in self.optimizer.param_groups:
             group["lr"] = _learning_rate(config, self.step, self.progress())
@@ -227,7 +238,7 @@ class TrainingRun:
     def validate(self, task: str) -> dict[str, float]:
         scored = self.scored
         scored.eval()
-        metrics = validate(scored, self.crops, task, self.dev)
+        metrics = self._score(scored, task)
         train_mode(self.model, self.freeze)
         return metrics
 

@@ -52,7 +52,10 @@ def train(
     Process-wide torch settings are left as they were (the caller chooses the threads).
 
     Args:
-        pairs: annotated planes (see :func:`~.data.make_pairs`), normalised for the model.
+        pairs: annotated planes (see :func:`~.data.make_pairs`), normalised for the model; for
+            a 3D network (``model_config`` or ``base`` with ``spatial_dims`` 3), annotated
+            volumes (:class:`~.patches3d.VolumePair`, :func:`~.patches3d.volume_training_pairs`),
+            trained on 3D patches (:class:`~.loop3d.VolumeRun`).
         output: the ``.safetensors`` file to write (atomically; overwritten on each improvement).
         base: the model to fine-tune; ``None`` trains a new network from ``model_config``.
         config: training settings.
@@ -67,9 +70,10 @@ def train(
         require_improvement: write ``output`` only when the model beats the starting model on
             the validation crops (default: the starting model is saved first, so that a file
             always results). Without validation crops the latest weights are saved either way.
-        pixel_size: pixel size of the training images in µm (``(y, x)``), recorded in the model
-            file; ``None`` keeps the base model's. The median object diameter of the training
-            labels (in pixels) is recorded too.
+        pixel_size: pixel size of the training images in µm (``(y, x)``; the voxel size
+            ``(z, y, x)`` for a 3D network), recorded in the model file; ``None`` keeps the
+            base model's. The median object diameter of the training labels (in pixels, of
+            their XY planes) is recorded too.
 
     Yields:
         :class:`~.progress.Progress` events with a :class:`TrainStatus` payload; the last one,
@@ -87,7 +91,9 @@ def train(
         task, normalize = base.task, base.normalize
     benchmark = torch.backends.cudnn.benchmark  # validation's Predictor may set it
     try:
-        run = TrainingRun(pairs, output, base, config, dev, model_config, clock)
+        run = _run_class(pairs, base, model_config)(
+            pairs, output, base, config, dev, model_config, clock
+        )
         meta = {
             "task": task,
             "name": name or output.stem,
@@ -100,6 +106,18 @@ def train(
     finally:
         torch.backends.cudnn.benchmark = benchmark
     return load_model_file(output) if run.saved else None
+
+
+def _run_class(
+    pairs: Sequence[Any], base: LoadedModel | None, model_config: ModelConfig | None
+) -> type[TrainingRun]:
+    """:class:`~.loop.TrainingRun` for a 2D network, :class:`~.loop3d.VolumeRun` for a 3D one
+    (whose pairs must be volumes)."""
+    from .loop3d import VolumeRun, check_volume_pairs
+
+    config = base.config if base is not None else (model_config or ModelConfig())
+    check_volume_pairs(pairs, config.spatial_dims)
+    return VolumeRun if config.spatial_dims == 3 else TrainingRun
 
 
 def _check_trainable(base: LoadedModel | None) -> None:
