@@ -81,3 +81,15 @@ def test_mode_follows_the_model(capsys, stack, model3d, tmp_path):
     code, err = run(capsys, "train", "--image", image, "--labels", image, "-o", out,
                     "--model", model3d, "--dims", "2", "-q")  # fmt: skip
     one_error(code, err, "--dims 2", "3D model")
+
+
+def test_a_3d_model_fine_tunes_from_the_command_line(capsys, stack, model3d, tmp_path):
+    image, labels, _ = stack
+    out = tmp_path / "tuned.safetensors"
+    code, err = run(capsys, *train_argv(
+        image, labels, out, model3d, "--epochs", "1", "--steps-per-epoch", "2",
+        "--batch-size", "1", "--patch-size", "16", "--validation-fraction", "0",
+    ))  # fmt: skip
+    assert code == 0, err
+    tuned = load_model_file(out)
+    assert tuned.spatial_dims == 3 and tuned.voxel_size == pytest.approx((1.0, 0.5, 0.5))

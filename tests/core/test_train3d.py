@@ -152,5 +152,5 @@ def test_3d_model_refuses_planes_and_2d_model_refuses_volumes(tmp_path):
     with pytest.raises(UserError, match="3D model trains on Z-stacks"):
         drain(train(planes, tmp_path / "a", model_config=TINY, device="cpu"))
     volumes = volume_training_pairs(_volumes(1), None, TINY)
-    with pytest.raises(UserError, match="need a 3D model"):
+    with pytest.raises(UserError, match="need a native 3D model"):
         drain(train(volumes, tmp_path / "b", model_config=ModelConfig(depth=1), device="cpu"))

@@ -351,3 +351,13 @@ def test_child_protocol():
     assert "_count" in report.details
     other = ErrorReport("KeyError", "'x'", False, "").to_exception()
     assert not isinstance(other, UserError) and "KeyError" in str(other)
+
+
+def test_a_native_3d_base_model_is_refused_with_a_way_forward(sample, tmp_path):
+    config = ModelConfig(depth=2, base_channels=2, spatial_dims=3, xy_only_levels=1)
+    base = save_model(tmp_path / "m3d", build_model(config, seed=0).eval(),
+                      new_metadata(config, pixel_size=(2.0, 0.5, 0.5)))  # fmt: skip
+    output = tmp_path / "new.safetensors"
+    with pytest.raises(UserError, match=r"native 3D U-Net.*train --dims 3"):
+        drain(training_job(_request(sample, output, base)))
+    assert not output.exists()

@@ -179,6 +179,12 @@ def training_job(request: TrainRequest) -> Generator[Progress, None, Path | None
     try:
         yield Progress("prepare", 0, 0, "preparing the training data")
         base = load_model(request.base) if request.base is not None else None
+        if base is not None and getattr(base.config, "spatial_dims", 2) == 3:
+            raise UserError(
+                f"'{base.name}' is a native 3D U-Net, which this widget cannot fine-tune yet: "
+                "fine-tune it from the command line (napari-unet train --dims 3 --model "
+                "MODEL ...), or choose a 2D model here (it learns 3D stacks from their planes)."
+            )
         model_config = None
         if base is None:
             model_config = ModelConfig(in_channels=scratch_channels(request.inputs[0]))

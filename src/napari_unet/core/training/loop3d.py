@@ -46,7 +46,9 @@ def check_volume_pairs(pairs: Sequence[Any], spatial_dims: int) -> None:
             "images are 2D planes."
         )
     if spatial_dims == 2 and volumes:
-        raise UserError("A 2D model trains on planes; these volumes need a 3D model (--dims 3).")
+        raise UserError(
+            "A 2D model trains on planes; these volumes need a native 3D model (a new 3D network)."
+        )
 
 
 class VolumeRun(TrainingRun):
