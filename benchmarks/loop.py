@@ -1,7 +1,7 @@
 """The correct-and-fine-tune loop with a simulated user: the review queue against random order.
 
 Usage: ``python benchmarks/loop.py [--k 5,10,20,40] [--rounds 3] [--minutes M] [--pool N]
-[--test N] [--size PX] [--seed S] [--plot PATH] [--no-update]``
+[--test N] [--size PX] [--seeds S,..] [--jobs N] [--keep-base W] [--plot PATH] [--no-update]``
 
 **Data.** Synthetic images of one domain the starter model was not trained on (:data:`DOMAIN`:
 dim, noisy, clumped nuclei with overlaps, debris and out-of-focus cells). ``--pool`` images are
@@ -9,14 +9,22 @@ what the user works on; ``--test`` other images are held out and only scored.
 
 **A round.** The current model predicts the pool. The simulated user picks ``k`` objects not
 corrected before, either the ``k`` that the review queue ranks worst (lowest ``quality``) or ``k``
-at random, and corrects each one perfectly: the annotated region becomes the predicted object
-together with every true object it touches, plus a 3-pixel margin, and the labels there become the
-truth (a false positive becomes background, a merge is split, a fragment completed). The model is
-then fine-tuned from the current one for ``--minutes`` minutes of this process's CPU time
-(``core.train.train`` with the mask of everything corrected so far, one torch thread, no held-out
-validation), and scored on the test images. Three rounds; the corrections add up. When everything
-corrected so far is background (only false positives deleted), training refuses, as the product
-does, and the model stays as it was for that round.
+at random, and corrects each one perfectly: the predicted object and every true object it touches
+are repainted, and the labels there become the truth (a false positive becomes background, a
+merge is split, a fragment completed). What counts as annotated is what the product counts for
+reviewed objects (``core.training.annotated.reviewed_mask``: the repainted pixels, the true
+objects touched, and an 8-pixel background margin that never enters an object not reviewed).
+The model is then fine-tuned from the current one for ``--minutes`` minutes of this process's
+CPU time as the Fine-tune widget does it (``core.training.train.train`` on the
+``training_pairs`` of everything corrected so far, the default ``TrainConfig`` but for patch
+size 128 and the budget, its validation split, ``require_improvement=True``; one torch thread),
+and scored on the test images. A run that does not beat its base on the held-out crops writes
+nothing and the user keeps the base ("kept base"); with too little annotation to hold crops
+out, the product cannot measure the new model and the simulated user takes it ("unmeasured");
+the last column of the table says which, per seed. Three rounds; the corrections add up. When
+everything corrected so far is background (only false positives deleted), training refuses, as
+the product does, and the model stays as it was for that round ("refused"). ``--keep-base W``
+sets ``TrainConfig.keep_base_weight`` (default: the product's), for paired comparisons.
 
 **Reference.** "Everything corrected": the same number of rounds and minutes with the pool's full
 ground truth. The goal of the issue is that the queue reaches its AP50 with at most half the
@@ -40,7 +48,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage as ndi
 
 from napari_unet.core.analysis.metrics import match
 from napari_unet.core.analysis.quality import auroc, object_quality, right_objects
@@ -50,6 +57,7 @@ from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
+from napari_unet.core.training.annotated import reviewed_mask
 from napari_unet.core.training.data import AnnotatedImage, training_pairs
 from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.train import train
@@ -70,6 +78,15 @@ DOMAIN = SyntheticConfig(
     debris=1.0,
     gradient=0.5,
 )
+COLUMNS = [
+    "order",
+    "k per round",
+    "round",
+    "objects corrected",
+    "AP50 held-out",
+    "AUROC quality",
+    "the round's model",
+]
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "images" / "loop.png"
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -81,12 +98,19 @@ class Annotation:
     mask: np.ndarray
 
 
-def correct(pred: np.ndarray, truth: np.ndarray, obj: int, margin: int = 3) -> np.ndarray:
-    """The region a user fixes when correcting predicted object ``obj``: bool (H, W)."""
+def correct(pred: np.ndarray, truth: np.ndarray, obj: int) -> np.ndarray:
+    """What counts as annotated once the user corrected predicted object ``obj``: bool (H, W).
+
+    The user repaints the object and every true object it touches (the edited pixels), and the
+    product's rule for reviewed objects (:func:`~napari_unet.core.training.annotated.
+    reviewed_mask`: those objects, the edited pixels and an 8-pixel background margin that
+    never enters an object not reviewed) makes the mask.
+    """
     region = pred == obj
     touched = np.unique(truth[region])
-    region |= np.isin(truth, touched[touched > 0])
-    return ndi.binary_dilation(region, iterations=margin)
+    touched = touched[touched > 0]
+    region |= np.isin(truth, touched)
+    return reviewed_mask(truth, {0: region}, touched.tolist(), [])
 
 
 def ap50(model, images: list[Pair]) -> float:
@@ -132,8 +156,14 @@ def fine_tune(
     seed: int,
     folder: Path,
     name: str,
-):
-    """Fine-tune ``model`` on the corrected parts of the pool (everything when notes is None)."""
+    overrides: dict | None = None,
+) -> tuple[object, str]:
+    """Fine-tune ``model`` on the corrected parts of the pool (everything when notes is None)
+    as the Fine-tune widget does (its validation split, ``require_improvement``); returns the
+    model the user goes on with and what happened: ``"better"`` (beat its base on the
+    held-out crops), ``"kept base"`` (did not: nothing saved, the base stays),
+    ``"unmeasured"`` (too little annotation to hold out crops: the user takes the new model),
+    ``"refused"`` (nothing to train on). ``overrides``: other :class:`TrainConfig` values."""
     annotated = [
         AnnotatedImage(image, truth, "YX", None if note is None else note.mask)
         for (image, truth), note in zip(pool, notes or [None] * len(pool), strict=True)
@@ -144,26 +174,32 @@ def fine_tune(
         max_minutes=minutes,
         patch_size=128,
         batch_size=4,
-        val_fraction=0.0,
-        patience=0,
         seed=seed,
+        **(overrides or {}),
     )
     try:
         pairs = training_pairs(annotated, model, target_config=config.targets)
     except UserError as exc:  # e.g. only false positives deleted: the product refuses too
         logging.warning("%s: training refused (%s); the model stays as it was", name, exc)
-        return model
-    pairs = [p for p in pairs if p.targets.mask.any()]
-    return drain(
-        train(
-            pairs,
-            folder / f"{name}.safetensors",
-            base=model,
-            config=config,
-            device="cpu",
-            clock=time.process_time,
-        )
+        return model, "refused"
+    gen = train(
+        pairs,
+        folder / f"{name}.safetensors",
+        base=model,
+        config=config,
+        device="cpu",
+        clock=time.process_time,
+        require_improvement=True,
     )
+    crops = 0
+    try:
+        while True:
+            crops = next(gen).payload.validation_crops
+    except StopIteration as end:
+        result = end.value
+    if result is None:
+        return model, "kept base"
+    return result, "better" if crops else "unmeasured"
 
 
 def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> list[dict]:
@@ -177,7 +213,7 @@ def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> lis
         else:
             n, score = pick(model, pool, notes, k, order, rng)
             corrected += n
-        model = fine_tune(
+        model, outcome = fine_tune(
             model,
             pool,
             None if order == "all" else notes,
@@ -185,6 +221,7 @@ def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> lis
             seed + r,
             folder,
             f"{order}-{k}-{r}",
+            {} if args.keep_base is None else {"keep_base_weight": args.keep_base},
         )
         ap = ap50(model, test)
         rows.append(
@@ -196,10 +233,11 @@ def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> lis
                 "ap50": ap,
                 "auroc": score,
                 "seed": seed,
+                "outcome": outcome,
             }
         )
         logging.warning(
-            "seed %d %s k=%d round %d: %d corrected, AP50 %.3f, AUROC %.3f",
+            "seed %d %s k=%d round %d: %d corrected, AP50 %.3f, AUROC %.3f (%s)",
             seed,
             order,
             k,
@@ -207,6 +245,7 @@ def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> lis
             corrected,
             ap,
             score,
+            outcome,
         )
     return rows
 
@@ -290,6 +329,7 @@ def average(rows: list[dict]) -> list[dict]:
             "corrected": round(float(np.mean([g["corrected"] for g in group]))),
             "ap50": float(np.mean([g["ap50"] for g in group])),
             "ap50_seeds": [g["ap50"] for g in group],
+            "outcomes": [g["outcome"] for g in group],
             "auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
         })  # fmt: skip
     return out
@@ -305,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (own pool each)")
     parser.add_argument("--jobs", type=int, default=1, help="seeds run in parallel processes")
+    parser.add_argument(
+        "--keep-base",
+        type=float,
+        default=None,
+        help="TrainConfig.keep_base_weight (default: the product's default)",
+    )
     parser.add_argument("--plot", type=Path, default=PLOT)
     parser.add_argument("--no-update", action="store_true")
     args = parser.parse_args(argv)
@@ -319,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     n_pool = int(np.mean([n for *_, n in results]))
     plot(rows, starter_ap, args.plot)
     table = markdown_table(
-        ["order", "k per round", "round", "objects corrected", "AP50 held-out", "AUROC quality"],
+        COLUMNS,
         [
             [
                 r["order"] if r["order"] != "all" else "everything",
@@ -333,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
                     else ""
                 ),
                 "-" if np.isnan(r["auroc"]) else f"{r['auroc']:.3f}",
+                ", ".join(r["outcomes"]),
             ]
             for r in rows
         ],

@@ -12,6 +12,7 @@ import torch
 
 from napari_unet import cli
 from napari_unet.cli import TrainingInput, main, training_inputs
+from napari_unet.cli._common import UsageError
 from napari_unet.core.config import ModelConfig
 from napari_unet.core.errors import UserError
 from napari_unet.core.network.metadata import new_metadata
@@ -21,6 +22,7 @@ from napari_unet.core.network.weights import save_model
 from napari_unet.core.synthetic.config import SyntheticConfig
 from napari_unet.core.synthetic.images import make_image
 from napari_unet.core.training import loop as loop_module
+from napari_unet.core.training.settings import TrainConfig
 
 TINY = ModelConfig(depth=2, base_channels=4)
 SYNTH = SyntheticConfig(shape=(80, 72), radius=(6.0, 10.0), debris=0.0)
@@ -232,6 +234,16 @@ def test_time_budget_alone_lifts_the_epoch_limit():
     assert config.epochs == 7 and config.max_minutes is None
     # only the border term goes: the classes stay balanced
     assert config.targets.w0 == 0 and config.targets.class_balance
+    assert config.keep_base_weight == TrainConfig().keep_base_weight
+    for value, expected in (("0", 0.0), ("2.5", 2.5)):
+        args = cli.build_parser().parse_args(
+            ["train", "--image", "a", "--labels", "b", "-o", "m", "--keep-base", value]
+        )
+        assert cli.train_config(args).keep_base_weight == expected
+    with pytest.raises(UsageError, match="keep-base"):
+        cli.build_parser().parse_args(
+            ["train", "--image", "a", "--labels", "b", "-o", "m", "--keep-base", "-1"]
+        )
 
 
 # --------------------------------------------------------------------------------------------

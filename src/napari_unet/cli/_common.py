@@ -70,6 +70,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (an argparse type)."""
+    value = _number(text, float, "a number")
+    _require(0 <= value < float("inf"), f"must be zero or a positive number, got {text}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """A finite number > 0 (an argparse type)."""
     value = _number(text, float, "a number")

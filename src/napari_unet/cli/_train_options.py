@@ -14,6 +14,7 @@ from napari_unet.cli._common import (
     add_model_option,
     fraction,
     given,
+    non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
@@ -151,6 +152,14 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
         help="stop after N epochs without a better validation score (0: never; default 10)",
     )
     p.add_argument(
+        "--keep-base",
+        type=non_negative_float,
+        metavar="W",
+        help="when fine-tuning on a partial annotation: weight of the term that trains the "
+        "unannotated pixels toward the base model's own confident predictions, so that what "
+        "it did well is kept (0: off; default 3)",
+    )
+    p.add_argument(
         "--no-elastic", action="store_true", help="no elastic deformation in the augmentation"
     )
     p.add_argument(
@@ -238,6 +247,7 @@ def train_config(args: argparse.Namespace) -> Any:
             "learning_rate": args.learning_rate,
             "val_fraction": args.validation_fraction,
             "patience": args.patience,
+            "keep_base_weight": args.keep_base,
         }
     )
     if args.max_minutes is not None and args.epochs is None:

@@ -37,6 +37,21 @@ MAX_CENTRES = 200_000
 
 
 @dataclass(frozen=True, eq=False)
+class KeepBase:
+    """The base model's confident predictions on the unannotated pixels of one plane
+    (made by :func:`.keep_base.keep_base_targets`).
+
+    Attributes:
+        classes: uint8 (H, W), the base model's most likely class (meaningful where ``mask``).
+        mask: bool (H, W), True where the pixel is not annotated and the base model's largest
+            class probability is at least the confidence threshold.
+    """
+
+    classes: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True, eq=False)
 class TrainingPair:
     """One annotated 2D plane.
 
@@ -45,12 +60,15 @@ class TrainingPair:
         labels: (H, W) integer labels as given (instance ids or class ids), 0 = background.
         targets: per-pixel classes, weights and annotated mask, each (H, W).
         name: where it came from, e.g. ``"image 1, plane 3"``.
+        keep: the base model's confident predictions on the unannotated pixels, trained toward
+            with a small weight (see :mod:`.keep_base`); ``None``: none.
     """
 
     image: np.ndarray
     labels: np.ndarray
     targets: Targets
     name: str = ""
+    keep: KeepBase | None = None
 
     @property
     def annotated_pixels(self) -> int:
@@ -327,7 +345,14 @@ def split_validation(
         weights = pair.targets.weights.copy()
         mask[region] = False
         weights[region] = 0.0
-        training[index] = replace(pair, targets=replace(pair.targets, mask=mask, weights=weights))
+        keep = pair.keep
+        if keep is not None:  # no pseudo-label inside a held-out block either
+            keep_mask = keep.mask.copy()
+            keep_mask[region] = False
+            keep = replace(keep, mask=keep_mask)
+        training[index] = replace(
+            pair, targets=replace(pair.targets, mask=mask, weights=weights), keep=keep
+        )
     training = [p for p in training if p.targets.mask.any()]
     logger.info(
         "validation: %d blocks, %d of %d annotated pixels held out", len(crops), held, total
@@ -344,12 +369,15 @@ class PatchBatch:
         classes: int64 (B, P, P).
         weights: float32 (B, P, P), 0 where not annotated.
         mask: bool (B, P, P).
+        keep: bool (B, P, P), the base model's pseudo-labels (in ``classes``) that count in the
+            loss of :mod:`.keep_base`; never where ``mask``.
     """
 
     images: np.ndarray
     classes: np.ndarray
     weights: np.ndarray
     mask: np.ndarray
+    keep: np.ndarray
 
 
 class PatchSampler:
@@ -399,11 +427,12 @@ class PatchSampler:
         ys = slice(y0, y0 + self.patch_size)
         xs = slice(x0, x0 + self.patch_size)
         image = pair.image[:, ys, xs]
-        maps = (
-            pair.targets.classes[ys, xs],
-            pair.targets.weights[ys, xs],
-            pair.targets.mask[ys, xs],
-        )
+        classes, mask = pair.targets.classes[ys, xs], pair.targets.mask[ys, xs]
+        keep = np.zeros(mask.shape, bool)
+        if pair.keep is not None:
+            keep = pair.keep.mask[ys, xs] & ~mask
+            classes = np.where(keep, pair.keep.classes[ys, xs], classes)
+        maps = (classes, pair.targets.weights[ys, xs], mask, keep)
         pad_y, pad_x = self.patch_size - image.shape[1], self.patch_size - image.shape[2]
         if pad_y or pad_x:
             image = np.pad(image, ((0, 0), (0, pad_y), (0, pad_x)), mode="symmetric")
@@ -415,10 +444,13 @@ class PatchSampler:
         parts = []
         for index in self.rng.choice(len(self.pairs), size=batch_size, p=self._p):
             parts.append(self._patch(self.pairs[index], self._centres[index]))
-        images, classes, weights, mask = (np.stack(column) for column in zip(*parts, strict=True))
+        images, classes, weights, mask, keep = (
+            np.stack(column) for column in zip(*parts, strict=True)
+        )
         return PatchBatch(
             images=images.astype(np.float32),
             classes=classes.astype(np.int64),
             weights=weights.astype(np.float32),
             mask=mask.astype(bool),
+            keep=keep.astype(bool),
         )

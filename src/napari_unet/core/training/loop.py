@@ -26,6 +26,7 @@ from ..network.weights import LoadedModel, save_model
 from ..progress import Progress
 from .augment import augment_batch
 from .data import PatchSampler, TrainingPair, data_hash, split_validation
+from .keep_base import keep_base_loss, keep_base_targets
 from .settings import TrainConfig, TrainStatus
 from .validation import scored_on, validate
 
@@ -79,9 +80,12 @@ def train_mode(model: UNet, freeze_batchnorm: bool) -> None:
 
 
 def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(images, classes, weights, region) on ``device``; region is uint8 (B, P, P): 1 on the
+    annotated pixels, 2 on the base model's pseudo-labels (:mod:`.keep_base`), 0 elsewhere."""
+    region = batch.mask.astype(np.uint8) + 2 * batch.keep.astype(np.uint8)
     return tuple(
         torch.from_numpy(a).to(device, non_blocking=True)
-        for a in (batch.images, batch.classes, batch.weights, batch.mask)
+        for a in (batch.images, batch.classes, batch.weights, region)
     )
 
 
@@ -106,6 +110,7 @@ class TrainingRun:
         clock: Callable[[], float],
     ) -> None:
         self.config, self.dev, self.base, self.output, self.clock = config, dev, base, output, clock
+        self.started = clock()  # the base model's pseudo-labels count in the budget
         rng = np.random.default_rng(config.seed)
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.model = _start_model(base, model_config, config.seed).to(dev)
@@ -132,11 +137,12 @@ class TrainingRun:
         self.best_smoothed = -math.inf
         self.stale = 0
         self.saved = False
-        self.started = clock()
 
     def _data(self, pairs: Sequence[Any], rng: np.random.Generator) -> tuple[list, list, Any]:
         """(training pairs, validation crops, patch sampler) of the run."""
         config = self.config
+        if self.base is not None and config.keep_base_weight > 0:
+            pairs = keep_base_targets(pairs, self.model, self.dev, config.keep_base_confidence)
         training, crops = split_validation(
             pairs, config.val_fraction, rng, block=config.validation_block
         )
@@ -198,14 +204,17 @@ class TrainingRun:
     def train_step(self) -> float:
         """One optimiser step; returns its loss."""
         config, dev = self.config, self.dev
-        images, classes, weights, mask = _to_device(self.sampler.sample(config.batch_size), dev)
-        aug = self._augment(images, classes, weights, mask)
-        loss_weights = aug.weights * aug.mask.float()
+        images, classes, weights, region = _to_device(self.sampler.sample(config.batch_size), dev)
+        aug = self._augment(images, classes, weights, region)
+        loss_weights = aug.weights * (aug.mask == 1).float()
         for group in self.optimizer.param_groups:
             group["lr"] = _learning_rate(config, self.step, self.progress())
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.use_amp):
             logits = self.model(aug.images)
         loss = weighted_loss(logits, aug.classes, loss_weights)
+        if config.keep_base_weight > 0:
+            keep = keep_base_loss(logits, aug.classes, aug.mask == 2)
+            loss = loss + config.keep_base_weight * keep
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)

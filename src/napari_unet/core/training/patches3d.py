@@ -179,7 +179,7 @@ class VolumeSampler:
         images, classes, weights, mask = (np.stack(column) for column in zip(*parts, strict=True))
         return PatchBatch(
             images.astype(np.float32), classes.astype(np.int64), weights.astype(np.float32),
-            mask.astype(bool),
+            mask.astype(bool), np.zeros(mask.shape, bool),
         )  # fmt: skip
 
 
