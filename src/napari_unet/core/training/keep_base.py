@@ -25,11 +25,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import TilingConfig
 from ..inference.engine import InferenceEngine
 from ..network.model import UNet
 from ..progress import drain
 from .data import KeepBase, TrainingPair
+from .validation import TRAINING_TILING
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def keep_base_targets(
     """``pairs`` with :attr:`TrainingPair.keep` set from ``model``'s predictions.
 
     Fully annotated planes are left as they are (without a prediction). The model is predicted
-    through the inference engine (tiles of 256 px, as validation), in eval mode.
+    through the inference engine with :data:`.validation.TRAINING_TILING`, in eval mode.
 
     Args:
         pairs: the training planes, normalised for the model.
@@ -73,7 +73,7 @@ def keep_base_targets(
         return list(pairs)
     was_training = model.training
     model.eval()
-    engine = InferenceEngine(model, TilingConfig(tile_size=256, batch_size=4), device)
+    engine = InferenceEngine(model, TRAINING_TILING, device)
     out = list(pairs)
     kept = 0
     try:

@@ -116,6 +116,8 @@ class TrainingRun:
         self.model = _start_model(base, model_config, config.seed).to(dev)
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else None
         self.training, self.crops, self.sampler = self._data(pairs, rng)
+        # the keep-base term only where some plane has pseudo-labels (a sparse fine-tune)
+        self.keeps_base = any(getattr(p, "keep", None) is not None for p in self.training)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -212,7 +214,7 @@ class TrainingRun:
         with torch.autocast(dev.type, dtype=self.amp_dtype, enabled=self.use_amp):
             logits = self.model(aug.images)
         loss = weighted_loss(logits, aug.classes, loss_weights)
-        if config.keep_base_weight > 0:
+        if self.keeps_base:
             keep = keep_base_loss(logits, aug.classes, aug.mask == 2)
             loss = loss + config.keep_base_weight * keep
         self.optimizer.zero_grad(set_to_none=True)

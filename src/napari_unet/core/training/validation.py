@@ -19,6 +19,10 @@ from ..network.model import UNet
 from ..progress import drain
 from .data import ValidationCrop
 
+#: How training predicts the planes it trains on (validation crops, the base model's
+#: pseudo-labels): tiles of 256 px in batches of 4, the default halo and precision.
+TRAINING_TILING = TilingConfig(tile_size=256, batch_size=4)
+
 
 def _foreground_iou(pred: np.ndarray, true: np.ndarray, mask: np.ndarray) -> float:
     p, t = (pred > 0) & mask, (true > 0) & mask
@@ -43,7 +47,7 @@ def validate(
         foreground IoU, and the score used to keep the best model (their mean for instances, the
         pixel IoU for semantic models).
     """
-    engine = InferenceEngine(model, TilingConfig(tile_size=256, batch_size=4), device)
+    engine = InferenceEngine(model, TRAINING_TILING, device)
     tp = fp = fn = 0
     ious = []
     for crop in crops:
