@@ -9,7 +9,7 @@ pixel, axial blur and out-of-focus haze, touching clusters), seeds 100, 101, ...
 - *planes*: each plane labelled on its own by the starter model (``--stack planes``);
 - *link*: the same per-plane labels linked across Z by overlap (``--stack link``);
 - *ortho*: XY, XZ and YZ predictions of the starter fused, then a 3D watershed (``--stack
-  ortho``, the default for Z-stacks); zero-shot, nothing trained on volumes;
+  ortho``, the default for Z-stacks); zero-shot, not fine-tuned on these volumes;
 - *classical*: Gaussian smoothing, Otsu threshold and a 3D distance-transform watershed
   (scikit-image), with the voxel size.
 
@@ -178,8 +178,8 @@ def main() -> None:
 
 {args.volumes} synthetic nuclei volumes of {shape[0]} x {shape[1]} x {shape[2]} voxels (Z step
 twice the XY pixel, axial blur and out-of-focus haze, touching clusters; ground truth exact),
-the shipped starter model at fp32 on the CPU ({args.threads} torch thread(s)), zero-shot: it was
-never trained on volumes. 3D AP at IoU 0.5 pooled over all nuclei; speed in megavoxels per CPU
+the shipped starter model at fp32 on the CPU ({args.threads} torch thread(s)), zero-shot: not
+fine-tuned on these volumes. 3D AP at IoU 0.5 pooled over all nuclei; speed in megavoxels per CPU
 second of the method alone; peak memory is the rise of the process's high-water mark during the
 method (Python, torch, the model and the volume already loaded; 0 when the method stays below
 that mark).

@@ -2,12 +2,15 @@
 
 The starter model ships in the package (``src/napari_unet/models/starter.safetensors``); this
 script is how it was made. It draws a fresh set of synthetic images with randomised magnification,
-noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.config.random_config`), trains
-the
-default architecture with the regular training loop (elastic deformation, border weight map) for a
-wall-clock budget, and writes the best model by validation score.
+noise, blur, texture and crowding (:func:`napari_unet.core.synthetic.config.random_config`), plus
+XY, XZ and YZ planes of synthetic Z-stacks with anisotropic blur and out-of-focus haze
+(:func:`napari_unet.core.synthetic.volumes.random_volume_config`, z resampled to the XY pixel as
+Fine-tune does), so that ortho fusion finds the same nuclei in every orientation. It trains the
+architecture asked for with the regular training loop (elastic deformation, border weight map)
+for a budget of wall-clock or CPU minutes, and writes the best model by validation score.
 
-    python scripts/make_starter.py --minutes 20 -o src/napari_unet/models/starter.safetensors
+    python scripts/make_starter.py --minutes 60 --clock cpu --threads 1 \\
+        -o src/napari_unet/models/starter.safetensors
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import sys
 import time
 
 import numpy as np
+import torch
 
 from napari_unet.core.config import ModelConfig, NormalizeConfig
 from napari_unet.core.network.metadata import new_metadata
@@ -26,7 +30,9 @@ from napari_unet.core.network.weights import save_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.config import random_config
 from napari_unet.core.synthetic.images import make_image
-from napari_unet.core.training.data import make_pairs
+from napari_unet.core.synthetic.volumes import make_volume, random_volume_config
+from napari_unet.core.training.data import TrainingPair, make_pairs
+from napari_unet.core.training.data3d import AnnotatedVolume, volume_pairs
 from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.train import train
 
@@ -35,11 +41,41 @@ from napari_unet.core.training.train import train
 PIXEL_SIZE = (0.5, 0.5)
 
 
+def synthetic_pairs(
+    images: int, size: int, volumes: int, planes: int, normalize: NormalizeConfig, seed: int
+) -> list[TrainingPair]:
+    """Training planes: ``images`` 2D images of ``size`` px and, from ``volumes`` Z-stacks of
+    128 x 128 px, at most ``planes`` XZ and YZ planes each and a third as many XY planes."""
+    rng = np.random.default_rng(seed)
+    pairs = []
+    for i in range(images):
+        image, labels = make_image(random_config(rng, (size, size)), rng)
+        pairs += make_pairs(image, labels, "YX", 1, normalize, name=f"synthetic {i}")
+    for i in range(volumes):
+        config = random_volume_config(rng)
+        image, labels = make_volume(config, rng)
+        item = AnnotatedVolume(image, labels, config.voxel_size, name=f"volume {i}")
+        made = volume_pairs(item, 1, normalize, max_planes=planes)
+        # a third of the XY planes: 2D images already teach XY, the volumes are for XZ and YZ
+        xy = [pair for pair in made if ", XY, " in pair.name]
+        pairs += [pair for pair in made if ", XY, " not in pair.name] + xy[::3]
+    return pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-o", "--output", default="src/napari_unet/models/starter.safetensors")
-    parser.add_argument("--minutes", type=float, default=20.0)
-    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument(
+        "--clock", choices=["wall", "cpu"], default="wall",
+        help="what --minutes counts: wall-clock time or this process's CPU time",
+    )  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    parser.add_argument("--depth", type=int, default=ModelConfig().depth)
+    parser.add_argument("--base-channels", type=int, default=ModelConfig().base_channels)
+    parser.add_argument("--images", type=int, default=80)
+    parser.add_argument("--volumes", type=int, default=10, help="synthetic Z-stacks (10)")
+    parser.add_argument("--planes", type=int, default=16, help="XZ and YZ planes per stack (16)")
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="auto")
@@ -49,14 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
 
-    rng = np.random.default_rng(args.seed)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     normalize = NormalizeConfig()
-    pairs = []
     started = time.perf_counter()
-    for i in range(args.images):
-        image, labels = make_image(random_config(rng, (args.size, args.size)), rng)
-        pairs += make_pairs(image, labels, "YX", 1, normalize, name=f"synthetic {i}")
-    logging.info("made %d synthetic images in %.1f s", len(pairs), time.perf_counter() - started)
+    pairs = synthetic_pairs(args.images, args.size, args.volumes, args.planes, normalize, args.seed)
+    logging.info(
+        "made %d training planes (%.1f MP) in %.1f s", len(pairs),
+        sum(p.labels.size for p in pairs) / 1e6, time.perf_counter() - started,
+    )  # fmt: skip
 
     config = TrainConfig(
         epochs=10_000,
@@ -78,9 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         config=config,
         device=args.device,
         name="starter",
-        model_config=ModelConfig(),
+        model_config=ModelConfig(depth=args.depth, base_channels=args.base_channels),
         normalize=normalize,
         pixel_size=PIXEL_SIZE,
+        clock=time.process_time if args.clock == "cpu" else time.perf_counter,
     )
     drain(gen, lambda e: logging.info(e.message) if e.payload.kind != "step" else None)
 
@@ -101,7 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         settings={
             **provenance["settings"],
             "recipe": recipe,
-            "data": "synthetic nuclei and cells (napari_unet.core.synthetic.config.random_config)",
+            "data": (
+                "synthetic nuclei and cells (napari_unet.core.synthetic.config.random_config) "
+                "and XY/XZ/YZ planes of synthetic Z-stacks "
+                "(napari_unet.core.synthetic.volumes.random_volume_config)"
+            ),
         },
         metrics=provenance["metrics"],
         pixel_size=PIXEL_SIZE,

@@ -138,3 +138,25 @@ def test_train_reads_each_image_once(capsys, tmp_path, volume, isolated_models, 
     assert code == 0, capsys.readouterr().err
     assert reads[str(paths["stack"])] == 1 and reads[str(paths["plane"])] == 1
     assert read_metadata(out)["pixel_size_um"] == pytest.approx([1.0, 0.5, 0.5])
+
+
+def test_random_volume_configs_span_z_steps_and_cut_into_three_orientations():
+    """The starter's 3D training data: valid stacks about 32 µm deep at z steps from 1 to 4
+    pixels, whose XZ and YZ planes (resampled to the XY pixel) hold annotated nuclei."""
+    from napari_unet.core.synthetic.volumes import random_volume_config
+
+    rng = np.random.default_rng(3)
+    configs = [random_volume_config(rng, yx=(32, 32)) for _ in range(40)]
+    steps = [c.z_step for c in configs]
+    assert 1.0 <= min(steps) < 1.5 and 3.0 < max(steps) <= 4.0
+    for c in configs:
+        assert abs(c.shape[0] * c.z_step * c.pixel_size - 32.0) <= max(2.0, c.z_step)
+        assert c.blur_z > c.blur_xy
+    config = configs[0]
+    image, labels = make_volume(config, rng)
+    assert labels.max() > 0 and image.shape == labels.shape == config.shape
+    pairs = volume_pairs(
+        AnnotatedVolume(image, labels, config.voxel_size), 1, NormalizeConfig(), max_planes=4
+    )
+    views = {pair.name.split(", ")[1] for pair in pairs if pair.labels.any()}
+    assert views == {"XY", "XZ", "YZ"}

@@ -362,3 +362,43 @@ def sample_volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """A fixed Z-stack of nuclei: image (24, 96, 96) uint16 and labels (24, 96, 96) uint16,
     voxel size (1.0, 0.5, 0.5) µm."""
     return make_volume(Synthetic3DConfig(), seed, dtype=np.uint16)
+
+
+def random_volume_config(
+    rng: np.random.Generator, yx: tuple[int, int] = (128, 128), depth_um: float = 32.0
+) -> Synthetic3DConfig:
+    """A Z-stack configuration with parameters drawn across realistic ranges, for training.
+
+    Z step 1 to 4 times the pixel size (log-uniform), the stack ``depth_um`` micrometres deep;
+    nuclei radius 5 to 16 px (log-uniform) with a spread; axial blur 1.5 to 4 times the lateral
+    one, out-of-focus haze, crowding and clusters, texture, brightness spread, background and SNR
+    (about 20 to 1500 photons at a nucleus of mean brightness).
+
+    Args:
+        rng: the random generator (its state advances).
+        yx: (Y, X) of the stack in pixels.
+        depth_um: the stack's depth in micrometres (at the 0.5 µm pixel size).
+    """
+    z_step = math.exp(rng.uniform(0.0, math.log(4.0)))
+    n_z = max(8, round(depth_um / (0.5 * z_step)))
+    r0 = math.exp(rng.uniform(math.log(5.0), math.log(16.0)))
+    spread = rng.uniform(0.1, 0.3)
+    blur_xy = rng.uniform(0.6, 1.8)
+    return Synthetic3DConfig(
+        shape=(n_z, *yx),
+        z_step=z_step,
+        radius=(max(2.0, r0 * (1 - spread)), r0 * (1 + spread)),
+        elongation=rng.uniform(0.0, 0.5),
+        irregularity=rng.uniform(0.0, 0.12),
+        coverage=rng.uniform(0.08, 0.35),
+        clustered=rng.uniform(0.2, 0.8),
+        texture=rng.uniform(0.0, 0.5),
+        brightness_variation=rng.uniform(0.1, 0.45),
+        blur_xy=blur_xy,
+        blur_z=blur_xy * rng.uniform(1.5, 4.0),
+        haze=rng.uniform(0.0, 0.6),
+        haze_z=rng.uniform(0.8, 1.6),
+        background=math.exp(rng.uniform(math.log(0.01), math.log(0.3))),
+        photons=math.exp(rng.uniform(math.log(20.0), math.log(1500.0))),
+        min_size=8,
+    )
