@@ -49,9 +49,7 @@ log = logging.getLogger("starter")
 def volumes(n: int) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
     """The volumes of ``benchmarks/stacks3d.py`` (seeds 100+): uint16 image, labels, voxel."""
     config = Synthetic3DConfig(shape=(32, 128, 128))
-    return [
-        (*make_volume(config, 100 + i, dtype=np.uint16), config.voxel_size) for i in range(n)
-    ]
+    return [(*make_volume(config, 100 + i, dtype=np.uint16), config.voxel_size) for i in range(n)]
 
 
 def ortho_ap(model: LoadedModel, test: list) -> float:
