@@ -7,13 +7,16 @@ Usage: ``python benchmarks/loop.py [--k 5,10,20,40] [--rounds 3] [--minutes M] [
 dim, noisy, clumped nuclei with overlaps, debris and out-of-focus cells). ``--pool`` images are
 what the user works on; ``--test`` other images are held out and only scored.
 
-**A round.** The current model predicts the pool. The simulated user picks ``k`` objects not
-corrected before, either the ``k`` that the review queue ranks worst (lowest ``quality``) or ``k``
-at random, and corrects each one perfectly: the predicted object and every true object it touches
-are repainted, and the labels there become the truth (a false positive becomes background, a
-merge is split, a fragment completed). What counts as annotated is what the product counts for
-reviewed objects (``core.training.annotated.reviewed_mask``: the repainted pixels, the true
-objects touched, and an 8-pixel background margin that never enters an object not reviewed).
+**A round.** The current model predicts the pool. The simulated user reviews ``k`` items not
+reviewed before: either the first ``k`` of the product's review queue over the pool
+(``core.analysis.review.build_queue``: predicted objects by ``quality`` and likely misses, worst
+first), or ``k`` predicted objects at random. Each is corrected perfectly: the item and every true
+object it touches are repainted, and the labels there become the truth (a false positive becomes
+background, a merge is split, a fragment completed, a missed nucleus painted); a likely miss with
+no nucleus under it is only marked seen, as in the Review widget. What counts as annotated is
+what the product counts for reviewed objects (``core.training.annotated.reviewed_mask``: the
+repainted pixels, the true objects touched, and an 8-pixel background margin that never enters an
+object not reviewed).
 The model is then fine-tuned from the current one for ``--minutes`` minutes of this process's
 CPU time as the Fine-tune widget does it (``core.training.train.train`` on the
 ``training_pairs`` of everything corrected so far, the default ``TrainConfig`` but for patch
@@ -50,7 +53,9 @@ import numpy as np
 import torch
 
 from napari_unet.core.analysis.metrics import match
+from napari_unet.core.analysis.objects import likely_misses
 from napari_unet.core.analysis.quality import auroc, object_quality, right_objects
+from napari_unet.core.analysis.review import OBJECT, build_queue
 from napari_unet.core.errors import UserError
 from napari_unet.core.inference.predict import predict_labels
 from napari_unet.core.network.registry import get_model
@@ -82,7 +87,7 @@ COLUMNS = [
     "order",
     "k per round",
     "round",
-    "objects corrected",
+    "items reviewed (objects, misses)",
     "AP50 held-out",
     "AUROC quality",
     "the round's model",
@@ -93,23 +98,26 @@ Pair = tuple[np.ndarray, np.ndarray]
 
 @dataclass
 class Annotation:
-    """What the simulated user corrected in one pool image: bool mask (H, W)."""
+    """What the simulated user corrected in one pool image (``mask``, the annotated pixels) and
+    the likely misses looked at that held no object (``seen``): bool (H, W) each."""
 
     mask: np.ndarray
+    seen: np.ndarray
 
 
-def correct(pred: np.ndarray, truth: np.ndarray, obj: int) -> np.ndarray:
-    """What counts as annotated once the user corrected predicted object ``obj``: bool (H, W).
+def correct(region: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """What counts as annotated once the user reviewed ``region`` (a predicted object or a likely
+    miss): bool (H, W).
 
-    The user repaints the object and every true object it touches (the edited pixels), and the
+    The user repaints the region and every true object it touches (the edited pixels), and the
     product's rule for reviewed objects (:func:`~napari_unet.core.training.annotated.
     reviewed_mask`: those objects, the edited pixels and an 8-pixel background margin that
-    never enters an object not reviewed) makes the mask.
+    never enters an object not reviewed) makes the mask; a false positive's pixels become
+    annotated background.
     """
-    region = pred == obj
     touched = np.unique(truth[region])
     touched = touched[touched > 0]
-    region |= np.isin(truth, touched)
+    region = region | np.isin(truth, touched)
     return reviewed_mask(truth, {0: region}, touched.tolist(), [])
 
 
@@ -123,28 +131,54 @@ def ap50(model, images: list[Pair]) -> float:
     return tp / max(tp + fp + fn, 1)
 
 
+def _queue_candidates(
+    image_index: int, probs: np.ndarray, pred: np.ndarray, result, note: Annotation
+) -> list[tuple[float, int, str, np.ndarray]]:
+    """The product's review queue for one pool image (``build_queue``: predicted objects and
+    likely misses, worst first) without what was reviewed already: (quality, image index,
+    kind, region) per item."""
+    misses = likely_misses(probs, pred)
+    out = []
+    for item in build_queue(pred, result, misses).items:
+        region = (pred == item.ident) if item.kind == OBJECT else (misses.labels == item.ident)
+        if (note.mask | note.seen)[region].mean() < 0.5:  # not reviewed yet
+            out.append((item.quality, image_index, item.kind, region))
+    return out
+
+
 def pick(
     model, pool: list[Pair], notes: list[Annotation], k: int, order: str, rng: np.random.Generator
 ) -> tuple[int, float]:
-    """Correct ``k`` new objects of the pool; returns (objects corrected, AUROC of quality)."""
-    candidates, scores, all_q, all_right = [], [], [], []
+    """Review ``k`` new items of the pool; returns (items reviewed, AUROC of quality).
+
+    ``"queue"`` takes the ``k`` first items of the product's review queue over all pool images
+    (objects and likely misses, worst first); ``"random"`` takes ``k`` predicted objects at random
+    (a user clicking through objects never lands on a miss)."""
+    candidates, all_q, all_right = [], [], []
     for index, ((image, truth), note) in enumerate(zip(pool, notes, strict=True)):
         probs, pred = drain(predict_labels(image, "YX", model, device="cpu"))
         result = object_quality(probs, pred)
         all_right.append(right_objects(pred, truth, result.ids))
         all_q.append(result.quality)
-        for obj, q in zip(result.ids, result.quality, strict=True):
-            if note.mask[pred == obj].mean() < 0.5:  # not corrected yet
-                candidates.append((index, int(obj), pred))
-                scores.append(q)
+        if order == "queue":
+            candidates += _queue_candidates(index, probs, pred, result, note)
+        else:
+            candidates += [
+                (0.0, index, OBJECT, pred == obj)
+                for obj in result.ids
+                if note.mask[pred == obj].mean() < 0.5
+            ]
     score = auroc(np.concatenate(all_q), np.concatenate(all_right))
     if order == "queue":
-        chosen = np.argsort(np.array(scores), kind="stable")[:k]
+        chosen = np.argsort([c[0] for c in candidates], kind="stable")[:k]
     else:
         chosen = rng.permutation(len(candidates))[:k]
     for c in chosen:
-        index, obj, pred = candidates[c]
-        notes[index].mask |= correct(pred, pool[index][1], obj)
+        _, index, kind, region = candidates[c]
+        if kind == OBJECT or pool[index][1][region].any():  # a miss over a nucleus: painted
+            notes[index].mask |= correct(region, pool[index][1])
+        else:  # a likely miss with nothing there is only marked seen, as in the Review widget
+            notes[index].seen |= region
     return len(chosen), score
 
 
@@ -204,7 +238,7 @@ def fine_tune(
 
 def run(order: str, k: int, args, seed: int, pool, test, starter, folder) -> list[dict]:
     rng = np.random.default_rng(seed)
-    notes = [Annotation(np.zeros(t.shape, bool)) for _, t in pool]
+    notes = [Annotation(np.zeros(t.shape, bool), np.zeros(t.shape, bool)) for _, t in pool]
     model, corrected, rows = starter, 0, []
     for r in range(1, args.rounds + 1):
         if order == "all":
@@ -280,7 +314,7 @@ def plot(rows: list[dict], starter_ap: float, path: Path) -> None:
             label=f"everything corrected ({full[-1]['corrected']} objects)",
         )
     ax.axhline(starter_ap, color="grey", ls=":", lw=1, label="starter (no correction)")
-    ax.set_xlabel("objects corrected (cumulative)")
+    ax.set_xlabel("items reviewed and corrected (cumulative)")
     ax.set_ylabel("AP50 on held-out images")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
@@ -405,7 +439,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.size} px from one shifted synthetic domain (about {n_pool} true objects in "
             "a pool; each seed draws its own pool); starter AP50 on the held-out images "
             f"{starter_ap:.3f}. Each round the user "
-            "corrects k objects (the k the review queue ranks worst, or k at random), then the "
+            "reviews and corrects k items (the first k of the review queue: objects and likely "
+            "misses, worst first; or k predicted objects at random), then the "
             f"model is fine-tuned for {args.minutes:g} CPU minutes (1 thread) from the previous "
             f"round's model; {args.rounds} rounds. \"Everything\" fine-tunes on the whole pool's "
             "ground truth for the same rounds and minutes. AUROC is that of `quality` on the "
