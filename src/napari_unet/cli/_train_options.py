@@ -86,7 +86,10 @@ def add_train(sub: Any, common: argparse.ArgumentParser) -> argparse.ArgumentPar
         "--depth", type=positive_int, metavar="N", help="down-sampling steps (default 4)"
     )
     scratch.add_argument(
-        "--base-channels", type=positive_int, metavar="N", help="channels at full resolution"
+        "--base-channels",
+        type=positive_int,
+        metavar="N",
+        help="channels at full resolution (default 8)",
     )
     scratch.add_argument(
         "--dims",

@@ -33,7 +33,8 @@ class ModelConfig:
         in_channels: channels of the input image (1 for a grayscale fluorescence image).
         out_classes: classes predicted per pixel (3 for instances: background, interior, boundary).
         depth: number of 2x down-sampling steps; the network's stride is ``2**depth``.
-        base_channels: feature channels at full resolution; doubled at each level.
+        base_channels: feature channels at full resolution; doubled at each level (8, as the
+            starter; docs/benchmarks.md, *Starter candidates*, compares 8 with 16).
         norm: normalisation after each convolution. ``"batch"`` (default) uses running statistics
             at inference, so a tile's output does not depend on the rest of the tile, and it folds
             into the convolutions for speed; ``"group"`` and ``"instance"`` use per-image
@@ -51,7 +52,7 @@ class ModelConfig:
     in_channels: int = 1
     out_classes: int = 3
     depth: int = 4
-    base_channels: int = 16
+    base_channels: int = 8
     norm: Norm = "batch"
     upsampling: Upsampling = "transpose"
     max_channels: int = 512
