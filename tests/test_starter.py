@@ -42,3 +42,14 @@ def test_models_command_reports_the_default_installed(capsys, isolated_models):
     assert main(["models", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["default_installed"] is True
+
+
+def test_the_starter_records_the_diameter_of_its_2d_nuclei(isolated_models):
+    """``--diameter auto`` compares an image's objects with the model's diameter: the starter's
+    is that of its 2D training images (nuclei drawn as at 0.5 µm/px, like the sample's), not the
+    smaller cross-sections of the Z-stack planes it also learned from."""
+    from napari_unet.core.inference.rescale import object_diameter
+
+    model = get_model(None)
+    sample = object_diameter(read_image(SAMPLES / "nuclei_labels.tif").data)
+    assert abs(model.object_diameter / sample - 1.0) < 0.2, (model.object_diameter, sample)
