@@ -32,7 +32,7 @@ from napari_unet.core.inference.stack3d import predict_stack
 from napari_unet.core.network.registry import get_model
 from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
-from napari_unet.core.training.data3d import AnnotatedVolume, volume_training_pairs
+from napari_unet.core.training.data3d import AnnotatedVolume, annotated_training_pairs
 from napari_unet.core.training.settings import TrainConfig
 from napari_unet.core.training.train import train
 
@@ -56,7 +56,7 @@ def run(seed: int, shape: tuple[int, int, int], minutes: float, folder: Path) ->
     before = _score(base, test_image, test_truth, config.voxel_size)
     item = AnnotatedVolume(image, labels, config.voxel_size, mask, name=f"seed {seed}")
     train_cfg = TrainConfig(max_minutes=minutes, epochs=1000, seed=seed)
-    pairs = volume_training_pairs([item], base, None, train_cfg.targets)
+    pairs = annotated_training_pairs([item], base, None, train_cfg.targets)
     start = time.process_time()
     tuned = drain(train(pairs, folder / f"tuned_{seed}.safetensors", base=base, config=train_cfg,
                         device="cpu", clock=time.process_time))  # fmt: skip
