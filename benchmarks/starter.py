@@ -43,6 +43,21 @@ from napari_unet.core.progress import drain
 from napari_unet.core.synthetic.volumes import Synthetic3DConfig, make_volume
 
 SECTION = "starter"
+SECTION_TEXT = """## Starter candidates (`benchmarks/starter.py`)
+
+Candidate starters made by `scripts/make_starter.py` and the shipped one, scored in one process:
+AP at IoU 0.5 on the shipped sample (169 nuclei), pooled over {n_synthetic} held-out synthetic
+384 px images of the training generator, and 3D AP50 of ortho fusion pooled over {n_volumes}
+synthetic volumes of 32 x 128 x 128 voxels (z step twice the pixel; those of `stacks3d.py`), all
+at fp32 on {threads} thread(s); speed of the tiled network on a 1024 x 1024 image with 2 threads,
+all models interleaved, best of {rounds} rounds.
+
+{table}
+
+Machine: {machine}. Total {minutes:.0f} min.
+
+Command: `{command}`
+"""
 log = logging.getLogger("starter")
 
 
@@ -133,23 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     ]
     table = markdown_table(headers, rows)
     sys.stdout.write(table + "\n")
-    if not args.no_update:
-        update_section(
-            SECTION,
-            (
-                "## Starter candidates (`benchmarks/starter.py`)\n\n"
-                "Candidate starters made by `scripts/make_starter.py` and the shipped one, "
-                "scored in one process: AP at IoU 0.5 on the shipped sample (169 nuclei), pooled "
-                f"over {len(synthetic)} held-out synthetic 384 px images of the training "
-                f"generator, and 3D AP50 of ortho fusion pooled over {args.volumes} synthetic "
-                "volumes of 32 x 128 x 128 voxels (z step twice the pixel; those of "
-                f"`stacks3d.py`), all at fp32 on {args.threads} thread(s); speed of the tiled "
-                "network on a 1024 x 1024 image with 2 threads, all models interleaved, best of "
-                f"{args.rounds} rounds.\n\n{table}\n\nMachine: {machine}. Total "
-                f"{(time.perf_counter() - started) / 60:.0f} min.  \n"
-                f"Command: `{command_line()}`"
-            ),
-        )
+    if args.no_update:
+        return 0
+    minutes = (time.perf_counter() - started) / 60
+    text = SECTION_TEXT.format(
+        n_synthetic=len(synthetic), n_volumes=args.volumes, threads=args.threads,
+        rounds=args.rounds, table=table, machine=machine, minutes=minutes, command=command_line(),
+    )  # fmt: skip
+    update_section(SECTION, text)
     return 0
 
 
