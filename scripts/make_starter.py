@@ -44,14 +44,15 @@ PIXEL_SIZE = (0.5, 0.5)
 
 def synthetic_pairs(
     images: int, size: int, volumes: int, planes: int, normalize: NormalizeConfig, seed: int
-) -> list[TrainingPair]:
-    """Training planes: ``images`` 2D images of ``size`` px and, from ``volumes`` Z-stacks of
-    128 x 128 px, at most ``planes`` XZ and YZ planes each and a third as many XY planes."""
+) -> tuple[list[TrainingPair], list[TrainingPair]]:
+    """Training planes: those of ``images`` 2D images of ``size`` px, and those cut from
+    ``volumes`` Z-stacks of 128 x 128 px (at most ``planes`` XZ and YZ planes each and a third as
+    many XY planes), as two lists."""
     rng = np.random.default_rng(seed)
-    pairs = []
+    flat, cut = [], []
     for i in range(images):
         image, labels = make_image(random_config(rng, (size, size)), rng)
-        pairs += make_pairs(image, labels, "YX", 1, normalize, name=f"synthetic {i}")
+        flat += make_pairs(image, labels, "YX", 1, normalize, name=f"synthetic {i}")
     for i in range(volumes):
         config = random_volume_config(rng)
         image, labels = make_volume(config, rng)
@@ -59,18 +60,8 @@ def synthetic_pairs(
         made = volume_pairs(item, 1, normalize, max_planes=planes)
         # a third of the XY planes: 2D images already teach XY, the volumes are for XZ and YZ
         xy = [pair for pair in made if ", XY, " in pair.name]
-        pairs += [pair for pair in made if ", XY, " not in pair.name] + xy[::3]
-    return pairs
-
-
-def diameter_2d(pairs: list[TrainingPair]) -> float | None:
-    """The typical object diameter (px) of the 2D images among ``pairs``, for the model file.
-
-    The planes cut from Z-stacks are left out: most cut a nucleus off its centre, so their
-    cross-sections are smaller than the nuclei, and they would set the diameter that
-    ``--diameter auto`` compares an image's objects with about 1.5x too small."""
-    flat = [pair for pair in pairs if pair.name.startswith("synthetic ")]
-    return training_scale(flat, "instances")["object_diameter"]
+        cut += [pair for pair in made if ", XY, " not in pair.name] + xy[::3]
+    return flat, cut
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,7 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     normalize = NormalizeConfig()
     started = time.perf_counter()
-    pairs = synthetic_pairs(args.images, args.size, args.volumes, args.planes, normalize, args.seed)
+    flat, cut = synthetic_pairs(
+        args.images, args.size, args.volumes, args.planes, normalize, args.seed
+    )
+    pairs = flat + cut
     logging.info(
         "made %d training planes (%.1f MP) in %.1f s", len(pairs),
         sum(p.labels.size for p in pairs) / 1e6, time.perf_counter() - started,
@@ -158,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         metrics=provenance["metrics"],
         pixel_size=PIXEL_SIZE,
-        object_diameter=diameter_2d(pairs),
+        # the 2D images' diameter: most planes cut from a stack meet a nucleus off its centre, so
+        # their smaller cross-sections would make the diameter that ``--diameter auto`` compares
+        # an image's objects with about 1.5x too small
+        object_diameter=training_scale(flat, "instances")["object_diameter"],
     )
     metadata["description"] = (
         "Starter model for fluorescence nuclei and cells, trained from "
