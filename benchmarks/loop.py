@@ -163,10 +163,11 @@ def pick(
         if order == "queue":
             candidates += _queue_candidates(index, probs, pred, result, note)
         else:
+            regions = (pred == obj for obj in result.ids)
             candidates += [
-                (0.0, index, OBJECT, pred == obj)
-                for obj in result.ids
-                if note.mask[pred == obj].mean() < 0.5
+                (0.0, index, OBJECT, region)
+                for region in regions
+                if note.mask[region].mean() < 0.5  # not corrected yet
             ]
     score = auroc(np.concatenate(all_q), np.concatenate(all_right))
     if order == "queue":
