@@ -196,21 +196,16 @@ def main() -> None:
     widget.budget.value = "minutes"
     widget.minutes.value = 60.0
     _pump(2.0)  # let the window settle
-    rows, raws = [], []
+    results = []
     for _ in range(args.rounds):
         for mode in modes:
-            raws.append(_measure(widget, mode, args.seconds))
-            rows.append(_row(raws[-1]))
-            print(" | ".join(str(cell) for cell in rows[-1]), flush=True)
+            results.append(_measure(widget, mode, args.seconds))
+            print(" | ".join(str(cell) for cell in _row(results[-1])), flush=True)
     viewer.close()
-    table = markdown_table(HEADERS, rows)
+    table = markdown_table(HEADERS, [_row(r) for r in results])
     print()
     print(table)
-    idle = [
-        row[0]
-        for row, raw in zip(rows, raws, strict=True)
-        if raw["threads"] != "-" and not raw["steps"]
-    ]
+    idle = [DESCRIPTIONS[r["mode"]] for r in results if r["mode"] != "idle" and not r["steps"]]
     if idle:
         raise SystemExit(
             f"no training step was taken in: {', '.join(idle)}; the docs are not updated"

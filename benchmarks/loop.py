@@ -153,10 +153,11 @@ def _queue_candidates(
     likely misses, worst first) without what was reviewed already: (quality, image index,
     kind, region) per item."""
     misses = likely_misses(probs, pred)
+    reviewed = note.mask | note.seen
     out = []
     for item in build_queue(pred, result, misses).items:
         region = (pred == item.ident) if item.kind == OBJECT else (misses.labels == item.ident)
-        if (note.mask | note.seen)[region].mean() < 0.5:  # not reviewed yet
+        if reviewed[region].mean() < 0.5:  # not reviewed yet
             out.append((item.quality, image_index, item.kind, region))
     return out
 
