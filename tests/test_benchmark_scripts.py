@@ -44,3 +44,26 @@ def test_loop_counts_the_true_objects_an_item_corrects(monkeypatch):
     note.mask |= loop.correct(merged, truth)
     note.mask[25:30, 25:35] = True  # half of nucleus 3
     assert loop.objects_annotated([(np.zeros(truth.shape, np.float32), truth)], [note]) == 2
+
+
+def test_real_nuclei_annotation_stays_in_the_left_half(monkeypatch):
+    """The real-image benchmark trains on the left half only and scores the right half: a
+    corrected half takes in every nucleus of the left half (cut at the middle) and nothing to
+    its right, and the score only sees the right half."""
+    import numpy as np
+
+    real = _load(BENCHMARKS / "real_nuclei.py", monkeypatch)
+    truth = np.zeros((40, 40), np.int32)
+    truth[5:12, 5:12] = 1
+    truth[20:30, 15:25] = 2  # straddles the middle (column 20)
+    truth[5:12, 28:35] = 3
+    pred = np.zeros_like(truth)
+    pred[20:30, 15:25] = 7
+    mask = real.corrected_half(pred, truth)
+    assert mask[:, :20].all() and not mask[:, 20:].any()
+    wrong_left = truth.copy()
+    wrong_left[5:12, 5:12] = 0  # a miss in the left half does not count
+    assert real.right_half_ap50(wrong_left, truth) == 1.0
+    missed_right = truth.copy()
+    missed_right[5:12, 28:35] = 0
+    assert real.right_half_ap50(missed_right, truth) == 0.5

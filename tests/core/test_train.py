@@ -471,3 +471,26 @@ def test_a_moving_average_of_the_weights_is_saved_when_asked(tmp_path, pairs):
     averaged = ema.model.state_dict()[name]
     assert not torch.equal(averaged, end)
     assert (averaged - start).abs().sum() < (end - start).abs().sum()
+
+
+def test_keep_latest_saves_the_last_weights_that_beat_the_base(tmp_path):
+    """``keep="latest"``: the file holds the latest validated weights (not the best-scoring
+    checkpoint) and their scores; with ``require_improvement``, a run that never beats its base
+    still writes nothing."""
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    settings = dict(epochs=4, steps_per_epoch=2, val_fraction=0.2, patience=0, keep="latest")
+    gen = train(
+        _validated_pairs(), tmp_path / "m", base=base, config=quick(**settings), device="cpu"
+    )
+    events = list(_events(gen))
+    last = [e.payload for e in events if e.payload.kind == "validation"][-1]
+    saved = load_model(tmp_path / "m.safetensors")
+    assert saved.metadata["provenance"]["metrics"]["score"] == last.metrics["score"]
+    assert events[-1].payload.best == last.metrics
+
+    frozen = quick(**{**settings, "learning_rate": 0.0})
+    unimproved = train(
+        _validated_pairs(), tmp_path / "n", base=base, config=frozen, device="cpu",
+        require_improvement=True,
+    )  # fmt: skip
+    assert drain(unimproved) is None and not (tmp_path / "n.safetensors").exists()

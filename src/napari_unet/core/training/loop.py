@@ -139,6 +139,7 @@ class TrainingRun:
         self.best_smoothed = -math.inf
         self.stale = 0
         self.saved = False
+        self.require_improvement = False
 
     def _data(self, pairs: Sequence[Any], rng: np.random.Generator) -> tuple[list, list, Any]:
         """(training pairs, validation crops, patch sampler) of the run."""
@@ -331,13 +332,18 @@ def run_epoch(run: TrainingRun, task: str, meta: dict[str, Any]) -> Generator[Pr
         return False
     metrics = run.validate(task)
     improved = metrics["score"] > run.best["score"]
+    if config.keep == "latest":
+        kept = metrics["score"] > run.baseline["score"] or not run.require_improvement
+        note = " (kept)" if kept else " (not better than before training)"
+    else:
+        kept, note = improved, " (best)" if improved else ""
     message = (
         f"epoch {run.epoch}: loss {run.smoothed:.4f}, validation score "
-        f"{metrics['score']:.3f}" + (" (best)" if improved else "")
+        f"{metrics['score']:.3f}" + note
     )
     logger.info(message)
     yield run.event(message, "validation", metrics)
-    if improved:
+    if kept:
         run.best = dict(metrics)
         run.save(run.best, meta)
         yield run.event(f"saved {run.output.name}", "saved", metrics)

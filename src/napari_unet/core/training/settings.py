@@ -38,6 +38,10 @@ class TrainConfig:
             (1.5 CPU minutes, 3 seeds) a decay of 0.99 lost 0.018 AP, in every seed; the
             smoothed early stopping and the 128 px validation blocks gained 0.025 AP over the
             previous defaults, in every seed.
+        keep: which weights the model file holds when there are held-out crops: ``"best"``
+            (the checkpoint with the best validation score) or ``"latest"`` (the latest
+            weights that beat the starting model on the held-out crops, or simply the latest
+            when an improvement is not required).
         seed: seed of the patch sampler, the augmentation and a new network.
         amp: mixed precision (autocast) on CUDA.
         cpu_bf16: bfloat16 autocast when training on a CPU with native bfloat16 instructions
@@ -78,6 +82,7 @@ class TrainConfig:
     smooth_validations: int = 3
     stop_after: float = 0.5
     ema_decay: float = 0.0
+    keep: str = "best"
     seed: int = 0
     amp: bool = True
     cpu_bf16: bool = True
@@ -96,6 +101,8 @@ class TrainConfig:
             raise UserError(
                 "keep_base_weight must be at least 0 and keep_base_confidence in (0, 1]."
             )
+        if self.keep not in ("best", "latest"):
+            raise UserError(f"keep must be 'best' or 'latest', got {self.keep!r}.")
         if not 0.0 <= self.ema_decay < 1.0 or self.smooth_validations < 1:
             raise UserError("ema_decay must be in [0, 1) and smooth_validations at least 1.")
         if self.steps_per_epoch < 1 or self.batch_size < 1 or self.patch_size < 16:

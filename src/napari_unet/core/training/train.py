@@ -138,6 +138,7 @@ def _begin(
 ) -> Generator[Progress, None, None]:
     """Score the starting model on the validation crops and save it, unless only an improvement
     may be saved; then put the network in training mode."""
+    run.require_improvement = require_improvement
     if run.crops:
         run.baseline = run.validate(task)
         run.best = dict(run.baseline)
