@@ -157,6 +157,9 @@ def test_validation_scores_reach_the_plot(make_napari_viewer, qtbot, tiny, isola
     assert status.kind == "end" and status.validation_crops >= 1 and "ap_50" in status.baseline
     before = f"AP50 {status.baseline['ap_50']:.2f} → {status.best['ap_50']:.2f}"
     assert before in widget.status.value and "held-out crop" in widget.status.value
+    # the model is judged on the mean of AP50 and pixel IoU: both are shown
+    iou = f"pixel IoU {status.baseline['pixel_iou']:.2f} → {status.best['pixel_iou']:.2f}"
+    assert iou in widget.status.value
     output = isolated_models / "tiny-tuned.safetensors"
     if status.best["score"] > status.baseline["score"]:
         metrics = read_metadata(output)["provenance"]["metrics"]

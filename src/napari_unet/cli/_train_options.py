@@ -146,13 +146,20 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
         "--validation-fraction",
         type=fraction,
         metavar="F",
-        help="share of the annotated pixels held out for validation (default 0.15; 0: none)",
+        help="share of the annotated pixels held out for validation (default 0.2; 0: none)",
     )
     p.add_argument(
         "--patience",
         type=non_negative_int,
         metavar="N",
-        help="stop after N epochs without a better validation score (0: never; default 10)",
+        help="stop after N epochs without a better validation score (default 0: never; "
+        "the whole budget is used)",
+    )
+    p.add_argument(
+        "--keep",
+        choices=("latest", "best"),
+        help="the weights written: 'latest' (default: the end of the learning-rate schedule) "
+        "or 'best' (the checkpoint with the best validation score)",
     )
     p.add_argument(
         "--keep-base",
@@ -250,6 +257,7 @@ def train_config(args: argparse.Namespace) -> Any:
             "learning_rate": args.learning_rate,
             "val_fraction": args.validation_fraction,
             "patience": args.patience,
+            "keep": args.keep,
             "keep_base_weight": args.keep_base,
         }
     )

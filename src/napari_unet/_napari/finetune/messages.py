@@ -34,11 +34,12 @@ def comparison(status: TrainStatus | None) -> str:
     if named is None:
         return "no score yet"
     key, text = named
-    value_after = after.get(key, before[key])
-    return (
-        f"{text} {before[key]:.2f} → {value_after:.2f} on your {crops} held-out "
-        f"crop{'s' if crops != 1 else ''}"
-    )
+    scores = [f"{text} {before[key]:.2f} → {after.get(key, before[key]):.2f}"]
+    if key == "ap_50" and isinstance(before.get("pixel_iou"), int | float):
+        # the model is kept on the mean of the two: show both, so a lower AP50 is explained
+        scores.append(f"pixel IoU {before['pixel_iou']:.2f} → "
+                      f"{after.get('pixel_iou', before['pixel_iou']):.2f}")  # fmt: skip
+    return f"{', '.join(scores)} on your {crops} held-out crop{'s' if crops != 1 else ''}"
 
 
 def stop_reason(status: TrainStatus | None, config: TrainConfig) -> str:
@@ -79,13 +80,16 @@ def finished_message(
     return f"Finished ({why}): model {name!r} saved; {comparison(status)}."
 
 
-def stopped_message(status: TrainStatus | None, name: str, saved: bool) -> str:
-    """The message of a run ended with Stop."""
+def stopped_message(
+    status: TrainStatus | None, name: str, saved: bool, keep: str = "latest"
+) -> str:
+    """The message of a run ended with Stop (``keep``: ``TrainConfig.keep``)."""
     if not saved:
         return "Stopped before the model beat its base: no model was saved."
     if not getattr(status, "validation_crops", 0):
         return f"Stopped: the latest model is saved as {name!r}; {comparison(status)}."
-    return f"Stopped: the best model so far is saved as {name!r}; {comparison(status)}."
+    kept = "the best model so far" if keep == "best" else "the latest model that beat its base"
+    return f"Stopped: {kept} is saved as {name!r}; {comparison(status)}."
 
 
 def tuned_stem(stem: str) -> str:

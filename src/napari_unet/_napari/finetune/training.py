@@ -192,7 +192,10 @@ class FinetuneTraining:
         if self._closed:
             return
         saved = self._saved()
-        self._tell(messages.stopped_message(self.last_status, self._run_name, saved), show_info)
+        self._tell(
+            messages.stopped_message(self.last_status, self._run_name, saved, self._config.keep),
+            show_info,
+        )
         if saved:
             self._publish(self._run_name, messages.improved(self.last_status))
 
