@@ -109,7 +109,8 @@ CONFIGS: dict[str, dict[str, object]] = {
         "val_fraction": 0.15,
     },
     "ema": {"ema_decay": 0.99},
-    "best-checkpoint": {"keep": "best", "patience": 10},
+    "early-stop": {"patience": 10},
+    "latest": {"keep": "latest"},
 }
 LABELS = {
     "default": "fine-tuned, defaults (elastic on, weight map on, bf16 where the CPU has it)",
@@ -119,8 +120,9 @@ LABELS = {
     "previous": "fine-tuned, the previous defaults (raw weights, early stopping on single "
     "validations from the start, one 192 px block per 15% held out)",
     "ema": "fine-tuned, a moving average of the weights (decay 0.99)",
-    "best-checkpoint": "fine-tuned, the best-scoring checkpoint kept and early stopping after "
-    "10 validations without improvement (the defaults before the latest weights were kept)",
+    "early-stop": "fine-tuned, early stopping after 10 validations without improvement (the "
+    "previous default)",
+    "latest": "fine-tuned, the latest weights kept instead of the best-scoring checkpoint",
 }
 MIN_DISTANCES = (2, 3, 4, 5, 6, 8, 10, 12)
 Pair = tuple[np.ndarray, np.ndarray]  # image (H, W) float32, labels (H, W) uint16

@@ -116,8 +116,7 @@ def corrected_items(
         misses = likely_misses(probs, pred)
         queue = build_queue(pred, result, misses).items
         items = [
-            (pred == it.ident) if it.kind == OBJECT else (misses.labels == it.ident)
-            for it in queue
+            (pred == it.ident) if it.kind == OBJECT else (misses.labels == it.ident) for it in queue
         ]
         kinds, idents = [it.kind for it in queue], [it.ident for it in queue]
     else:
@@ -270,9 +269,10 @@ def main(argv: list[str] | None = None) -> int:
         table_rows,
     )  # fmt: skip
     minutes = (time.perf_counter() - started) / 60
+    n_true = int(np.unique(truth).size - 1)
     head = (
         f"starter (no fine-tuning): right-half AP50 {zero_shot:.3f}; `quality` AUROC on the "
-        f"whole image {score:.3f} ({quality.ids.size} predicted objects, {np.unique(truth).size - 1} true)"
+        f"whole image {score:.3f} ({quality.ids.size} predicted objects, {n_true} true)"
     )
     print(table, f"\n\n{head}; {minutes:.1f} min")
     if not args.no_update:

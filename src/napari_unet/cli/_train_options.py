@@ -157,9 +157,9 @@ def _add_optimisation_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--keep",
-        choices=("latest", "best"),
-        help="the weights written: 'latest' (default: the end of the learning-rate schedule) "
-        "or 'best' (the checkpoint with the best validation score)",
+        choices=("best", "latest"),
+        help="the weights written: 'best' (default: the checkpoint with the best validation "
+        "score) or 'latest' (the end of the learning-rate schedule)",
     )
     p.add_argument(
         "--keep-base",
