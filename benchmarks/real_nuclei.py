@@ -206,6 +206,15 @@ def one_run(task: tuple[str, int, int], args) -> dict:
     return row
 
 
+def describe_run(row: dict) -> str:
+    """``"better (0.67 → 0.95, 906 steps, budget)"``: the outcome, the held-out AP50 of the
+    base and of the kept model, the steps and why training stopped."""
+    scores = (
+        "no held-out crops" if np.isnan(row["base"]) else f"{row['base']:.2f} → {row['best']:.2f}"
+    )
+    return f"{row['outcome']} ({scores}, {row['steps']} steps, {row['reason'] or '-'})"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path)
@@ -251,10 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{np.mean([r['share'] for r in group]):.0%}",
                 f"{np.median(aps):.3f}", f"{min(aps):.3f}",
                 ", ".join(f"{a:.3f}" for a in aps),
-                ", ".join(
-                    f"{r['outcome']} ({r['base']:.2f} → {r['best']:.2f}, {r['steps']} steps, "
-                    f"{r['reason'] or '-'})" for r in group
-                ),
+                ", ".join(describe_run(r) for r in group),
                 "-" if goal is None else f"median ≥ {goal[0]}" + (
                     f", worst ≥ {goal[1]}" if goal[1] else ""
                 ),
