@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (time.perf_counter() - started) / 60
     n_true = int(np.unique(truth).size - 1)
     head = (
-        f"starter (no fine-tuning): right-half AP50 {zero_shot:.3f}; `quality` AUROC on the "
+        f"Starter (no fine-tuning): right-half AP50 {zero_shot:.3f}; `quality` AUROC on the "
         f"whole image {score:.3f} ({quality.ids.size} predicted objects, {n_true} true)"
     )
     print(table, f"\n\n{head}; {minutes:.1f} min")
