@@ -80,9 +80,7 @@ def finished_message(
     return f"Finished ({why}): model {name!r} saved; {comparison(status)}."
 
 
-def stopped_message(
-    status: TrainStatus | None, name: str, saved: bool, keep: str = "latest"
-) -> str:
+def stopped_message(status: TrainStatus | None, name: str, saved: bool, keep: str = "best") -> str:
     """The message of a run ended with Stop (``keep``: ``TrainConfig.keep``)."""
     if not saved:
         return "Stopped before the model beat its base: no model was saved."

@@ -331,12 +331,12 @@ def run_epoch(run: TrainingRun, task: str, meta: dict[str, Any]) -> Generator[Pr
         yield run.event(f"saved {run.output.name}", "saved", metrics)
         return False
     metrics = run.validate(task)
-    improved = metrics["score"] > run.best["score"]
     if config.keep == "latest":
         kept = metrics["score"] > run.baseline["score"] or not run.require_improvement
         note = " (kept)" if kept else " (not better than before training)"
     else:
-        kept, note = improved, " (best)" if improved else ""
+        kept = metrics["score"] > run.best["score"]
+        note = " (best)" if kept else ""
     message = (
         f"epoch {run.epoch}: loss {run.smoothed:.4f}, validation score "
         f"{metrics['score']:.3f}" + note
