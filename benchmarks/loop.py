@@ -13,7 +13,9 @@ reviewed before: either the first ``k`` of the product's review queue over the p
 first), or ``k`` predicted objects at random. Each is corrected perfectly: the item and every true
 object it touches are repainted, and the labels there become the truth (a false positive becomes
 background, a merge is split, a fragment completed, a missed nucleus painted); a likely miss with
-no nucleus under it is only marked seen, as in the Review widget. What counts as annotated is
+no nucleus under it is only marked seen, as in the Review widget, and an item already
+repainted while correcting an earlier one of the round (the second fragment of a split
+nucleus) is skipped, as the widget's Next does. What counts as annotated is
 what the product counts for reviewed objects (``core.training.annotated.reviewed_mask``: the
 repainted pixels, the true objects touched, and an 8-pixel background margin that never enters an
 object not reviewed).
@@ -187,16 +189,22 @@ def pick(
             ]
     score = auroc(np.concatenate(all_q), np.concatenate(all_right))
     if order == "queue":
-        chosen = np.argsort([c[0] for c in candidates], kind="stable")[:k]
+        ranked = np.argsort([c[0] for c in candidates], kind="stable")
     else:
-        chosen = rng.permutation(len(candidates))[:k]
-    for c in chosen:
+        ranked = rng.permutation(len(candidates))
+    taken = 0
+    for c in ranked:
+        if taken == k:
+            break
         _, index, kind, region = candidates[c]
+        if notes[index].mask[region].mean() >= 0.5:  # repainted with an earlier item: skipped
+            continue
+        taken += 1
         if kind == OBJECT or pool[index][1][region].any():  # a miss over a nucleus: painted
             notes[index].mask |= correct(region, pool[index][1])
         else:  # a likely miss with nothing there is only marked seen, as in the Review widget
             notes[index].seen |= region
-    return len(chosen), score
+    return taken, score
 
 
 def fine_tune(

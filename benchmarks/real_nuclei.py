@@ -19,7 +19,8 @@ fluorescent nuclei with 125 hand-annotated nuclei (``stardist/data/images/img2d.
 - ``queue K``: review the first K items of the product's review queue (``build_queue``: objects
   by ``quality`` and likely misses, worst first) that lie in the left half, each corrected
   perfectly (the item and every true object it touches repainted); a likely miss with no nucleus
-  under it is only marked seen;
+  under it is only marked seen, and an item already repainted while correcting an earlier one
+  (the second fragment of a split nucleus) is skipped, as the Review widget's Next does;
 - ``random K``: the same with K predicted objects of the left half at random.
 
 The annotation never reaches into the right half. The model is fine-tuned from the starter as
@@ -122,6 +123,8 @@ def corrected_items(
             break
         if region[item].mean() < 0.5:  # the right half is not the user's
             continue
+        if mask[item].mean() >= 0.5:  # repainted with an earlier item: Next skips it
+            continue
         taken += 1
         touched = np.unique(truth[item])
         touched = touched[touched > 0]
@@ -167,7 +170,7 @@ def fine_tune(
 
 def overrides(args) -> dict:
     """The :class:`TrainConfig` values given on the command line (the rest: the defaults)."""
-    out = {"keep": args.keep, "patience": args.patience}
+    out = {"keep": args.keep, "patience": args.patience, "average_tail": args.average}
     return {key: value for key, value in out.items() if value is not None}
 
 
@@ -219,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel processes")
     parser.add_argument("--keep", choices=("best", "latest"), help="TrainConfig.keep")
     parser.add_argument("--patience", type=int, help="TrainConfig.patience")
+    parser.add_argument("--average", type=float, help="TrainConfig.average_tail")
     parser.add_argument("--no-update", action="store_true")
     args = parser.parse_args(argv)
     if (args.image is None) != (args.mask is None):

@@ -494,3 +494,28 @@ def test_keep_latest_saves_the_last_weights_that_beat_the_base(tmp_path):
         require_improvement=True,
     )  # fmt: skip
     assert drain(unimproved) is None and not (tmp_path / "n.safetensors").exists()
+
+
+def test_average_tail_saves_the_mean_of_the_last_weights(tmp_path, pairs):
+    """``average_tail=0.5``: what is validated and saved is the uniform mean of the weights after
+    each step of the second half of the run, not the latest weights."""
+    from napari_unet.core.training.loop import TrainingRun
+
+    base = LoadedModel.from_model(build_model(TINY, seed=5), name="base")
+    config = quick(epochs=4, steps_per_epoch=2, average_tail=0.5)
+    run = TrainingRun(pairs, tmp_path / "m", base, config, CPU, None, time.perf_counter)
+    after = []
+    for _ in range(8):
+        run.train_step()
+        after.append([p.detach().clone() for p in run.model.parameters()])
+    assert run.averaged == 4 and run.scored is run.average
+    for index, mean in enumerate(run.average.parameters()):
+        expected = torch.stack([weights[index] for weights in after[4:]]).mean(0)
+        torch.testing.assert_close(mean, expected)
+    latest = after[-1]
+    assert any(not torch.equal(m, w) for m, w in zip(run.average.parameters(), latest, strict=True))
+
+
+def test_average_tail_must_be_a_share_below_one():
+    with pytest.raises(UserError, match="average_tail"):
+        TrainConfig(average_tail=1.0)

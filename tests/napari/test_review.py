@@ -187,3 +187,18 @@ def test_next_goes_to_the_plane_of_the_object_in_a_stack(make_napari_viewer):
     assert queue.counts()["objects"] == 1
     assert viewer.dims.current_step[0] == 2
     assert queue.current.centroid[0] == 2
+
+
+def test_next_skips_objects_the_user_already_painted_over(review):
+    """Repainting a nucleus from one fragment covers the others: Next does not send the user
+    back to an object whose pixels were changed, and the counts say so."""
+    _viewer, widget, layer, probs = review
+    queue = widget.set_probabilities(layer, probs)
+    order = [item.ident for item in queue.items if item.kind == "object"]
+    assert order[0] == 2  # the doubtful object comes before objects 1 and 3
+    layer.data_setitem(np.nonzero(layer.data == order[1]), 9)  # repaint the second
+    seen = [widget.next() for _ in range(2 * len(queue.items))]  # Next goes round
+    objects = [item.ident for item in seen if item.kind == "object"]
+    assert objects[0] == order[0] and order[1] not in objects
+    assert queue.status[queue.index_of(order[1])] == "edited"
+    assert "1 corrected by painting" in widget.counts.value

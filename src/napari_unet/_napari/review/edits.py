@@ -74,6 +74,12 @@ def _ids(values: Any) -> set[int]:
         return set()
 
 
+def touched_ids(layer: Any) -> set[int]:
+    """The ids of the objects of a Labels layer whose pixels the user has changed."""
+    state = review_state(layer)
+    return _ids(state.get("touched")) if state is not None else set()
+
+
 def accept_objects(layer: Any, ids: Iterable[int]) -> list[int]:
     """Mark the objects ``ids`` of a Labels layer as reviewed and right as they are, in
     ``layer.metadata["napari_unet_review"]["accepted"]``; returns all accepted ids, sorted."""

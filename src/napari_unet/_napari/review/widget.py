@@ -35,7 +35,7 @@ from ..files.layer_info import layer_layout
 from ..layout import fit_in_dock
 from ..segment.logic import METADATA_KEY, full_resolution
 from . import reuse
-from .edits import accept_objects
+from .edits import accept_objects, touched_ids, watch_viewer
 
 if TYPE_CHECKING:
     import napari
@@ -122,6 +122,7 @@ class ReviewWidget(Container):
         self.probabilities: np.ndarray | None = None
         self._quality: QualityResult | None = None
         self._layer: Labels | None = None
+        watch_viewer(viewer)  # the review keys, the brush and Ctrl-click are edits to follow
         self.labels_layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)
         self.model_name = LineEdit(label="Model", value="starter")
@@ -297,7 +298,8 @@ class ReviewWidget(Container):
         """Go to the next item not reviewed yet."""
         if self.queue is None:
             return None
-        item = self.queue.next()
+        edited = touched_ids(self._layer) if self._layer is not None else set()
+        item = self.queue.next(edited=edited)
         if item is None:
             self.status.value = "Every object was reviewed."
         return self._show(item)
@@ -339,8 +341,11 @@ class ReviewWidget(Container):
             self.counts.value = ""
             return
         c = self.queue.counts()
-        self.counts.value = (f"{c['reviewed']} reviewed ({c['accepted']} accepted, "
-                             f"{c['deleted']} deleted), {c['remaining']} to go")  # fmt: skip
+        edited = f", {c['edited']} corrected by painting" if c["edited"] else ""
+        self.counts.value = (
+            f"{c['reviewed']} reviewed ({c['accepted']} accepted, {c['deleted']} deleted"
+            f"{edited}), {c['remaining']} to go"
+        )
 
     # --- decisions ---------------------------------------------------------------------------
 

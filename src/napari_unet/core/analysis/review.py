@@ -9,6 +9,7 @@ a miss) and moves between them; it holds no image data beyond the items' positio
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,7 +54,8 @@ class ReviewQueue:
     Attributes:
         items: the items, lowest quality first.
         position: index of the current item (-1 before the first move).
-        status: item index -> ``"accepted"``, ``"deleted"`` or ``"seen"`` (a miss looked at).
+        status: item index -> ``"accepted"``, ``"deleted"``, ``"edited"`` (its pixels were
+            painted over: the user has corrected it already) or ``"seen"`` (a miss looked at).
     """
 
     items: list[Item]
@@ -67,15 +69,27 @@ class ReviewQueue:
             return self.items[self.position]
         return None
 
-    def next(self) -> Item | None:
+    def next(self, edited: Collection[int] = ()) -> Item | None:
         """Move to the next item not reviewed yet (after the current one, then from the start);
-        None when every item was reviewed."""
+        None when every item was reviewed.
+
+        Args:
+            edited: ids of objects whose pixels the user has changed (painted, erased, filled
+                over). Such an object was corrected already: it is marked ``"edited"`` and
+                skipped, as is, say, the second fragment of a nucleus once the user has
+                repainted the whole nucleus from the first.
+        """
         n = len(self.items)
         for step in range(1, n + 1):
             index = (self.position + step) % n if self.position >= 0 else step - 1
-            if index not in self.status:
-                self.position = index
-                return self.items[index]
+            if index in self.status:
+                continue
+            item = self.items[index]
+            if item.kind == OBJECT and item.ident in edited:
+                self.status[index] = "edited"
+                continue
+            self.position = index
+            return item
         return None
 
     def previous(self) -> Item | None:
@@ -104,13 +118,15 @@ class ReviewQueue:
         return None
 
     def counts(self) -> dict[str, int]:
-        """``reviewed``, ``remaining``, ``accepted``, ``deleted``, ``objects``, ``misses``."""
+        """``reviewed``, ``remaining``, ``accepted``, ``deleted``, ``edited``, ``objects``,
+        ``misses``."""
         values = list(self.status.values())
         return {
             "reviewed": len(self.status),
             "remaining": len(self.items) - len(self.status),
             "accepted": values.count("accepted"),
             "deleted": values.count("deleted"),
+            "edited": values.count("edited"),
             "objects": sum(item.kind == OBJECT for item in self.items),
             "misses": sum(item.kind == MISS for item in self.items),
         }

@@ -115,6 +115,8 @@ class TrainingRun:
         self.generator = torch.Generator(device=dev).manual_seed(config.seed)
         self.model = _start_model(base, model_config, config.seed).to(dev)
         self.ema = copy.deepcopy(self.model) if config.ema_decay > 0 else None
+        self.average: UNet | None = None  # the tail average (TrainConfig.average_tail)
+        self.averaged = 0
         self.training, self.crops, self.sampler = self._data(pairs, rng)
         # the keep-base term only where some plane has pseudo-labels (a sparse fine-tune)
         self.keeps_base = any(getattr(p, "keep", None) is not None for p in self.training)
@@ -201,7 +203,10 @@ class TrainingRun:
 
     @property
     def scored(self) -> UNet:
-        """The weights that are validated and saved (the moving average when there is one)."""
+        """The weights that are validated and saved: the tail average once it has started, else
+        the moving average when there is one, else the raw weights."""
+        if self.average is not None:
+            return self.average
         return self.ema if self.ema is not None else self.model
 
     def train_step(self) -> float:
@@ -225,6 +230,7 @@ class TrainingRun:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self._update_ema()
+        self._update_average()
         self.step += 1
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -244,6 +250,21 @@ class TrainingRun:
             average.lerp_(param.detach(), 1.0 - decay)
         for average, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             average.copy_(buffer)
+
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """Add the current weights to the uniform average of the budget's tail."""
+        tail = self.config.average_tail
+        if tail <= 0 or self.progress() < 1.0 - tail:
+            return
+        if self.average is None:
+            self.average = copy.deepcopy(self.model)
+            self.average.eval()
+        self.averaged += 1
+        for mean, param in zip(self.average.parameters(), self.model.parameters(), strict=True):
+            mean.lerp_(param.detach(), 1.0 / self.averaged)
+        for mean, buffer in zip(self.average.buffers(), self.model.buffers(), strict=True):
+            mean.copy_(buffer)
 
     # -- validation and saving -------------------------------------------------------------
 
