@@ -81,6 +81,9 @@ def test_keys_accept_and_delete(review):
     assert not (layer.data == target).any()
     assert (layer.data == 2).any()
     assert "2 reviewed (1 accepted, 1 deleted)" in widget.counts.value
+    lines = [widget.items.native.item(i).text() for i in range(len(widget.queue.items))]
+    assert lines[widget.queue.index_of(2)].endswith("(accepted)")
+    assert lines[widget.queue.index_of(target)].endswith("(deleted)")
     layer.undo()  # the deletion went through napari's history
     assert (layer.data == target).any()
     _press(layer, "Shift-N")
@@ -202,3 +205,6 @@ def test_next_skips_objects_the_user_already_painted_over(review):
     assert objects[0] == order[0] and order[1] not in objects
     assert queue.status[queue.index_of(order[1])] == "edited"
     assert "1 corrected by painting" in widget.counts.value
+    lines = widget.items.native
+    assert lines.item(queue.index_of(order[1])).text().endswith("(painted)")
+    assert not lines.item(queue.index_of(order[0])).text().endswith(")")

@@ -112,6 +112,14 @@ def _camera_and_canvas(viewer: Any) -> tuple[Any, tuple[float, float]]:
     return camera, (float(size[0]), float(size[1]))
 
 
+def _line(item: Item, status: str | None) -> str:
+    """The list line of ``item``: ``"#12  quality 0.23"``, then what was done with it
+    (``"(accepted)"``, ``"(deleted)"``, ``"(painted)"``, ``"(seen)"``)."""
+    if status is None:
+        return item.describe()
+    return f"{item.describe()}  ({'painted' if status == 'edited' else status})"
+
+
 class ReviewWidget(Container):
     """Rank the objects of a Labels layer by quality and review them one by one."""
 
@@ -122,6 +130,7 @@ class ReviewWidget(Container):
         self.probabilities: np.ndarray | None = None
         self._quality: QualityResult | None = None
         self._layer: Labels | None = None
+        self._marked: dict[int, str] = {}  # the item statuses the list lines show
         watch_viewer(viewer)  # the review keys, the brush and Ctrl-click are edits to follow
         self.labels_layer = ComboBox(label="Labels", choices=self._labels_choices)
         self.image_layer = ComboBox(label="Image", choices=self._image_choices)
@@ -176,7 +185,19 @@ class ReviewWidget(Container):
     def _item_choices(self, _: Any = None) -> list[tuple[str, int]]:
         if self.queue is None:
             return []
-        return [(item.describe(), i) for i, item in enumerate(self.queue.items)]
+        status = self.queue.status
+        self._marked = dict(status)
+        return [(_line(item, status.get(i)), i) for i, item in enumerate(self.queue.items)]
+
+    def _mark_lines(self) -> None:
+        """Write what was done (accepted, deleted, ...) on the list lines whose item changed."""
+        if self.queue is None:
+            return
+        status, native = self.queue.status, self.items.native
+        for index in {*status, *self._marked}:
+            if status.get(index) != self._marked.get(index) and index < native.count():
+                native.item(index).setText(_line(self.queue.items[index], status.get(index)))
+        self._marked = dict(status)
 
     def _refresh_choices(self, _: Any = None) -> None:
         self.labels_layer.reset_choices()
@@ -337,6 +358,7 @@ class ReviewWidget(Container):
         return item
 
     def _update_counts(self) -> None:
+        self._mark_lines()
         if self.queue is None:
             self.counts.value = ""
             return
