@@ -81,6 +81,7 @@ def test_painting_counts_and_trains_on_the_reviewed_objects_only(loop, qtbot, is
     ys, xs = np.nonzero(layer.data == target)
     layer.data_setitem((ys[:5], xs[:5]), 0)  # the user erases a bit of one object
     assert widget.annotated_info.value.startswith("annotated: 1 object,")
+    assert "under 20 objects fine-tuning may not help yet" in widget.annotated_info.value
     expected = int(review_mask(layer).mask.sum())
     widget.train()
     assert widget.running

@@ -38,6 +38,11 @@ PLANES = "planes that have labels"
 SHAPES = "regions in a Shapes layer"
 #: What counts as annotated, as offered in the widget (the first is the default).
 ANNOTATED_RULES = (REVIEWED, WHOLE, SHAPES, PLANES)
+#: Below this many annotated objects, the annotated line advises reviewing more. On a real nuclei
+#: image (``benchmarks/real_nuclei.py``) the review queue's first 10 items (10 nuclei, 3% of the
+#: image) made the model worse on the rest of the image, 0.84 to 0.79 AP50; 20 items made it
+#: better (0.87-0.93). Not shown for volumes, where it was not measured.
+FEW_OBJECTS = 20
 
 _FILLED = ("rectangle", "ellipse", "polygon")
 
@@ -318,6 +323,8 @@ def describe_annotation(
         f"annotated: {objects} object{'s' if objects != 1 else ''}"
         f"{' (3D)' if True in kinds else ''}, {100 * pixels / total:.1f}% of {where}"
     )
+    if 0 < objects < FEW_OBJECTS and kinds == {False}:  # measured in 2D only
+        text += f"; under {FEW_OBJECTS} objects fine-tuning may not help yet: review a few dozen"
     if isotropy_assumed:
         text += "; Z step unknown: isotropic voxels assumed (set the image layer's scale)"
     return text
