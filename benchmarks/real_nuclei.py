@@ -2,7 +2,8 @@
 only some of its objects), fine-tune with the Fine-tune widget's defaults, score the right half.
 
 Usage: ``python benchmarks/real_nuclei.py [--image TIF --mask TIF] [--minutes 3] [--seeds 0,1,2]
-[--k 20] [--jobs 2] [--no-update]``
+[--k 20] [--scenarios half,queue,random] [--keep best|latest] [--patience N] [--average F]
+[--keep-base W] [--jobs 2] [--no-update]``
 
 **Data.** Without ``--image``/``--mask`` the image is StarDist's 2D test image, 512 x 512
 fluorescent nuclei with 125 hand-annotated nuclei (``stardist/data/images/img2d.tif`` and
@@ -170,7 +171,10 @@ def fine_tune(
 
 def overrides(args) -> dict:
     """The :class:`TrainConfig` values given on the command line (the rest: the defaults)."""
-    out = {"keep": args.keep, "patience": args.patience, "average_tail": args.average}
+    out = {
+        "keep": args.keep, "patience": args.patience, "average_tail": args.average,
+        "keep_base_weight": args.keep_base,
+    }  # fmt: skip
     return {key: value for key, value in out.items() if value is not None}
 
 
@@ -223,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", choices=("best", "latest"), help="TrainConfig.keep")
     parser.add_argument("--patience", type=int, help="TrainConfig.patience")
     parser.add_argument("--average", type=float, help="TrainConfig.average_tail")
+    parser.add_argument("--keep-base", type=float, help="TrainConfig.keep_base_weight")
     parser.add_argument("--no-update", action="store_true")
     args = parser.parse_args(argv)
     if (args.image is None) != (args.mask is None):
