@@ -89,6 +89,16 @@ def _to_device(batch: Any, device: torch.device) -> tuple[torch.Tensor, ...]:
     )
 
 
+@torch.no_grad()
+def _blend(average: UNet, model: UNet, weight: float) -> None:
+    """Move ``average``'s parameters toward ``model``'s by ``weight`` (``lerp``) and take its
+    buffers (BatchNorm statistics) as they are."""
+    for mean, param in zip(average.parameters(), model.parameters(), strict=True):
+        mean.lerp_(param.detach(), weight)
+    for mean, buffer in zip(average.buffers(), model.buffers(), strict=True):
+        mean.copy_(buffer)
+
+
 def _start_model(base: LoadedModel | None, model_config: ModelConfig | None, seed: int) -> UNet:
     if base is not None:
         return copy.deepcopy(base.model)
@@ -246,10 +256,7 @@ class TrainingRun:
         if self.ema is None:
             return
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for average, param in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            average.lerp_(param.detach(), 1.0 - decay)
-        for average, buffer in zip(self.ema.buffers(), self.model.buffers(), strict=True):
-            average.copy_(buffer)
+        _blend(self.ema, self.model, 1.0 - decay)
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -261,10 +268,7 @@ class TrainingRun:
             self.average = copy.deepcopy(self.model)
             self.average.eval()
         self.averaged += 1
-        for mean, param in zip(self.average.parameters(), self.model.parameters(), strict=True):
-            mean.lerp_(param.detach(), 1.0 / self.averaged)
-        for mean, buffer in zip(self.average.buffers(), self.model.buffers(), strict=True):
-            mean.copy_(buffer)
+        _blend(self.average, self.model, 1.0 / self.averaged)
 
     # -- validation and saving -------------------------------------------------------------
 
